@@ -1,0 +1,1 @@
+"""Sub-commands of ``rdl-neuro``; each module defines ``register(subparsers)``."""

@@ -1,0 +1,187 @@
+"""Torch RDMs: ``compute_rdm`` and condensed <-> square conversion.
+
+Everything here is a pure, differentiable function of its inputs and works on
+any device and floating dtype. RDMs are built from Gram matrices (one matrix
+product per RDM) rather than ``n x n x p`` intermediates or Python loops.
+
+Condensed RDMs follow scipy ``squareform`` / rsatoolbox order: the row-major
+upper triangle without the diagonal, of length ``n (n - 1) / 2``.
+
+Method names (see ``METHODS``):
+
+``euclidean``
+    true Euclidean distance ``||x_i - x_j||`` (the paper's and RKD's).
+``sqeuclidean``
+    squared Euclidean distance divided by the number of channels ``p``:
+    exactly rsatoolbox's ``euclidean`` ("squared euclidean").
+``correlation``
+    ``1 - Pearson r`` between the two patterns (rsatoolbox's ``correlation``).
+``cosine``
+    ``1 - cosine similarity``.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+
+METHODS = ("euclidean", "sqeuclidean", "correlation", "cosine")
+
+# rsatoolbox's ``dissimilarity_measure`` string for each of our method names.
+RSATOOLBOX_MEASURE = {
+    "euclidean": "euclidean",
+    "sqeuclidean": "squared euclidean",
+    "correlation": "correlation",
+    "cosine": "cosine",
+}
+
+
+def check_method(method: str, valid: tuple[str, ...] = METHODS, what: str = "RDM method") -> str:
+    """Return ``method`` if it is one of ``valid``, else raise a ValueError listing them."""
+    if method not in valid:
+        raise ValueError(f"unknown {what} {method!r}; valid methods are: {', '.join(valid)}")
+    return method
+
+
+def n_stimuli_from_length(n_pairs: int) -> int:
+    """Number of stimuli ``n`` of a condensed RDM with ``n_pairs = n (n - 1) / 2`` entries."""
+    n = int(round((1 + math.sqrt(1 + 8 * n_pairs)) / 2))
+    if n * (n - 1) // 2 != n_pairs or n < 2:
+        raise ValueError(
+            f"condensed RDM length {n_pairs} is not n(n-1)/2 for any number of stimuli n >= 2 "
+            "(valid lengths: 1, 3, 6, 10, 15, ...)"
+        )
+    return n
+
+
+@lru_cache(maxsize=64)
+def _triu_indices_cpu(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, cols = torch.triu_indices(n, n, offset=1)
+    return rows, cols
+
+
+def triu_indices(n: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column indices of the condensed order for ``n`` stimuli, each ``(n(n-1)/2,)``."""
+    rows, cols = _triu_indices_cpu(n)
+    if device is not None and torch.device(device) != rows.device:
+        rows, cols = rows.to(device), cols.to(device)
+    return rows, cols
+
+
+def to_condensed(square: torch.Tensor) -> torch.Tensor:
+    """Square RDMs ``(..., n, n)`` -> condensed upper triangles ``(..., n(n-1)/2)``.
+
+    Only the upper triangle is read; use ``check_square_rdm`` in code paths
+    that must verify symmetry and the zero diagonal.
+    """
+    if square.ndim < 2 or square.shape[-1] != square.shape[-2]:
+        raise ValueError(f"expected square RDMs of shape (..., n, n), got shape {tuple(square.shape)}")
+    n = square.shape[-1]
+    if n < 2:
+        raise ValueError(f"an RDM needs at least 2 stimuli, got a {n}x{n} matrix")
+    rows, cols = triu_indices(n, square.device)
+    return square[..., rows, cols]
+
+
+def to_square(condensed: torch.Tensor) -> torch.Tensor:
+    """Condensed RDMs ``(..., n(n-1)/2)`` -> symmetric square RDMs ``(..., n, n)`` with zero diagonal."""
+    if condensed.ndim < 1:
+        raise ValueError("expected condensed RDMs of shape (..., n_pairs), got a scalar")
+    n = n_stimuli_from_length(condensed.shape[-1])
+    rows, cols = triu_indices(n, condensed.device)
+    square = condensed.new_zeros(*condensed.shape[:-1], n, n)
+    square[..., rows, cols] = condensed
+    square[..., cols, rows] = condensed
+    return square
+
+
+def _describe_position(index: tuple[int, ...]) -> str:
+    """'row 3' for a plain (n, p) input, 'row 3 of batch element (1, 0)' for batched ones."""
+    *batch, row = index
+    return f"row {row}" + (f" of batch element {tuple(batch)}" if batch else "")
+
+
+def _check_features(features: torch.Tensor) -> None:
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
+    if not features.is_floating_point():
+        raise TypeError(f"features must have a floating dtype, got {features.dtype}")
+    if features.ndim < 2:
+        raise ValueError(f"features must have shape (n, p) or (..., n, p), got shape {tuple(features.shape)}")
+    if features.shape[-2] < 2:
+        raise ValueError(f"an RDM needs at least 2 stimuli (rows), got features of shape {tuple(features.shape)}")
+    if features.shape[-1] < 1:
+        raise ValueError(f"features have no channels (columns): shape {tuple(features.shape)}")
+    finite_rows = torch.isfinite(features).all(dim=-1)
+    if not bool(finite_rows.all()):
+        bad = torch.nonzero(~finite_rows)[:5].tolist()
+        where = ", ".join(_describe_position(tuple(b)) for b in bad)
+        raise ValueError(f"features contain NaN or infinite values in {where}")
+
+
+def _unit_rows(x: torch.Tensor, what: str) -> torch.Tensor:
+    """Rows scaled to unit norm; raises naming the rows whose norm is (numerically) zero."""
+    norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    scale = x.detach().abs().amax(dim=-1, keepdim=True)
+    # a row is degenerate when its norm is at rounding level relative to its entries
+    tiny = norms.detach() <= torch.finfo(x.dtype).eps * math.sqrt(x.shape[-1]) * scale
+    if bool(tiny.any()):
+        bad = torch.nonzero(tiny.squeeze(-1))[:5].tolist()
+        where = ", ".join(_describe_position(tuple(b)) for b in bad)
+        raise ValueError(f"{what} in {where}: the dissimilarity is undefined there")
+    return x / norms
+
+
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    """sqrt with a zero (sub)gradient at 0, so coinciding patterns give finite gradients."""
+    positive = x > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
+def _squared_distances(features: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances ``(..., n, n)`` from the Gram matrix, clamped at 0."""
+    gram = features @ features.transpose(-1, -2)
+    sq_norms = torch.diagonal(gram, dim1=-2, dim2=-1)
+    d2 = sq_norms.unsqueeze(-1) + sq_norms.unsqueeze(-2) - 2 * gram
+    # rounding can make coinciding rows slightly negative
+    return d2.clamp_min(0)
+
+
+def compute_rdm(features: torch.Tensor, method: str = "correlation", *, square: bool = False) -> torch.Tensor:
+    """Representational dissimilarity matrices of activation patterns.
+
+    Parameters
+    ----------
+    features : Tensor ``(n, p)`` or ``(..., n, p)``
+        ``n`` stimuli by ``p`` channels (units, voxels); leading dimensions
+        (layers, subjects) are batched. Any floating dtype and device.
+    method : {"euclidean", "sqeuclidean", "correlation", "cosine"}
+        See the module docstring; ``sqeuclidean`` and ``correlation`` equal
+        rsatoolbox's ``euclidean`` and ``correlation``.
+    square : bool
+        Return square matrices ``(..., n, n)`` instead of condensed vectors.
+
+    Returns
+    -------
+    Tensor ``(..., n(n-1)/2)`` (condensed, scipy ``squareform`` order) or ``(..., n, n)``.
+    """
+    check_method(method)
+    _check_features(features)
+    n = features.shape[-2]
+    if method in ("euclidean", "sqeuclidean"):
+        rdm = _squared_distances(features)
+        rdm = _safe_sqrt(rdm) if method == "euclidean" else rdm / features.shape[-1]
+    else:
+        if method == "correlation":
+            centered = features - features.mean(dim=-1, keepdim=True)
+            unit = _unit_rows(centered, "zero variance across channels (constant pattern) under 'correlation'")
+        else:
+            unit = _unit_rows(features, "zero norm (all-zero pattern) under 'cosine'")
+        rdm = 1 - unit @ unit.transpose(-1, -2)
+    if square:
+        # the diagonal is exactly zero by definition; rounding would leave ~1e-16 there
+        eye = torch.eye(n, dtype=torch.bool, device=rdm.device)
+        return rdm.masked_fill(eye, 0)
+    rows, cols = triu_indices(n, rdm.device)
+    return rdm[..., rows, cols]
