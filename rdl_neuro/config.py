@@ -1,0 +1,352 @@
+"""TOML run configs for ``rdl-neuro train``: ``load_config`` reads, checks and completes them.
+
+Every choice of a training run lives in one TOML file (see
+``rdl_neuro/configs/example.toml`` for a commented example that runs as is)::
+
+    seed, epochs, batch_size, output, resume, quiet, device     (top level)
+    [data]       source = digits | mnist | cifar100 | kriegeskorte92, path, n_train, validation, ...
+    [model]      type = mlp | cnn, hidden, dropout, channels
+    [teacher]    kind = none | network | rdm; checkpoint or [teacher.train]; rdm file + stimulus_ids
+    [losses.ce] [losses.rdl] [losses.kd] [losses.rkd] [losses.sp] [losses.cka]   weight, warmup_epochs, ...
+    [optimizer]  name = sgd | adam | adamw, lr, momentum, weight_decay
+    [scheduler]  name = none | cosine | step, step_size, gamma
+    [probe]      enabled, n_stimuli, method
+
+Checking is strict and happens before any data is loaded: an unknown key, a
+value of the wrong type or out of range, a missing file or an inconsistent
+combination raises :class:`ConfigError` whose message starts with the file
+and the dotted key (``example.toml: losses.rdl.layers: ...``). Layer names are
+checked against the built model just before training (``rdl_neuro.commands.train``).
+
+Relative paths of *input* files (teacher checkpoint, RDM, stimulus ids, data)
+are relative to the config file's folder, so a config travels with its data;
+``output`` is relative to the current directory, so the packaged example
+writes into the user's folder.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "load_config", "parse_config", "example_config_path", "DATA_SOURCES", "LOSS_NAMES"]
+
+DATA_SOURCES = ("digits", "mnist", "cifar100", "kriegeskorte92")
+LOSS_NAMES = ("ce", "rdl", "kd", "rkd", "sp", "cka")
+TEACHER_KINDS = ("none", "network", "rdm")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "cosine", "step")
+RDM_METHODS = ("euclidean", "sqeuclidean", "correlation", "cosine")
+RDM_SUFFIXES = (".npy", ".csv", ".npz")
+
+
+class ConfigError(ValueError):
+    """A run config is invalid; the message names the file, the key and the problem."""
+
+
+_REQUIRED = object()
+
+
+@dataclass
+class F:
+    """One config field: accepted types, default, and an optional extra check returning an error or None."""
+
+    types: tuple[type, ...]
+    default: Any = None
+    check: Callable[[Any], str | None] | None = None
+    choices: tuple[Any, ...] | None = None
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else f"must be positive, got {v}"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else f"must be >= 0, got {v}"
+
+
+def _fraction(v: Any) -> str | None:
+    return None if 0 <= v < 1 else f"must be in [0, 1), got {v}"
+
+
+def _int_list(v: Any) -> str | None:
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+        return f"must be a list of positive integers, got {v!r}"
+    return None
+
+
+def _str_list(v: Any) -> str | None:
+    if not all(isinstance(x, str) for x in v):
+        return f"must be a list of strings, got {v!r}"
+    return None
+
+
+def _str_map(v: Any) -> str | None:
+    if not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
+        return f"must map student layer names to teacher layer names (strings), got {v!r}"
+    return None
+
+
+INT, FLOAT, STR, BOOL, LIST, TABLE = (int,), (int, float), (str,), (bool,), (list,), (dict,)
+
+SCHEMA: dict[str, Any] = {
+    "seed": F(INT, 0, _non_negative),
+    "epochs": F(INT, 10, _positive),
+    "batch_size": F(INT, 32, _positive),
+    "output": F(STR, "runs/rdl"),
+    "resume": F(BOOL, False),
+    "quiet": F(BOOL, False),
+    "device": F(STR, "auto"),
+    "data": {
+        "source": F(STR, _REQUIRED, choices=DATA_SOURCES),
+        "path": F(STR, None),
+        "n_train": F(INT, 0, _non_negative),
+        "validation": F(FLOAT, 0.2, _fraction),
+        "test_size": F(FLOAT, 0.2, _fraction),
+        "label": F(STR, "fine", choices=("fine", "coarse")),
+        "image_size": F(INT, 32, _positive),
+        "min_covered": F(INT, 0, _non_negative),
+    },
+    "model": {
+        "type": F(STR, "mlp", choices=("mlp", "cnn")),
+        "hidden": F(LIST, None, _int_list),
+        "dropout": F(FLOAT, 0.0, _fraction),
+        "channels": F(LIST, None, _int_list),
+    },
+    "teacher": {
+        "kind": F(STR, "none", choices=TEACHER_KINDS),
+        "checkpoint": F(STR, None),
+        "layers": F(LIST, None, _str_list),
+        "cache": F(BOOL, False),
+        "rdm": F(STR, None),
+        "rdm_key": F(STR, None),
+        "stimulus_ids": F((str, list), None),
+        "combine": F(STR, "mean", choices=("mean", "per_rdm")),
+        "train": {
+            "hidden": F(LIST, [256, 256], _int_list),
+            "type": F(STR, "mlp", choices=("mlp", "cnn")),
+            "channels": F(LIST, None, _int_list),
+            "dropout": F(FLOAT, 0.0, _fraction),
+            "epochs": F(INT, 20, _positive),
+            "lr": F(FLOAT, 1e-3, _positive),
+            "batch_size": F(INT, 64, _positive),
+        },
+    },
+    "losses": {
+        "ce": {"weight": F(FLOAT, 1.0, _non_negative), "warmup_epochs": F(INT, 0, _non_negative)},
+        "rdl": {
+            "weight": F(FLOAT, 1.0, _non_negative),
+            "warmup_epochs": F(INT, 0, _non_negative),
+            "layers": F((dict, list), _REQUIRED),
+            "method": F(STR, "euclidean", choices=RDM_METHODS),
+            "criterion": F(STR, "mse"),
+        },
+        "kd": {"weight": F(FLOAT, 1.0, _non_negative), "warmup_epochs": F(INT, 0, _non_negative),
+               "temperature": F(FLOAT, 4.0, _positive)},
+        **{name: {"weight": F(FLOAT, 1.0, _non_negative), "warmup_epochs": F(INT, 0, _non_negative),
+                  "student_layer": F(STR, _REQUIRED), "teacher_layer": F(STR, _REQUIRED)}
+           for name in ("rkd", "sp", "cka")},
+    },
+    "optimizer": {
+        "name": F(STR, "adam", choices=OPTIMIZERS),
+        "lr": F(FLOAT, 1e-3, _positive),
+        "momentum": F(FLOAT, 0.9, _non_negative),
+        "weight_decay": F(FLOAT, 0.0, _non_negative),
+    },
+    "scheduler": {
+        "name": F(STR, "none", choices=SCHEDULERS),
+        "step_size": F(INT, 10, _positive),
+        "gamma": F(FLOAT, 0.1, _positive),
+    },
+    "probe": {
+        "enabled": F(BOOL, True),
+        "n_stimuli": F(INT, 200, lambda v: None if v >= 3 else f"needs at least 3 stimuli, got {v}"),
+        "method": F(STR, "euclidean", choices=RDM_METHODS),
+    },
+}
+
+# optional sub-tables (absent -> not used); everything else is filled with defaults
+_OPTIONAL_TABLES = {"teacher.train"} | {f"losses.{n}" for n in LOSS_NAMES}
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "array", dict: "table"}
+    if types == FLOAT:
+        return "number"
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _check_value(key: str, spec: F, value: Any) -> Any:
+    # TOML booleans are Python bools, which are ints: never accept them as numbers
+    ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
+    if not ok:
+        raise ConfigError(f"{key}: expected {_type_name(spec.types)}, got {type(value).__name__} {value!r}")
+    if spec.types == FLOAT:
+        value = float(value)
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, spec.choices))}")
+    if spec.check is not None:
+        problem = spec.check(value)
+        if problem:
+            raise ConfigError(f"{key}: {problem}")
+    return value
+
+
+def _complete(raw: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """Check ``raw`` against ``schema`` and fill defaults; raises ConfigError naming the dotted key."""
+    out: dict[str, Any] = {}
+    for key in raw:
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            where = f"[{prefix}]" if prefix else "the top level"
+            raise ConfigError(f"{prefix + '.' if prefix else ''}{key}: unknown key{hint}; valid keys in "
+                              f"{where}: {', '.join(schema)}")
+    for key, spec in schema.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(spec, dict):
+            if key not in raw:
+                if dotted in _OPTIONAL_TABLES:
+                    continue
+                out[key] = _complete({}, spec, dotted)
+                continue
+            if not isinstance(raw[key], dict):
+                raise ConfigError(f"{dotted}: expected a table, got {type(raw[key]).__name__} {raw[key]!r}")
+            out[key] = _complete(raw[key], spec, dotted)
+        elif key in raw:
+            out[key] = _check_value(dotted, spec, raw[key])
+        elif spec.default is _REQUIRED:
+            raise ConfigError(f"{dotted}: missing required key")
+        else:
+            out[key] = copy.deepcopy(spec.default)
+    return out
+
+
+def _resolve(path: str, base: Path) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _require_file(cfg: dict[str, Any], section: str, key: str, base: Path, suffixes: tuple[str, ...] = ()) -> None:
+    value = cfg[section][key]
+    if value is None:
+        return
+    path = _resolve(value, base)
+    if not path.exists():
+        raise ConfigError(f"{section}.{key}: file not found: {path}")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ConfigError(f"{section}.{key}: {path.name} has an unsupported format; use one of {', '.join(suffixes)}")
+    cfg[section][key] = str(path)
+
+
+def _check_consistency(cfg: dict[str, Any], base: Path) -> None:
+    data, teacher, losses = cfg["data"], cfg["teacher"], cfg["losses"]
+    if data["source"] == "cifar100" and not data["path"]:
+        raise ConfigError("data.path: missing; the cifar100 source needs the folder or archive of the python pickles")
+    if data["path"]:
+        _require_file(cfg, "data", "path", base)
+    if not losses:
+        raise ConfigError("losses: no loss terms; add at least [losses.ce]")
+    kind = teacher["kind"]
+    if kind == "network":
+        if teacher["checkpoint"] is None and "train" not in teacher:
+            raise ConfigError("teacher: a network teacher needs teacher.checkpoint (a trainer checkpoint file) "
+                              "or a [teacher.train] table to train one first")
+        if teacher["checkpoint"] is not None and "train" in teacher:
+            raise ConfigError("teacher: give either teacher.checkpoint or [teacher.train], not both")
+        _require_file(cfg, "teacher", "checkpoint", base)
+        if teacher["rdm"] is not None:
+            raise ConfigError("teacher.rdm: only used with teacher.kind = 'rdm'")
+    elif kind == "rdm":
+        if teacher["rdm"] is None:
+            raise ConfigError("teacher.rdm: missing; a kind = 'rdm' teacher needs an RDM file (.npy, .csv or .npz)")
+        _require_file(cfg, "teacher", "rdm", base, RDM_SUFFIXES)
+        ids = teacher["stimulus_ids"]
+        if isinstance(ids, str):
+            _require_file(cfg, "teacher", "stimulus_ids", base, (".npy", ".csv", ".txt"))
+        elif isinstance(ids, list) and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise ConfigError(f"teacher.stimulus_ids: must be integers, got {ids!r}")
+        elif ids is None and not teacher["rdm"].endswith(".npz"):
+            raise ConfigError("teacher.stimulus_ids: missing; an .npy/.csv RDM needs the stimulus id of each row "
+                              "(a list or a file; an .npz may hold them as 'stimulus_ids')")
+        for bad in ("checkpoint",):
+            if teacher[bad] is not None:
+                raise ConfigError(f"teacher.{bad}: only used with teacher.kind = 'network'")
+        if "train" in teacher:
+            raise ConfigError("teacher.train: only used with teacher.kind = 'network'")
+    else:
+        for key in ("checkpoint", "rdm"):
+            if teacher[key] is not None:
+                raise ConfigError(f"teacher.{key}: set, but teacher.kind is 'none'; set teacher.kind")
+    needs_network = [n for n in ("kd", "rkd", "sp", "cka") if n in losses]
+    if needs_network and kind != "network":
+        raise ConfigError(f"losses.{needs_network[0]}: needs a network teacher (teacher.kind = 'network'), "
+                          f"but teacher.kind is {kind!r}")
+    if "rdl" in losses:
+        layers = losses["rdl"]["layers"]
+        if kind == "none":
+            raise ConfigError("losses.rdl: needs a teacher; set teacher.kind = 'network' or 'rdm'")
+        if kind == "network" and not isinstance(layers, dict):
+            raise ConfigError("losses.rdl.layers: with a network teacher, a table {student layer = teacher layer}, "
+                              f"got {layers!r}")
+        if kind == "rdm" and not isinstance(layers, list):
+            raise ConfigError("losses.rdl.layers: with an RDM teacher, a list of student layers, "
+                              f"got {layers!r}")
+        problem = _str_map(layers) if isinstance(layers, dict) else _str_list(layers)
+        if problem or not layers:
+            raise ConfigError(f"losses.rdl.layers: {problem or 'must not be empty'}")
+    if data["min_covered"] and kind != "rdm":
+        raise ConfigError("data.min_covered: only meaningful with an RDM teacher (teacher.kind = 'rdm')")
+    if cfg["model"]["type"] == "mlp" and cfg["model"]["channels"] is not None:
+        raise ConfigError("model.channels: only used with model.type = 'cnn'")
+
+
+def parse_config(raw: Mapping[str, Any], base_dir: str | os.PathLike[str] = ".", name: str = "config") -> dict[str, Any]:
+    """Check a config dict (as read from TOML) and return it completed with defaults.
+
+    Input paths are resolved against ``base_dir`` and checked to exist.
+    Raises :class:`ConfigError` with ``"<name>: <dotted key>: <problem>"``.
+    """
+    try:
+        cfg = _complete(raw, SCHEMA, "")
+        _check_consistency(cfg, Path(base_dir))
+    except ConfigError as err:
+        raise ConfigError(f"{name}: {err}") from None
+    return cfg
+
+
+def _toml_module() -> Any:
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        return tomllib
+    try:  # pragma: no cover - Python 3.10
+        import tomli
+
+        return tomli
+    except ImportError:  # pragma: no cover
+        raise ConfigError("reading TOML configs on Python 3.10 needs the 'tomli' package (pip install tomli)") from None
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a TOML run config (see the module docstring); returns the completed dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    toml = _toml_module()
+    try:
+        with open(path, "rb") as fh:
+            raw = toml.load(fh)
+    except toml.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return parse_config(raw, path.resolve().parent, name=str(path))
+
+
+def example_config_path() -> Path:
+    """The packaged example config (``rdl_neuro/configs/example.toml``)."""
+    return Path(__file__).resolve().parent / "configs" / "example.toml"

@@ -1,0 +1,806 @@
+"""``Trainer``: the RDL training loop -- loss terms with weight schedules, history, checkpoints, torchrun.
+
+The loss is ``sum_name weight_name(epoch) * term_name(step)`` over the terms
+given as ``{name: loss}`` or ``{name: (loss, weight)}``, each a
+``rdl_neuro.losses.TransferLoss`` (cross-entropy, RDL, KD, RKD, SP, CKA) that
+reads a :class:`~rdl_neuro.losses.StepOutputs`. A weight is a float or a
+callable ``epoch -> float`` (epochs count from 0; see :func:`linear_warmup`).
+
+Reproducibility
+    Every source of randomness is derived from ``(seed, epoch)``: the order of
+    the training samples (or the ``CoverageBatchSampler`` epoch) and the torch
+    generator that drives dropout, reseeded at the start of every epoch. So a
+    run resumed at an epoch boundary replays exactly what the uninterrupted
+    run did; the RNG states saved in the checkpoint are restored too, for code
+    outside the trainer that draws from the global generators. Two runs with
+    the same seed (and a model built after :func:`seed_everything`) give
+    bit-identical weights on CPU.
+
+Files (``out_dir``; only rank 0 writes)
+    ``history.csv``                  one row per epoch, rewritten atomically every epoch
+    ``checkpoints/epoch-XXXX.pt``    after every epoch; the last ``keep_checkpoints`` (2) are kept
+    ``final.pt``                     the same dict after the last epoch
+    Every file is written to a temporary file and renamed (``rdl_neuro.io``),
+    so a kill at any moment leaves only complete files (plus, at worst, a
+    hidden ``.name.tmp-*`` file that the next run removes).
+
+Checkpoint format (``torch.load(path, weights_only=True)`` reads it)
+    ``model_state``, ``model_config`` (dict for ``rdl_neuro.models.build_model``
+    or None), ``optimizer_state``, ``scheduler_state`` (None without a
+    scheduler), ``rng_state``, ``history`` (list of per-epoch records),
+    ``epoch`` (number of completed epochs), ``seed``, ``format``.
+
+Resume policy
+    ``resume=True`` loads the newest ``epoch-*.pt``. Should it be unreadable
+    (it cannot be half-written by this code, but disks and people damage
+    files) the trainer warns with a :class:`CorruptCheckpointWarning` naming
+    it and falls back to the previous good checkpoint; only when no checkpoint
+    can be read does it raise :class:`CheckpointError`, naming every file
+    tried. No checkpoint at all starts a fresh run. ``resume=False`` starts
+    over and removes earlier ``epoch-*.pt`` files of ``out_dir`` (with a warning).
+
+Distributed (``torchrun``)
+    When launched with ``WORLD_SIZE > 1`` the trainer joins (or creates) the
+    process group -- NCCL where CUDA exists, gloo otherwise -- wraps the model
+    in ``DistributedDataParallel``, gives every rank an equal contiguous slice
+    of each *global* batch of ``batch_size`` samples, switches the RDM losses
+    to ``gather=True`` (their RDMs span the global batch) and writes files on
+    rank 0 only. The result equals the single-process run on the same global
+    batches up to floating-point summation order. ``batch_size`` must be a
+    multiple of the world size; the samples of a last global batch that do not
+    divide evenly are skipped in that epoch (at most ``world_size - 1``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from rdl_neuro.io import atomic_torch_save, atomic_write_csv, remove_stale_temporaries
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rdl_neuro.losses import TransferLoss
+    from rdl_neuro.teachers import NetworkTeacher, RDMTeacher
+
+__all__ = [
+    "Trainer",
+    "RDMProbe",
+    "Schedule",
+    "linear_warmup",
+    "seed_everything",
+    "derive_seed",
+    "load_checkpoint",
+    "find_checkpoints",
+    "CheckpointError",
+    "CorruptCheckpointWarning",
+    "CHECKPOINT_KEYS",
+]
+
+Schedule = Union[float, Callable[[int], float]]
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_KEYS = ("model_state", "model_config", "optimizer_state", "scheduler_state", "rng_state",
+                   "history", "epoch")
+_CKPT_RE = re.compile(r"^epoch-(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or lacks what a resume needs."""
+
+
+class CorruptCheckpointWarning(UserWarning):
+    """The newest checkpoint was unreadable; training resumed from an older one."""
+
+
+# --------------------------------------------------------------------------- #
+# seeds and schedules
+# --------------------------------------------------------------------------- #
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed derived from ``seed`` and ``keys`` (e.g. epoch, rank) -- stable across runs and platforms."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, *[int(k) for k in keys]]).generate_state(2)
+    return int((int(state[0]) << 32 | int(state[1])) & 0x7FFFFFFFFFFFFFFF)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy's global generator and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def linear_warmup(weight: float, epochs: int, start: float = 0.0) -> Callable[[int], float]:
+    """Schedule rising linearly from ``start`` to ``weight`` over the first ``epochs`` epochs.
+
+    Epoch ``e`` (from 0) gets ``start + (weight - start) * min(1, (e + 1) / epochs)``,
+    so the first epoch already trains with a non-zero weight.
+    """
+    if epochs < 1:
+        raise ValueError(f"warm-up needs at least 1 epoch, got {epochs}")
+
+    def schedule(epoch: int) -> float:
+        return start + (weight - start) * min(1.0, (epoch + 1) / epochs)
+
+    schedule.__qualname__ = f"linear_warmup({weight}, {epochs})"
+    return schedule
+
+
+def _weight_at(schedule: Schedule, epoch: int, name: str) -> float:
+    value = schedule(epoch) if callable(schedule) else schedule
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"weight of loss term {name!r} at epoch {epoch} is {value!r}, not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"weight of loss term {name!r} at epoch {epoch} is {value}")
+    return value
+
+
+# --------------------------------------------------------------------------- #
+# RNG state (kept to plain types so torch.load(weights_only=True) reads it)
+# --------------------------------------------------------------------------- #
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- #
+# checkpoints
+# --------------------------------------------------------------------------- #
+def find_checkpoints(folder: str | os.PathLike[str]) -> list[Path]:
+    """The ``epoch-XXXX.pt`` files of ``folder``, oldest epoch first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a trainer checkpoint; raises :class:`CheckpointError` naming the file if it is unreadable or incomplete."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors... for damaged files
+        raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a trainer checkpoint dict")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks the entries {missing}")
+    return ckpt
+
+
+# --------------------------------------------------------------------------- #
+# the RDM probe
+# --------------------------------------------------------------------------- #
+@dataclass
+class RDMProbe:
+    """Student-teacher RDM correlation on a fixed stimulus set, logged every epoch.
+
+    Attributes
+    ----------
+    stimuli : Tensor ``(n, ...)``
+        The teacher's stimuli, in the order of ``stimulus_ids``.
+    stimulus_ids : Tensor or sequence ``(n,)``
+    teacher : Tensor, RDMTeacher or NetworkTeacher
+        Condensed teacher RDMs ``(n(n-1)/2,)`` or ``(k, n(n-1)/2)`` (or a square
+        ``(n, n)``) over the stimuli in this order; an ``RDMTeacher`` (its RDMs
+        over these ids, missing pairs as NaN); or a ``NetworkTeacher`` whose
+        layer RDMs are computed on the stimuli.
+    layers : str, sequence of str, or mapping student layer -> teacher layer
+        The mapping form is needed with a ``NetworkTeacher``; a fixed RDM is
+        compared with every listed student layer.
+    method : str
+        RDM method for the student (and network teacher) features (``rdl_neuro.rdm``).
+    compare : str
+        ``compare_rdms`` method; the history holds the mean over teacher RDMs
+        in column ``rdm_<compare>_<student layer>``.
+    """
+
+    stimuli: torch.Tensor
+    stimulus_ids: Any
+    teacher: Any
+    layers: str | Sequence[str] | Mapping[str, str]
+    method: str = "euclidean"
+    compare: str = "corr"
+
+    def layer_map(self) -> dict[str, str | None]:
+        if isinstance(self.layers, str):
+            return {self.layers: None}
+        if isinstance(self.layers, Mapping):
+            return dict(self.layers)
+        return {layer: None for layer in self.layers}
+
+
+# --------------------------------------------------------------------------- #
+# data
+# --------------------------------------------------------------------------- #
+class _GlobalBatches:
+    """Batch sampler: a permutation seeded by ``(seed, epoch)``, cut into global batches, sliced per rank."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, world: int, rank: int) -> None:
+        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.world, self.rank, self.epoch = world, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, 1, self.epoch))
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        for start in range(0, self.n, self.batch_size):
+            batch = order[start:start + self.batch_size]
+            local = len(batch) // self.world
+            if local == 0:
+                continue
+            yield batch[self.rank * local:(self.rank + 1) * local]
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.batch_size)
+        return full + (1 if rest >= self.world else 0)
+
+
+def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not isinstance(batch, (list, tuple)) or len(batch) not in (2, 3):
+        raise TypeError("training data must yield (x, y) or (x, y, stimulus_id) items, "
+                        f"got batches of {type(batch).__name__}")
+    if len(batch) == 2:
+        x, y = batch
+        sid = torch.full((len(y),), -1, dtype=torch.long)
+    else:
+        x, y, sid = batch
+    return x, torch.as_tensor(y).long(), torch.as_tensor(sid).long()
+
+
+def _stimulus_ids_of(data: Dataset) -> torch.Tensor:
+    """Stimulus ids ``(n,)`` of every item (``-1`` for datasets without ids)."""
+    ids = getattr(data, "stimulus_ids", None)
+    if ids is not None:
+        return torch.as_tensor(ids).long().reshape(-1)
+    out = []
+    for i in range(len(data)):  # type: ignore[arg-type]
+        item = data[i]
+        out.append(int(item[2]) if len(item) == 3 else -1)
+    return torch.tensor(out, dtype=torch.long)
+
+
+# --------------------------------------------------------------------------- #
+# the trainer
+# --------------------------------------------------------------------------- #
+class Trainer:
+    """Train a student with cross-entropy plus any weighted transfer losses.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The student; maps ``(b, ...)`` inputs to logits ``(b, n_classes)``.
+        Layers named by the losses are recorded with ``LayerRecorder``.
+    train_data : Dataset
+        Items ``(x, y)`` or ``(x, y, stimulus_id)`` (``StimulusDataset``);
+        stimulus id ``-1`` (``UNCOVERED``) marks samples outside the teacher RDM.
+    losses : mapping name -> TransferLoss or (TransferLoss, weight)
+        ``weight`` is a float or a callable ``epoch -> float`` (default 1).
+    optimizer : torch.optim.Optimizer, optional
+        Over ``model.parameters()``; default ``Adam(lr=1e-3)``.
+    scheduler : LR scheduler, optional
+        Stepped once per epoch.
+    val_data : Dataset, optional
+        Items like ``train_data``; gives ``val_loss`` (cross-entropy) and ``val_acc``.
+    teacher : NetworkTeacher, optional
+        Run on every batch when a loss needs teacher features or logits.
+    batch_size : int
+        Global batch size (split over ranks under torchrun).
+    epochs : int
+    seed : int
+    out_dir : path, optional
+        Where history and checkpoints go; None keeps everything in memory.
+    resume : bool
+        Continue from the newest checkpoint in ``out_dir`` (see the module docstring).
+    quiet : bool
+        No progress bars (they are off anyway when stderr is not a terminal).
+    rdm_probe : RDMProbe, optional
+        Student-teacher RDM correlation logged per epoch.
+    min_covered : int
+        With ``> 0``, batches come from ``CoverageBatchSampler``: at least
+        this many samples per (global) batch whose stimulus id is covered;
+        under torchrun each rank gets ``ceil(min_covered / world_size)``.
+    coverage : RDMTeacher, optional
+        Decides which ids are covered (``coverage.covers``); default: the
+        RDM teacher of the losses when there is exactly one, else ids ``!= -1``.
+    model_config : dict, optional
+        Stored in checkpoints; default ``model.config`` if present.
+    keep_checkpoints : int
+        How many ``epoch-*.pt`` files to keep.
+    device : str or torch.device, optional
+        Default CUDA when available, else CPU (under torchrun with CUDA: ``cuda:LOCAL_RANK``).
+    distributed : "auto", True or False
+        "auto" joins torchrun when ``WORLD_SIZE > 1``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: Dataset,
+        *,
+        losses: Mapping[str, Any],
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        val_data: Dataset | None = None,
+        teacher: NetworkTeacher | None = None,
+        batch_size: int = 32,
+        epochs: int = 10,
+        seed: int = 0,
+        out_dir: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        quiet: bool = False,
+        rdm_probe: RDMProbe | None = None,
+        min_covered: int = 0,
+        coverage: RDMTeacher | None = None,
+        model_config: Mapping[str, Any] | None = None,
+        keep_checkpoints: int = 2,
+        device: str | torch.device | None = None,
+        distributed: bool | str = "auto",
+        eval_batch_size: int = 1024,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(epochs, int) or epochs < 0:
+            raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+        if keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be at least 1, got {keep_checkpoints}")
+        if len(train_data) == 0:  # type: ignore[arg-type]
+            raise ValueError("train_data is empty")
+        self.model = model
+        self.train_data = train_data
+        self.val_data = val_data
+        self.teacher = teacher
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.seed = int(seed)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.resume = resume
+        self.quiet = quiet
+        self.rdm_probe = rdm_probe
+        self.min_covered = int(min_covered)
+        self.coverage = coverage
+        self.keep_checkpoints = keep_checkpoints
+        self.eval_batch_size = eval_batch_size
+        cfg = model_config if model_config is not None else getattr(model, "config", None)
+        self.model_config = dict(cfg) if cfg is not None else None
+
+        self.world, self.rank, self._owns_group = self._setup_distributed(distributed)
+        if self.world > 1 and batch_size % self.world:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of the world size {self.world}")
+        self.device = self._pick_device(device)
+        self.model.to(self.device)
+
+        self.terms = self._parse_losses(losses)
+        self.student_layers = tuple(dict.fromkeys(l for loss, _ in self.terms.values() for l in loss.student_layers))
+        self._needs_teacher = any(loss.needs_teacher_logits or loss.teacher_layers for loss, _ in self.terms.values())
+        if self._needs_teacher and teacher is None:
+            names = [n for n, (l, _) in self.terms.items() if l.needs_teacher_logits or l.teacher_layers]
+            raise ValueError(f"loss terms {names} need a network teacher, but teacher=None")
+        if self.world > 1:
+            for loss, _ in self.terms.values():
+                # RDM-type losses must see the global batch, or DDP would average per-rank RDM losses
+                if hasattr(loss, "gather"):
+                    loss.gather = True
+
+        self.optimizer = optimizer if optimizer is not None else torch.optim.Adam(model.parameters(), lr=1e-3)
+        self.scheduler = scheduler
+        self._records: list[dict[str, Any]] = []
+        self.epoch = 0  # completed epochs
+        self._probe_teacher_rdms: dict[str, torch.Tensor] | None = None
+
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model: nn.Module = DistributedDataParallel(self.model, device_ids=ids)
+        else:
+            self.ddp_model = self.model
+
+    # ----------------------------------------------------------------- setup
+    @staticmethod
+    def _setup_distributed(mode: bool | str) -> tuple[int, int, bool]:
+        if mode not in ("auto", True, False):
+            raise ValueError(f"distributed must be 'auto', True or False, got {mode!r}")
+        if mode is False or not dist.is_available():
+            return 1, 0, False
+        if dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank(), False
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 or mode is True:
+            if "MASTER_ADDR" not in os.environ:
+                raise ValueError("distributed training needs torchrun's environment (MASTER_ADDR, RANK, WORLD_SIZE)")
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend=backend)
+            return dist.get_world_size(), dist.get_rank(), True
+        return 1, 0, False
+
+    def _pick_device(self, device: str | torch.device | None) -> torch.device:
+        if device is not None:
+            return torch.device(device)
+        if torch.cuda.is_available():
+            if self.world > 1:
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                torch.cuda.set_device(local)
+                return torch.device("cuda", local)
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+    def _parse_losses(self, losses: Mapping[str, Any]) -> dict[str, tuple[Any, Schedule]]:
+        if not isinstance(losses, Mapping) or not losses:
+            raise ValueError("losses must be a non-empty mapping {name: loss or (loss, weight)}")
+        from rdl_neuro.features import resolve_layers
+
+        terms: dict[str, tuple[Any, Schedule]] = {}
+        for name, spec in losses.items():
+            loss, weight = (spec if isinstance(spec, tuple) else (spec, 1.0))
+            if not hasattr(loss, "from_step"):
+                raise TypeError(f"loss term {name!r} is a {type(loss).__name__}, not a rdl_neuro TransferLoss")
+            if not callable(weight):
+                _weight_at(weight, 0, name)
+            if loss.student_layers:
+                resolve_layers(self.model, list(loss.student_layers), what=f"student layer of loss {name!r}")
+            if self.teacher is not None and getattr(loss, "teacher_layers", ()):
+                known = set(getattr(self.teacher, "layers", ()) or ())
+                missing = [l for l in loss.teacher_layers if known and l not in known]
+                if missing:
+                    raise KeyError(f"loss {name!r} needs teacher layers {missing}, but the teacher records "
+                                   f"only {sorted(known)}")
+            loss.to(self.device)
+            terms[name] = (loss, weight)
+        return terms
+
+    def _train_loader(self) -> DataLoader:
+        n = len(self.train_data)  # type: ignore[arg-type]
+        if self.min_covered > 0:
+            from rdl_neuro.datasets.stimulus import CoverageBatchSampler
+
+            ids = _stimulus_ids_of(self.train_data)
+            coverage = self.coverage
+            if coverage is None:
+                found = [t for loss, _ in self.terms.values() for t in getattr(loss, "rdm_teachers", [])]
+                coverage = found[0] if len(found) == 1 else None
+            mask = coverage.covers(ids) if coverage is not None else ids >= 0
+            mask = torch.as_tensor(mask, dtype=torch.bool).cpu()
+            covered = torch.nonzero(mask).flatten().tolist()
+            uncovered = torch.nonzero(~mask).flatten().tolist()
+            if not covered:
+                raise ValueError("min_covered > 0 but no training sample has a stimulus id covered by the teacher")
+            # the sampler counts per rank; our batch_size and min_covered are global
+            sampler: Any = CoverageBatchSampler(covered, uncovered, self.batch_size // self.world,
+                                                -(-self.min_covered // self.world), seed=self.seed,
+                                                num_replicas=self.world, rank=self.rank)
+        else:
+            sampler = _GlobalBatches(n, self.batch_size, self.seed, True, self.world, self.rank)
+        return DataLoader(self.train_data, batch_sampler=sampler, num_workers=0)
+
+    # ------------------------------------------------------------ properties
+    @property
+    def history(self) -> pd.DataFrame:
+        """One row per completed epoch: every loss term, accuracies, RDM correlations."""
+        return pd.DataFrame.from_records(self._records)
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.out_dir / "checkpoints" if self.out_dir is not None else None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint dict (see the module docstring)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model_state": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model_config": self.model_config,
+            "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng_state": _rng_state(),
+            "history": [dict(r) for r in self._records],
+            "epoch": self.epoch,
+            "seed": self.seed,
+        }
+
+    def load_state_dict(self, ckpt: Mapping[str, Any]) -> None:
+        """Restore model, optimiser, scheduler, RNG states, history and epoch from a checkpoint dict."""
+        self.model.load_state_dict(ckpt["model_state"])
+        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        if self.scheduler is not None and ckpt.get("scheduler_state") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler_state"])
+        _set_rng_state(ckpt["rng_state"])
+        self._records = [dict(r) for r in ckpt["history"]]
+        self.epoch = int(ckpt["epoch"])
+
+    def _save(self) -> None:
+        if not self.is_main or self.out_dir is None:
+            return
+        assert self.checkpoint_dir is not None
+        state = self.state_dict()
+        atomic_torch_save(state, self.checkpoint_dir / f"epoch-{self.epoch:04d}.pt")
+        # prune only after the new file is complete, so a good checkpoint always exists
+        for old in find_checkpoints(self.checkpoint_dir)[:-self.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        atomic_write_csv(self.history, self.out_dir / "history.csv")
+
+    def _restore(self) -> None:
+        """Resume from the newest readable checkpoint (see the module docstring)."""
+        assert self.checkpoint_dir is not None
+        found = find_checkpoints(self.checkpoint_dir)
+        if not found:
+            return
+        errors = []
+        for path in reversed(found):
+            try:
+                ckpt = load_checkpoint(path)
+            except CheckpointError as err:
+                errors.append(str(err))
+                warnings.warn(f"{err}; trying an older checkpoint", CorruptCheckpointWarning, stacklevel=3)
+                continue
+            self.load_state_dict(ckpt)
+            return
+        raise CheckpointError("no readable checkpoint to resume from:\n  " + "\n  ".join(errors))
+
+    def _prepare_out_dir(self) -> None:
+        if self.out_dir is None:
+            return
+        assert self.checkpoint_dir is not None
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.checkpoint_dir.mkdir(exist_ok=True)
+            remove_stale_temporaries(self.out_dir)
+            remove_stale_temporaries(self.checkpoint_dir)
+            if not self.resume:
+                old = find_checkpoints(self.checkpoint_dir)
+                if old:
+                    warnings.warn(f"resume=False: removing {len(old)} earlier checkpoint(s) in {self.checkpoint_dir}",
+                                  stacklevel=3)
+                    for p in old:
+                        p.unlink()
+        self._barrier()
+        if self.resume:
+            self._restore()
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    # --------------------------------------------------------------- training
+    def fit(self) -> pd.DataFrame:
+        """Train up to ``epochs`` epochs (continuing after a resume); returns the history."""
+        from rdl_neuro.features import LayerRecorder
+
+        self._prepare_out_dir()
+        loader = self._train_loader()
+        recorder = LayerRecorder(self.model, self.student_layers) if self.student_layers else None
+        try:
+            while self.epoch < self.epochs:
+                record = self._train_epoch(loader, recorder)
+                record.update(self._validate())
+                record.update(self._probe())
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self._records.append(record)
+                self.epoch += 1
+                self._save()
+            if self.is_main and self.out_dir is not None:
+                atomic_torch_save(self.state_dict(), self.out_dir / "final.pt")
+                atomic_write_csv(self.history, self.out_dir / "history.csv")
+        finally:
+            if recorder is not None:
+                recorder.close()
+            if self._owns_group:
+                self._barrier()
+                dist.destroy_process_group()
+                self._owns_group = False
+        return self.history
+
+    def _progress(self, iterable: Any, total: int, desc: str) -> Any:
+        disable = self.quiet or not self.is_main or not sys.stderr.isatty()
+        if disable:
+            return iterable
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def _after_step(self, epoch: int, batch_index: int) -> None:
+        """Hook called after every optimiser step (subclasses: logging, tests that kill mid-epoch)."""
+
+    def _train_epoch(self, loader: DataLoader, recorder: Any) -> dict[str, Any]:
+        from rdl_neuro.losses import StepOutputs
+
+        epoch = self.epoch
+        start = time.perf_counter()
+        sampler = loader.batch_sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        # dropout & co. draw from the global generator: reseed it per (epoch, rank) so resuming replays exactly
+        torch.manual_seed(derive_seed(self.seed, 2, epoch, self.rank))
+        weights = {name: _weight_at(w, epoch, name) for name, (_, w) in self.terms.items()}
+        self.ddp_model.train()
+        if self.teacher is not None and hasattr(self.teacher, "model"):
+            self.teacher.model.eval()
+        sums: dict[str, float] = {}
+        correct = 0
+        count = 0
+        bar = self._progress(loader, len(loader), f"epoch {epoch + 1}/{self.epochs}")
+        for i, batch in enumerate(bar):
+            x, y, sid = _unpack(batch)
+            x, y, sid = x.to(self.device), y.to(self.device), sid.to(self.device)
+            t_logits = t_feats = None
+            if self._needs_teacher:
+                with torch.no_grad():
+                    t_logits, t_feats = self.teacher(x, stimulus_ids=sid)  # type: ignore[misc]
+            logits = self.ddp_model(x)
+            feats = recorder.features if recorder is not None else {}
+            step = StepOutputs(logits=logits, labels=y, stimulus_ids=sid, student_features=feats,
+                               teacher_logits=t_logits, teacher_features=t_feats)
+            total = logits.new_zeros(())
+            b = int(y.shape[0])
+            for name, (loss, _) in self.terms.items():
+                value, logs = loss.from_step(step)
+                if not torch.isfinite(value):
+                    raise FloatingPointError(f"loss term {name!r} is {value.item()} at epoch {epoch + 1}, "
+                                             f"batch {i + 1}")
+                total = total + weights[name] * value
+                sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + float(value.detach()) * b
+                for key, v in logs.items():
+                    # the term itself is loss_<name>; sub-terms keep the loss's own names ("rdl/hidden1")
+                    if isinstance(v, torch.Tensor) and v.numel() == 1 and key != name:
+                        col = key if key.startswith(f"{name}/") else f"{name}/{key}"
+                        sums[col] = sums.get(col, 0.0) + float(v.detach()) * b
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            if recorder is not None:
+                recorder.clear()  # free the graph held by the recorded features
+            sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * b
+            correct += int((logits.detach().argmax(1) == y).sum())
+            count += b
+            if bar is not loader:
+                bar.set_postfix(loss=f"{float(total.detach()):.4f}")
+            self._after_step(epoch, i)
+        keys = sorted(sums)
+        totals = torch.tensor([sums[k] for k in keys] + [float(correct), float(count)], dtype=torch.float64)
+        if self.world > 1:
+            # history holds global-batch means, equal to the single-process numbers
+            totals = totals.to(self.device)
+            dist.all_reduce(totals)
+            totals = totals.cpu()
+        n = float(totals[-1])
+        record: dict[str, Any] = {"epoch": epoch + 1}
+        record["loss"] = float(totals[keys.index("loss")]) / n
+        for k, v in zip(keys, totals[:-2].tolist()):
+            if k != "loss":
+                record[k] = v / n
+        for name, w in weights.items():
+            record[f"weight_{name}"] = w
+        record["train_acc"] = float(totals[-2]) / n
+        record["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        record["time_s"] = time.perf_counter() - start
+        return record
+
+    # ------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def _validate(self) -> dict[str, float]:
+        if self.val_data is None:
+            return {}
+        self.model.eval()
+        loader = DataLoader(self.val_data, batch_size=self.eval_batch_size, shuffle=False)
+        loss_sum, correct, count = 0.0, 0, 0
+        for batch in loader:
+            x, y, _ = _unpack(batch)
+            x, y = x.to(self.device), y.to(self.device)
+            logits = self.model(x)
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            count += int(y.shape[0])
+        return {"val_loss": loss_sum / count, "val_acc": correct / count}
+
+    def _probe_teacher(self) -> dict[str, torch.Tensor]:
+        """Condensed teacher RDMs ``(k, n_pairs)`` per student layer of the probe."""
+        probe = self.rdm_probe
+        assert probe is not None
+        from rdl_neuro.rdm import compute_rdm, to_condensed
+
+        ids = torch.as_tensor(probe.stimulus_ids).long()
+        layers = probe.layer_map()
+        teacher = probe.teacher
+        n = int(ids.shape[0])
+        if isinstance(teacher, (torch.Tensor, np.ndarray)):
+            t = torch.as_tensor(teacher, dtype=torch.float64)
+            if t.ndim == 2 and t.shape == (n, n) and n * (n - 1) // 2 != n:
+                t = to_condensed(t)
+            t = t.reshape(-1, t.shape[-1])
+            if t.shape[-1] != n * (n - 1) // 2:
+                raise ValueError(f"rdm_probe: teacher RDMs have {t.shape[-1]} entries, but {n} stimuli "
+                                 f"need {n * (n - 1) // 2}")
+            return {s: t for s in layers}
+        if hasattr(teacher, "batch_target"):  # RDMTeacher
+            target, mask = teacher.batch_target(ids)
+            target = torch.as_tensor(target, dtype=torch.float64)
+            cond = to_condensed(target)
+            cmask = to_condensed(torch.as_tensor(mask).to(torch.bool)) if mask is not None else None
+            if cmask is not None:
+                cond = cond.masked_fill(~cmask, float("nan"))
+            cond = cond.reshape(-1, cond.shape[-1])
+            return {s: cond for s in layers}
+        # NetworkTeacher
+        if any(t is None for t in layers.values()):
+            raise ValueError("rdm_probe: with a network teacher, layers must map student layer -> teacher layer")
+        with torch.no_grad():
+            _, feats = teacher(probe.stimuli.to(self.device), stimulus_ids=ids.to(self.device))
+        return {s: compute_rdm(feats[t].flatten(1).double().cpu(), probe.method).unsqueeze(0)
+                for s, t in layers.items()}
+
+    @torch.no_grad()
+    def _probe(self) -> dict[str, float]:
+        if self.rdm_probe is None:
+            return {}
+        from rdl_neuro.compare import compare_rdms
+        from rdl_neuro.features import LayerRecorder
+        from rdl_neuro.rdm import compute_rdm
+
+        probe = self.rdm_probe
+        if self._probe_teacher_rdms is None or not isinstance(probe.teacher, (torch.Tensor, np.ndarray)) \
+                and not hasattr(probe.teacher, "batch_target"):
+            # fixed RDMs are computed once; a network teacher could change (it is cheap anyway)
+            self._probe_teacher_rdms = self._probe_teacher()
+        teacher_rdms = self._probe_teacher_rdms
+        self.model.eval()
+        layers = list(probe.layer_map())
+        with LayerRecorder(self.model, layers, detach=True) as rec:
+            self.model(probe.stimuli.to(self.device))
+            feats = rec.features
+        out = {}
+        for layer in layers:
+            student = compute_rdm(feats[layer].double().cpu(), probe.method)
+            r = compare_rdms(student, teacher_rdms[layer], probe.compare)
+            out[f"rdm_{probe.compare}_{layer}"] = float(torch.nanmean(r))
+        return out
