@@ -1,0 +1,83 @@
+"""All-gather helpers for losses whose RDM spans the global batch under ``torch.distributed``.
+
+``gather_with_grad`` concatenates every rank's ``(b_r, ...)`` tensor into the
+global ``(sum_r b_r, ...)`` tensor in rank order, keeping the graph only for
+the local part. Its backward returns the gradient of the local slice times the
+world size. Why: every rank computes the *same* global loss ``L`` from the
+gathered tensor, so rank ``r``'s gradient is ``world_size * dL/d(local part)``;
+after data-parallel averaging (DDP's all-reduce *mean*) each parameter
+receives ``sum_r dL/d(part r) * d(part r)/dθ``, exactly the single-process
+gradient of ``L`` on the concatenated batch. No collective runs in backward.
+
+Ranks may hold different batch sizes; they are padded to the largest for the
+collective and trimmed afterwards.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["is_distributed", "world_size_and_rank", "gather_with_grad", "gather_no_grad"]
+
+
+def is_distributed() -> bool:
+    """True when a process group is initialised with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size_and_rank() -> tuple[int, int]:
+    """``(world_size, rank)``; ``(1, 0)`` outside ``torch.distributed``."""
+    if not is_distributed():
+        return 1, 0
+    return dist.get_world_size(), dist.get_rank()
+
+
+def _all_gather_padded(x: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """All ranks' ``x (b_r, ...)`` concatenated in rank order, and the sizes ``b_r``."""
+    world = dist.get_world_size()
+    size = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+    sizes_t = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes_t, size)
+    sizes = [int(s.item()) for s in sizes_t]
+    largest = max(sizes)
+    local = x.contiguous()
+    if local.shape[0] < largest:
+        pad = local.new_zeros((largest - local.shape[0], *local.shape[1:]))
+        local = torch.cat([local, pad])
+    parts = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(parts, local)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)]), sizes
+
+
+class _GatherLocalGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        world, rank = dist.get_world_size(), dist.get_rank()
+        gathered, sizes = _all_gather_padded(x)
+        ctx.start = sum(sizes[:rank])
+        ctx.size = sizes[rank]
+        ctx.world = world
+        return gathered
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # see the module docstring for why the local slice is scaled by the world size
+        return grad[ctx.start : ctx.start + ctx.size] * ctx.world
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Global batch ``(sum_r b_r, ...)`` from every rank's ``x (b_r, ...)``; gradient flows to the local part.
+
+    Outside ``torch.distributed`` (or with one rank) returns ``x`` unchanged.
+    """
+    if not is_distributed():
+        return x
+    return _GatherLocalGrad.apply(x)
+
+
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Global batch of a tensor that needs no gradient (stimulus ids, teacher features)."""
+    if not is_distributed():
+        return x
+    with torch.no_grad():
+        return _all_gather_padded(x.detach())[0]

@@ -1,0 +1,478 @@
+"""Loss terms: ``RDLLoss`` (Representational Distance Learning) and the peers KD, RKD, SP and CKA, plus cross-entropy.
+
+Every term is a ``TransferLoss``: a small ``nn.Module`` whose ``forward``
+takes tensors, and whose ``from_step(step)`` takes the ``StepOutputs`` a
+trainer collects for one batch and returns ``(scalar total, {log name: value})``.
+The attributes ``student_layers`` / ``teacher_layers`` /
+``needs_teacher_logits`` tell the trainer what to record.
+
+Log names: ``ce``, ``kd``, ``rdl/<student layer>``, ``rkd/<student layer>``,
+``sp/<student layer>``, ``cka/<student layer>``.
+
+RDMs come from ``rdl_neuro.rdm.compute_rdm`` and RDM correlations from
+``rdl_neuro.compare.compare_rdms``; nothing here re-implements them.
+
+``gather=True`` (``RDLLoss``, ``RKDLoss``, ``SPLoss``) builds the RDM over the
+global batch under ``torch.distributed`` (see ``rdl_neuro.distributed``): the
+loss value equals a single process on the concatenated batch on every rank,
+and the all-reduce *mean* of the ranks' gradients (what DDP does) equals the
+single-process gradient.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rdl_neuro.compare import compare_rdms
+from rdl_neuro.distributed import gather_no_grad, gather_with_grad
+from rdl_neuro.rdm import check_method, compute_rdm, to_condensed
+from rdl_neuro.teachers import NetworkTeacher, RDMTeacher
+
+__all__ = [
+    "StepOutputs",
+    "TransferLoss",
+    "CELoss",
+    "RDLLoss",
+    "KDLoss",
+    "RKDLoss",
+    "SPLoss",
+    "CKALoss",
+    "CRITERIA",
+    "rdm_criterion",
+]
+
+CRITERIA = ("mse", "scaled_mse", "corr", "cosine")
+
+
+@dataclass
+class StepOutputs:
+    """What the trainer hands every loss term for one batch.
+
+    logits : ``(b, n_classes)`` student output
+    labels : ``(b,)`` long
+    stimulus_ids : ``(b,)`` long; ``UNCOVERED`` (-1) for samples with no stimulus id
+    student_features : layer name -> ``(b, f)``, recorded by ``LayerRecorder``
+    teacher_logits : ``(b, n_classes)`` from a ``NetworkTeacher``, if any
+    teacher_features : teacher layer name -> ``(b, f)``, if any
+    """
+
+    logits: Tensor
+    labels: Tensor
+    stimulus_ids: Tensor
+    student_features: dict[str, Tensor]
+    teacher_logits: Tensor | None = None
+    teacher_features: dict[str, Tensor] | None = None
+
+
+def _lookup(features: Mapping[str, Tensor] | None, name: str, side: str) -> Tensor:
+    """``features[name]`` or a KeyError that names the layer, the side and close matches."""
+    if features is None:
+        raise ValueError(f"{side} features are needed for layer {name!r} but none were given")
+    if name not in features:
+        close = difflib.get_close_matches(name, list(features), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise KeyError(f"{side} layer {name!r} was not recorded (recorded: {sorted(features)}){hint}")
+    return features[name]
+
+
+def _checked_features(x: Tensor, name: str, side: str = "student") -> Tensor:
+    """Features flattened to ``(b, f)``; NaN/inf raise a ValueError naming the layer and samples."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{side} layer {name!r}: features must be a tensor, got {type(x).__name__}")
+    if x.ndim == 0:
+        raise ValueError(f"{side} layer {name!r}: features are a scalar, expected (b, f)")
+    if x.ndim != 2:
+        x = x.reshape(x.shape[0], -1)
+    if not x.is_floating_point():
+        raise TypeError(f"{side} layer {name!r}: features must be floating point, got {x.dtype}")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        rows = torch.nonzero(~finite.all(dim=1)).squeeze(1)[:5].tolist()
+        kind = "NaN" if bool(torch.isnan(x).any()) else "infinite"
+        raise ValueError(f"{side} layer {name!r} has {kind} features in batch samples {rows}")
+    return x
+
+
+def _tiny(x: Tensor) -> float:
+    return torch.finfo(x.dtype).tiny
+
+
+def rdm_criterion(student: Tensor, teacher: Tensor, criterion: str, mask: Tensor | None = None) -> Tensor:
+    """Discrepancy between condensed RDMs ``student (P,)`` and ``teacher (P,)`` over usable pairs ``mask (P,)``.
+
+    ``mse``         mean squared difference (the paper's squared error)
+    ``scaled_mse``  each RDM divided by its mean over the usable pairs first
+    ``corr``        1 - Pearson r (``compare_rdms(..., "corr")``)
+    ``cosine``      1 - cosine similarity (``compare_rdms(..., "cosine")``)
+    """
+    check_method(criterion, CRITERIA, "RDL criterion")
+    if criterion in ("corr", "cosine"):
+        if mask is not None and not bool(mask.all()):
+            nan = torch.full_like(student, float("nan"))
+            # NaN marks unused pairs for compare_rdms; torch.where sends no gradient to them
+            student = torch.where(mask, student, nan)
+            teacher = torch.where(mask, teacher, nan.detach())
+        return 1 - compare_rdms(student.unsqueeze(0), teacher.unsqueeze(0), criterion)[0, 0]
+    if mask is not None and not bool(mask.all()):
+        student, teacher = student[mask], teacher[mask]
+    if criterion == "scaled_mse":
+        # clamp: a collapsed RDM (all zeros) stays 0 instead of 0/0
+        student = student / student.mean().clamp_min(_tiny(student))
+        teacher = teacher / teacher.mean().clamp_min(_tiny(teacher))
+    return (student - teacher).pow(2).mean()
+
+
+class TransferLoss(nn.Module):
+    """Base of every loss term. Subclasses set the layer attributes and implement ``from_step``."""
+
+    student_layers: tuple[str, ...] = ()
+    teacher_layers: tuple[str, ...] = ()
+    needs_teacher_logits: bool = False
+
+    def from_step(self, step: StepOutputs) -> tuple[Tensor, dict[str, Tensor]]:
+        """Scalar loss and detached per-term logs for one batch."""
+        raise NotImplementedError
+
+
+class CELoss(TransferLoss):
+    """Cross-entropy of the student logits (optionally label-smoothed)."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """``logits (b, n_classes)``, ``labels (b,)`` -> scalar."""
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+
+    def from_step(self, step: StepOutputs) -> tuple[Tensor, dict[str, Tensor]]:
+        loss = self(step.logits, step.labels)
+        return loss, {"ce": loss.detach()}
+
+
+class RDLLoss(TransferLoss):
+    """Representational Distance Learning (McClure & Kriegeskorte 2016).
+
+    ``L = sum_m w_m * D(RDM(student layer m), teacher RDM m)`` over the usable
+    stimulus pairs of the batch.
+
+    Parameters
+    ----------
+    pairs : mapping student layer name -> teacher
+        A teacher is a teacher layer name (str) of a ``NetworkTeacher``, whose
+        features are computed on the same batch (all pairs of samples are
+        usable), or an ``RDMTeacher`` (pairs usable per ``batch_target``).
+    weights : float or mapping student layer -> float, optional
+        ``lambda_m``; default 1 for every pair.
+    method : str
+        RDM method of the student (and network-teacher) RDMs, see ``rdl_neuro.rdm``.
+        For an ``RDMTeacher`` choose the method its RDM was computed with (or
+        use ``scaled_mse``/``corr`` when units differ).
+    criterion : {"mse", "scaled_mse", "corr", "cosine"}
+        See ``rdm_criterion``.
+    gather : bool
+        Span the global batch under ``torch.distributed``.
+
+    Batches with too few usable pairs (fewer than 2 usable stimuli, i.e. no
+    pair; ``corr``/``cosine`` also need 2 pairs) contribute an exact 0 that
+    keeps the graph connected; they are counted in ``skipped_batches`` (forward
+    calls with at least one skipped term) and ``skipped_terms`` (per layer).
+    ``last_usable_pairs`` holds the number of usable pairs of each term of the
+    last call.
+    """
+
+    def __init__(
+        self,
+        pairs: Mapping[str, Union[str, RDMTeacher]],
+        weights: float | Mapping[str, float] | None = None,
+        method: str = "euclidean",
+        criterion: str = "mse",
+        gather: bool = False,
+    ):
+        super().__init__()
+        if not isinstance(pairs, Mapping) or not pairs:
+            raise ValueError("pairs must be a non-empty mapping of student layer -> teacher layer or RDMTeacher")
+        for student, teacher in pairs.items():
+            if not isinstance(student, str):
+                raise TypeError(f"student layer names must be strings, got {student!r}")
+            if isinstance(teacher, NetworkTeacher):
+                raise TypeError(
+                    f"pair {student!r}: give the NetworkTeacher's layer name (one of {list(teacher.layers)}), "
+                    "not the teacher object; the trainer passes its features as teacher_features"
+                )
+            if not isinstance(teacher, (str, RDMTeacher)):
+                raise TypeError(f"pair {student!r}: teacher must be a layer name or an RDMTeacher, got {type(teacher).__name__}")
+        self.pairs: dict[str, Union[str, RDMTeacher]] = dict(pairs)
+        if weights is None:
+            weights = 1.0
+        if isinstance(weights, Mapping):
+            unknown = set(weights) - set(self.pairs)
+            if unknown:
+                raise KeyError(f"weights for layers that are not paired: {sorted(unknown)} (pairs: {list(self.pairs)})")
+            self.weights = {s: float(weights.get(s, 1.0)) for s in self.pairs}
+        else:
+            self.weights = {s: float(weights) for s in self.pairs}
+        negative = [s for s, w in self.weights.items() if w < 0]
+        if negative:
+            raise ValueError(f"negative weights for {negative}")
+        self.method = check_method(method)
+        self.criterion = check_method(criterion, CRITERIA, "RDL criterion")
+        self.gather = gather
+        self.student_layers = tuple(self.pairs)
+        self.teacher_layers = tuple(dict.fromkeys(t for t in self.pairs.values() if isinstance(t, str)))
+        self.needs_teacher_logits = False
+        self._min_pairs = 2 if criterion in ("corr", "cosine") else 1
+        self.skipped_batches = 0
+        self.skipped_terms = {s: 0 for s in self.pairs}
+        self.last_usable_pairs: dict[str, int] = {}
+
+    @property
+    def rdm_teachers(self) -> list[RDMTeacher]:
+        """The distinct ``RDMTeacher`` objects among the pairs."""
+        seen: dict[int, RDMTeacher] = {}
+        for t in self.pairs.values():
+            if isinstance(t, RDMTeacher):
+                seen.setdefault(id(t), t)
+        return list(seen.values())
+
+    def forward(
+        self,
+        student_features: Mapping[str, Tensor],
+        stimulus_ids: Tensor | None = None,
+        teacher_features: Mapping[str, Tensor] | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Weighted RDL loss of one batch.
+
+        Parameters
+        ----------
+        student_features : layer -> Tensor ``(b, f)`` (other shapes are flattened per sample)
+        stimulus_ids : Tensor ``(b,)`` long, needed when any teacher is an ``RDMTeacher``
+        teacher_features : teacher layer -> Tensor ``(b, g)``, needed for network-teacher pairs
+
+        Returns
+        -------
+        total : scalar Tensor
+        terms : ``{"rdl/<student layer>": detached scalar}`` (unweighted)
+        """
+        feats = {s: _checked_features(_lookup(student_features, s, "student"), s) for s in self.pairs}
+        sizes = {s: x.shape[0] for s, x in feats.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"student layers disagree on the batch size: {sizes}")
+        b = next(iter(sizes.values()))
+        tfeats: dict[str, Tensor] = {}
+        for t in self.teacher_layers:
+            tf = _checked_features(_lookup(teacher_features, t, "teacher"), t, "teacher").detach()
+            if tf.shape[0] != b:
+                raise ValueError(f"teacher layer {t!r} has {tf.shape[0]} samples, the student batch {b}")
+            tfeats[t] = tf
+        if self.rdm_teachers:
+            if stimulus_ids is None:
+                raise ValueError("stimulus_ids are needed: some layers are paired with an RDMTeacher")
+            stimulus_ids = torch.as_tensor(stimulus_ids)
+            if stimulus_ids.shape != (b,):
+                raise ValueError(f"stimulus_ids must have shape ({b},) like the features, got {tuple(stimulus_ids.shape)}")
+        if self.gather:
+            feats = {s: gather_with_grad(x) for s, x in feats.items()}
+            tfeats = {t: gather_no_grad(x) for t, x in tfeats.items()}
+            if stimulus_ids is not None and self.rdm_teachers:
+                stimulus_ids = gather_no_grad(stimulus_ids.to(next(iter(feats.values())).device))
+
+        targets: dict[int, tuple[Tensor, Tensor]] = {}  # one batch_target (and per-RDM draw) per teacher per call
+        total: Tensor | None = None
+        terms: dict[str, Tensor] = {}
+        skipped = False
+        for s, teacher in self.pairs.items():
+            x = feats[s]
+            if isinstance(teacher, RDMTeacher):
+                if id(teacher) not in targets:
+                    targets[id(teacher)] = teacher.batch_target(stimulus_ids.to(x.device))
+                term, n_pairs = self._fixed_term(x, *targets[id(teacher)])
+            else:
+                term, n_pairs = self._network_term(x, tfeats[teacher])
+            self.last_usable_pairs[s] = n_pairs
+            if term is None:
+                skipped = True
+                self.skipped_terms[s] += 1
+                term = x.sum() * 0.0  # exact 0 that keeps every parameter in the graph (DDP)
+            terms[f"rdl/{s}"] = term.detach()
+            weighted = self.weights[s] * term
+            total = weighted if total is None else total + weighted
+        self.skipped_batches += int(skipped)
+        assert total is not None
+        return total, terms
+
+    def _fixed_term(self, x: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor | None, int]:
+        """Term against an RDMTeacher's batch target; only stimuli with a usable pair enter the RDM."""
+        n_pairs = int(mask.sum()) // 2
+        if n_pairs < self._min_pairs:
+            return None, n_pairs
+        keep = mask.any(dim=1)
+        if not bool(keep.all()):
+            idx = torch.nonzero(keep).squeeze(1)
+            x, target, mask = x[idx], target[idx][:, idx], mask[idx][:, idx]
+        s_vec = compute_rdm(x, self.method)
+        t_vec = to_condensed(target).to(s_vec.dtype)
+        m_vec = to_condensed(mask)
+        return rdm_criterion(s_vec, t_vec, self.criterion, m_vec), n_pairs
+
+    def _network_term(self, x: Tensor, t: Tensor) -> tuple[Tensor | None, int]:
+        b = x.shape[0]
+        n_pairs = b * (b - 1) // 2
+        if n_pairs < self._min_pairs:
+            return None, n_pairs
+        s_vec = compute_rdm(x, self.method)
+        t_vec = compute_rdm(t.to(x.dtype), self.method)
+        return rdm_criterion(s_vec, t_vec, self.criterion), n_pairs
+
+    def from_step(self, step: StepOutputs) -> tuple[Tensor, dict[str, Tensor]]:
+        return self(step.student_features, step.stimulus_ids, step.teacher_features)
+
+    def extra_repr(self) -> str:
+        pairs = {s: (t if isinstance(t, str) else repr(t)) for s, t in self.pairs.items()}
+        return f"pairs={pairs}, weights={self.weights}, method={self.method!r}, criterion={self.criterion!r}, gather={self.gather}"
+
+
+class KDLoss(TransferLoss):
+    """Knowledge distillation (Hinton et al. 2015): ``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean."""
+
+    needs_teacher_logits = True
+
+    def __init__(self, temperature: float = 4.0):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        """``student_logits (b, c)``, ``teacher_logits (b, c)`` -> scalar."""
+        if student_logits.shape != teacher_logits.shape:
+            raise ValueError(
+                f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape"
+            )
+        T = self.temperature
+        log_p_s = F.log_softmax(student_logits / T, dim=-1)
+        log_p_t = F.log_softmax(teacher_logits.to(student_logits.dtype) / T, dim=-1)
+        return T * T * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+
+    def from_step(self, step: StepOutputs) -> tuple[Tensor, dict[str, Tensor]]:
+        if step.teacher_logits is None:
+            raise ValueError("KDLoss needs teacher_logits (a NetworkTeacher) in the step outputs")
+        loss = self(step.logits, step.teacher_logits)
+        return loss, {"kd": loss.detach()}
+
+
+class _PairedFeatureLoss(TransferLoss):
+    """A peer loss between one student layer and one teacher layer."""
+
+    log_name = ""
+
+    def __init__(self, student_layer: str, teacher_layer: str, gather: bool = False):
+        super().__init__()
+        self.student_layer, self.teacher_layer = student_layer, teacher_layer
+        self.student_layers, self.teacher_layers = (student_layer,), (teacher_layer,)
+        self.gather = gather
+
+    def _prepare(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        s = _checked_features(s, self.student_layer, "student")
+        t = _checked_features(t, self.teacher_layer, "teacher").to(s.dtype)
+        if s.shape[0] != t.shape[0]:
+            raise ValueError(f"student batch {s.shape[0]} and teacher batch {t.shape[0]} differ")
+        if self.gather:
+            s, t = gather_with_grad(s), gather_no_grad(t)
+        if s.shape[0] < 2:
+            raise ValueError(f"{type(self).__name__} needs at least 2 samples in the batch, got {s.shape[0]}")
+        return s, t
+
+    def from_step(self, step: StepOutputs) -> tuple[Tensor, dict[str, Tensor]]:
+        s = _lookup(step.student_features, self.student_layer, "student")
+        t = _lookup(step.teacher_features, self.teacher_layer, "teacher")
+        loss = self(s, t)
+        return loss, {f"{self.log_name}/{self.student_layer}": loss.detach()}
+
+    def extra_repr(self) -> str:
+        return f"student_layer={self.student_layer!r}, teacher_layer={self.teacher_layer!r}"
+
+
+class RKDLoss(_PairedFeatureLoss):
+    """Relational KD (Park et al. 2019): distance term, optional angle term.
+
+    Distance: Euclidean RDMs, each divided by its mean over the ``b(b-1)/2``
+    pairs, compared with smooth-L1 (beta 1) averaged over the pairs. Angle:
+    cosines of the angles ``(s_i - s_j, s_k - s_j)`` over all ``b^3`` triplets
+    (as the authors' code), smooth-L1 averaged over them.
+    """
+
+    log_name = "rkd"
+
+    def __init__(
+        self,
+        student_layer: str,
+        teacher_layer: str,
+        distance_weight: float = 1.0,
+        angle_weight: float = 0.0,
+        gather: bool = False,
+    ):
+        super().__init__(student_layer, teacher_layer, gather)
+        self.distance_weight, self.angle_weight = float(distance_weight), float(angle_weight)
+
+    @staticmethod
+    def _normalised_distances(x: Tensor) -> Tensor:
+        d = compute_rdm(x, "euclidean")
+        return d / d.mean().clamp_min(_tiny(d))
+
+    @staticmethod
+    def _angles(x: Tensor) -> Tensor:
+        diff = x.unsqueeze(0) - x.unsqueeze(1)  # (b, b, f): diff[j, i] = x_i - x_j
+        unit = F.normalize(diff, p=2, dim=2)
+        return torch.bmm(unit, unit.transpose(1, 2)).reshape(-1)
+
+    def forward(self, s: Tensor, t: Tensor) -> Tensor:
+        """``s (b, f)`` student, ``t (b, g)`` teacher features -> scalar."""
+        s, t = self._prepare(s, t)
+        loss = s.new_zeros(())
+        if self.distance_weight:
+            loss = loss + self.distance_weight * F.smooth_l1_loss(
+                self._normalised_distances(s), self._normalised_distances(t)
+            )
+        if self.angle_weight:
+            loss = loss + self.angle_weight * F.smooth_l1_loss(self._angles(s), self._angles(t))
+        return loss
+
+
+class SPLoss(_PairedFeatureLoss):
+    """Similarity-preserving KD (Tung & Mori 2019): ``||norm(s s^T) - norm(t t^T)||_F^2 / b^2`` (rows L2-normalised)."""
+
+    log_name = "sp"
+
+    def forward(self, s: Tensor, t: Tensor) -> Tensor:
+        """``s (b, f)`` student, ``t (b, g)`` teacher features -> scalar."""
+        s, t = self._prepare(s, t)
+        b = s.shape[0]
+        g_s = F.normalize(s @ s.T, p=2, dim=1)
+        g_t = F.normalize(t @ t.T, p=2, dim=1)
+        return (g_s - g_t).pow(2).sum() / (b * b)
+
+
+class CKALoss(_PairedFeatureLoss):
+    """``1 - linear CKA`` (Kornblith et al. 2019) between student and teacher features of the batch."""
+
+    log_name = "cka"
+
+    def __init__(self, student_layer: str, teacher_layer: str):
+        super().__init__(student_layer, teacher_layer, gather=False)
+
+    def forward(self, s: Tensor, t: Tensor) -> Tensor:
+        """``s (b, f)`` student, ``t (b, g)`` teacher features -> scalar."""
+        s, t = self._prepare(s, t)
+        s = s - s.mean(dim=0, keepdim=True)
+        t = t - t.mean(dim=0, keepdim=True)
+        # Gram form <K, L> / (||K|| ||L||) equals ||t^T s||_F^2 / (||s^T s||_F ||t^T t||_F)
+        k, l = s @ s.T, t @ t.T
+        denom = (torch.linalg.matrix_norm(k) * torch.linalg.matrix_norm(l)).clamp_min(_tiny(s))
+        return 1 - (k * l).sum() / denom
