@@ -3,7 +3,7 @@
 Every choice of a training run lives in one TOML file (see
 ``rdl_neuro/configs/example.toml`` for a commented example that runs as is)::
 
-    seed, epochs, batch_size, output, resume, quiet, device     (top level)
+    seed, epochs, batch_size, output, resume, quiet, device, threads   (top level)
     [data]       source = digits | mnist | cifar100 | kriegeskorte92, path, n_train, validation, ...
     [model]      type = mlp | cnn, hidden, dropout, channels
     [teacher]    kind = none | network | rdm; checkpoint or [teacher.train]; rdm file + stimulus_ids
@@ -102,6 +102,7 @@ SCHEMA: dict[str, Any] = {
     "resume": F(BOOL, False),
     "quiet": F(BOOL, False),
     "device": F(STR, "auto"),
+    "threads": F(INT, 0, _non_negative),
     "data": {
         "source": F(STR, _REQUIRED, choices=DATA_SOURCES),
         "path": F(STR, None),

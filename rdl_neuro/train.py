@@ -319,6 +319,8 @@ class Trainer:
     train_data : Dataset
         Items ``(x, y)`` or ``(x, y, stimulus_id)`` (``StimulusDataset``);
         stimulus id ``-1`` (``UNCOVERED``) marks samples outside the teacher RDM.
+        Label ``-100`` (cross-entropy's ``ignore_index``) marks unlabelled
+        samples: they feed the transfer losses only, and ``train_acc`` skips them.
     losses : mapping name -> TransferLoss or (TransferLoss, weight)
         ``weight`` is a float or a callable ``epoch -> float`` (default 1).
     optimizer : torch.optim.Optimizer, optional
@@ -669,6 +671,7 @@ class Trainer:
         sums: dict[str, float] = {}
         correct = 0
         count = 0
+        n_labelled = 0
         bar = self._progress(loader, len(loader), f"epoch {epoch + 1}/{self.epochs}")
         for i, batch in enumerate(bar):
             x, y, sid = _unpack(batch)
@@ -701,13 +704,17 @@ class Trainer:
             if recorder is not None:
                 recorder.clear()  # free the graph held by the recorded features
             sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * b
-            correct += int((logits.detach().argmax(1) == y).sum())
+            # negative labels (e.g. cross-entropy's ignore_index -100) mark unlabelled samples
+            labelled = y >= 0
+            correct += int((logits.detach().argmax(1) == y)[labelled].sum())
             count += b
+            n_labelled += int(labelled.sum())
             if bar is not loader:
                 bar.set_postfix(loss=f"{float(total.detach()):.4f}")
             self._after_step(epoch, i)
         keys = sorted(sums)
-        totals = torch.tensor([sums[k] for k in keys] + [float(correct), float(count)], dtype=torch.float64)
+        totals = torch.tensor([sums[k] for k in keys] + [float(n_labelled), float(correct), float(count)],
+                              dtype=torch.float64)
         if self.world > 1:
             # history holds global-batch means, equal to the single-process numbers
             totals = totals.to(self.device)
@@ -716,12 +723,12 @@ class Trainer:
         n = float(totals[-1])
         record: dict[str, Any] = {"epoch": epoch + 1}
         record["loss"] = float(totals[keys.index("loss")]) / n
-        for k, v in zip(keys, totals[:-2].tolist()):
+        for k, v in zip(keys, totals[:-3].tolist()):
             if k != "loss":
                 record[k] = v / n
         for name, w in weights.items():
             record[f"weight_{name}"] = w
-        record["train_acc"] = float(totals[-2]) / n
+        record["train_acc"] = float(totals[-2]) / max(float(totals[-3]), 1.0)
         record["lr"] = float(self.optimizer.param_groups[0]["lr"])
         record["time_s"] = time.perf_counter() - start
         return record
@@ -788,9 +795,8 @@ class Trainer:
         from rdl_neuro.rdm import compute_rdm
 
         probe = self.rdm_probe
-        if self._probe_teacher_rdms is None or not isinstance(probe.teacher, (torch.Tensor, np.ndarray)) \
-                and not hasattr(probe.teacher, "batch_target"):
-            # fixed RDMs are computed once; a network teacher could change (it is cheap anyway)
+        if self._probe_teacher_rdms is None:
+            # teachers are fixed (a NetworkTeacher is frozen): their RDMs are computed once
             self._probe_teacher_rdms = self._probe_teacher()
         teacher_rdms = self._probe_teacher_rdms
         self.model.eval()

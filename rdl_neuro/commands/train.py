@@ -1,0 +1,383 @@
+"""``rdl-neuro train CONFIG.toml``: build data, student, teacher, losses and Trainer from a TOML config, then train.
+
+Everything is built and checked -- including the layer names against the
+built models -- before the first training step, so a bad config fails in a
+second with the key and the problem named. See ``rdl_neuro.config`` for the
+keys and ``rdl_neuro/configs/example.toml`` for an example that runs as is.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from rdl_neuro.config import ConfigError, load_config
+
+__all__ = ["register", "run", "build_run", "Run", "load_rdm_file"]
+
+
+@dataclass
+class Run:
+    """Everything ``build_run`` assembled: the trainer plus what it was built from."""
+
+    trainer: Any
+    config: dict[str, Any]
+    model: torch.nn.Module
+    teacher: Any
+    n_train: int
+    n_val: int
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` sub-command."""
+    p = subparsers.add_parser(
+        "train", help="train a student from a TOML config",
+        description="Train a student network with cross-entropy plus RDL/KD/RKD/SP/CKA terms, every choice "
+                    "taken from a TOML config (example: rdl_neuro/configs/example.toml).")
+    p.add_argument("config", help="the TOML run config")
+    p.add_argument("--out", default=None, help="output folder (overrides the config's 'output')")
+    p.add_argument("--epochs", type=int, default=None, help="number of epochs (overrides the config)")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the newest checkpoint")
+    p.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+    p.add_argument("--check", action="store_true", help="check the config and build everything, but do not train")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``rdl-neuro train``; returns the exit code."""
+    cfg = load_config(args.config)
+    if args.out is not None:
+        cfg["output"] = args.out
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise ConfigError(f"--epochs must be positive, got {args.epochs}")
+        cfg["epochs"] = args.epochs
+    if args.resume:
+        cfg["resume"] = True
+    if args.quiet:
+        cfg["quiet"] = True
+    built = build_run(cfg, name=str(args.config))
+    if args.check:
+        print(f"config OK: {built.n_train} training and {built.n_val} validation samples, student "
+              f"{built.config['model']['type']}, losses {', '.join(built.trainer.terms)}")
+        return 0
+    history = built.trainer.fit()
+    if built.trainer.is_main:
+        last = history.iloc[-1]
+        parts = [f"epoch {int(last['epoch'])}", f"loss {last['loss']:.4f}", f"train_acc {last['train_acc']:.3f}"]
+        if "val_acc" in history:
+            parts.append(f"val_acc {last['val_acc']:.3f}")
+        parts += [f"{c} {last[c]:.3f}" for c in history.columns if c.startswith("rdm_")]
+        print(", ".join(parts))
+        print(f"wrote {Path(cfg['output']) / 'history.csv'} and checkpoints in {Path(cfg['output'])}")
+    return 0
+
+
+# --------------------------------------------------------------------------- #
+# data
+# --------------------------------------------------------------------------- #
+def _load_images(data: Mapping[str, Any]) -> Any:
+    from rdl_neuro.datasets import loaders
+
+    source, path = data["source"], data["path"]
+    if source == "digits":
+        return loaders.load_digits(test_size=data["test_size"], seed=0)
+    if source == "mnist":
+        return loaders.load_mnist(path, test_size=data["test_size"], seed=0)
+    if source == "cifar100":
+        return loaders.load_cifar100(path, label=data["label"])
+    return loaders.load_kriegeskorte92(path, image_size=data["image_size"]).to_image_set()
+
+
+def _stratified(labels: np.ndarray, size: int | float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(chosen, rest)`` of a stratified draw of ``size`` (count or fraction); random if impossible."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    try:
+        chosen, rest = train_test_split(idx, train_size=size, stratify=labels, random_state=seed)
+    except ValueError:  # too few samples of a class to stratify
+        chosen, rest = train_test_split(idx, train_size=size, random_state=seed)
+    return np.sort(chosen), np.sort(rest)
+
+
+def _splits(images: Any, data: Mapping[str, Any], seed: int) -> tuple[Any, Any | None]:
+    """(training set, validation set or None) drawn from the source's training split."""
+    train = images.train if (images.descriptors["split"] == "train").any() else images
+    if data["validation"] > 0:
+        val_pos, train_pos = _stratified(train.labels.numpy(), data["validation"], seed)
+        val, train = train.subset(val_pos), train.subset(train_pos)
+    else:
+        val = None
+    n = data["n_train"]
+    if n:
+        if n > len(train):
+            raise ConfigError(f"data.n_train: {n} exceeds the {len(train)} training samples left after validation")
+        if n < len(train):
+            chosen, _ = _stratified(train.labels.numpy(), n, seed)
+            train = train.subset(chosen)
+    return train, val
+
+
+# --------------------------------------------------------------------------- #
+# teachers
+# --------------------------------------------------------------------------- #
+def load_rdm_file(path: str | Path, key: str | None = None) -> tuple[np.ndarray, list[int] | None]:
+    """RDM(s) from ``.npy`` (array), ``.csv`` (square matrix, optional header row/index column of ids)
+    or ``.npz`` (``key``, else ``rdm``/``rdms``/the only array; ids from ``stimulus_ids`` if present).
+
+    Returns ``(array (n, n) | (k, n, n) | condensed, ids or None)``.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False), None
+    if suffix == ".csv":
+        try:
+            return np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2), None
+        except ValueError:
+            import pandas as pd
+
+            df = pd.read_csv(path, index_col=0)
+            try:
+                ids = [int(i) for i in df.index]
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: the first column must hold integer stimulus ids") from None
+            return df.to_numpy(dtype=np.float64), ids
+    with np.load(path, allow_pickle=False) as npz:
+        names = list(npz.files)
+        ids = [int(i) for i in npz["stimulus_ids"]] if "stimulus_ids" in names else None
+        arrays = [n for n in names if n != "stimulus_ids"]
+        if key is not None:
+            if key not in names:
+                raise KeyError(f"{path}: no array {key!r} (arrays: {names})")
+            return npz[key], ids
+        for cand in ("rdm", "rdms"):
+            if cand in names:
+                return npz[cand], ids
+        if len(arrays) == 1:
+            return npz[arrays[0]], ids
+        raise ValueError(f"{path}: several arrays {arrays}; say which with teacher.rdm_key")
+
+
+def _rdm_teacher(cfg: dict[str, Any]) -> Any:
+    from rdl_neuro.teachers import RDMTeacher
+
+    t = cfg["teacher"]
+    try:
+        rdm, file_ids = load_rdm_file(t["rdm"], t["rdm_key"])
+    except (OSError, KeyError, ValueError) as err:
+        raise ConfigError(f"teacher.rdm: {err.args[0] if err.args else err}") from None
+    ids = t["stimulus_ids"]
+    if isinstance(ids, str):
+        try:
+            ids = np.load(ids).tolist() if ids.endswith(".npy") else np.loadtxt(ids, delimiter=",", dtype=np.int64,
+                                                                                 ndmin=1).tolist()
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"teacher.stimulus_ids: cannot read {ids}: {err}") from None
+    if ids is None:
+        ids = file_ids
+    if ids is None:
+        raise ConfigError(f"teacher.stimulus_ids: missing; {t['rdm']} holds no 'stimulus_ids'")
+    method = cfg["losses"].get("rdl", {}).get("method", "unknown")
+    try:
+        return RDMTeacher.from_array(rdm, [int(i) for i in ids], method=method, combine=t["combine"],
+                                     seed=cfg["seed"])
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"teacher.rdm: {err}") from None
+
+
+def _teacher_layers(cfg: dict[str, Any]) -> list[str]:
+    layers = cfg["teacher"]["layers"]
+    if layers:
+        return list(layers)
+    losses = cfg["losses"]
+    out: list[str] = []
+    if "rdl" in losses:
+        out += list(losses["rdl"]["layers"].values())
+    out += [losses[n]["teacher_layer"] for n in ("rkd", "sp", "cka") if n in losses]
+    return list(dict.fromkeys(out))
+
+
+def _network_teacher_model(cfg: dict[str, Any], train: Any, val: Any, input_shape: list[int], n_classes: int,
+                           name: str) -> torch.nn.Module:
+    from rdl_neuro.losses import CELoss
+    from rdl_neuro.models import build_model
+    from rdl_neuro.train import CheckpointError, Trainer, load_checkpoint
+
+    t = cfg["teacher"]
+    if t["checkpoint"] is not None:
+        try:
+            ckpt = load_checkpoint(t["checkpoint"])
+        except CheckpointError as err:
+            raise ConfigError(f"teacher.checkpoint: {err}") from None
+        if not isinstance(ckpt.get("model_config"), dict):
+            raise ConfigError(f"teacher.checkpoint: {t['checkpoint']} has no model_config to rebuild the network")
+        model = build_model(ckpt["model_config"])
+        mc = model.config
+        if list(mc["input_shape"]) != input_shape or mc["n_classes"] != n_classes:
+            raise ConfigError(f"teacher.checkpoint: the teacher takes inputs {mc['input_shape']} with "
+                              f"{mc['n_classes']} classes, the data are {input_shape} with {n_classes}")
+        model.load_state_dict(ckpt["model_state"])
+        return model
+    # no checkpoint: train the teacher first on all training images (not just the labelled subset)
+    spec = t["train"]
+    model_cfg = {"type": spec["type"], "hidden": spec["hidden"], "dropout": spec["dropout"],
+                 "input_shape": input_shape, "n_classes": n_classes}
+    if spec["type"] == "cnn" and spec["channels"] is not None:
+        model_cfg["channels"] = spec["channels"]
+    model = build_model(model_cfg)
+    out = Path(cfg["output"]) / "teacher"
+    final = out / "final.pt"
+    if cfg["resume"] and final.is_file():
+        model.load_state_dict(load_checkpoint(final)["model_state"])
+        return model
+    trainer = Trainer(model, train, losses={"ce": CELoss()},
+                      optimizer=torch.optim.Adam(model.parameters(), lr=spec["lr"]),
+                      val_data=val, batch_size=spec["batch_size"], epochs=spec["epochs"], seed=cfg["seed"],
+                      out_dir=out, resume=cfg["resume"], quiet=cfg["quiet"], distributed=False, device="cpu")
+    history = trainer.fit()
+    if trainer.is_main and "val_acc" in history:
+        print(f"teacher trained: val_acc {history['val_acc'].iloc[-1]:.3f} ({out})")
+    return model
+
+
+# --------------------------------------------------------------------------- #
+# the whole run
+# --------------------------------------------------------------------------- #
+def _check_layers(model: torch.nn.Module, layers: list[str], key: str) -> None:
+    from rdl_neuro.features import resolve_layers
+
+    try:
+        resolve_layers(model, layers)
+    except KeyError as err:
+        raise ConfigError(f"{key}: {err.args[0]}") from None
+
+
+def build_run(cfg: dict[str, Any], name: str = "config") -> Run:
+    """Assemble the Trainer of a checked config (from ``load_config``); raises ConfigError on problems."""
+    from rdl_neuro import losses as L
+    from rdl_neuro.datasets.stimulus import UNCOVERED, StimulusDataset
+    from rdl_neuro.models import build_model
+    from rdl_neuro.teachers import NetworkTeacher
+    from rdl_neuro.train import RDMProbe, Trainer, linear_warmup, seed_everything
+
+    try:
+        return _build(cfg, L, UNCOVERED, StimulusDataset, build_model, NetworkTeacher, RDMProbe, Trainer,
+                      linear_warmup, seed_everything)
+    except ConfigError as err:
+        raise ConfigError(f"{name}: {err}") from None
+
+
+def _build(cfg, L, UNCOVERED, StimulusDataset, build_model, NetworkTeacher, RDMProbe, Trainer, linear_warmup,
+           seed_everything) -> Run:  # noqa: ANN001 - internal, see build_run
+    if cfg["threads"]:
+        # small models train much faster on one thread than with several spinning on tiny matmuls
+        torch.set_num_threads(cfg["threads"])
+    seed_everything(cfg["seed"])
+    data = cfg["data"]
+    try:
+        images = _load_images(data)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"data.path: {err}") from None
+    train_set, val_set = _splits(images, data, cfg["seed"])
+    input_shape = list(images.images.shape[1:])
+    n_classes = len(images.classes)
+    as_dataset = lambda s: TensorDataset(s.images, s.labels)  # noqa: E731
+    plain_train = as_dataset(train_set)
+    val = as_dataset(val_set) if val_set is not None else None
+
+    mcfg = {k: v for k, v in cfg["model"].items() if v is not None}
+    student = build_model({**mcfg, "input_shape": input_shape, "n_classes": n_classes})
+
+    kind = cfg["teacher"]["kind"]
+    teacher = rdm_teacher = None
+    ids = train_set.stimulus.clone()
+    if kind == "network":
+        layers = _teacher_layers(cfg)
+        # the teacher learns from all training images, not just the student's labelled subset
+        full_train, _ = _splits(images, {**data, "n_train": 0}, cfg["seed"])
+        tmodel = _network_teacher_model(cfg, as_dataset(full_train), val, input_shape, n_classes, "teacher")
+        _check_layers(tmodel, layers, "teacher.layers" if cfg["teacher"]["layers"] else "losses (teacher layer)")
+        teacher = NetworkTeacher(tmodel, layers, cache=cfg["teacher"]["cache"])
+    elif kind == "rdm":
+        rdm_teacher = _rdm_teacher(cfg)
+        covered = rdm_teacher.covers(ids)
+        if not bool(covered.any()):
+            raise ConfigError(f"teacher.stimulus_ids: none of the teacher's {rdm_teacher.n_stimuli} stimulus ids "
+                              f"is among the {len(ids)} training stimuli of data source {data['source']!r}")
+        ids = torch.where(covered, ids, torch.full_like(ids, UNCOVERED))
+    train = StimulusDataset(plain_train, ids.tolist())
+
+    terms: dict[str, Any] = {}
+    for lname, spec in cfg["losses"].items():
+        if lname == "ce":
+            loss: Any = L.CELoss()
+        elif lname == "rdl":
+            layers = spec["layers"]
+            student_layers = list(layers) if isinstance(layers, (dict, list)) else []
+            _check_layers(student, student_layers, "losses.rdl.layers")
+            pairs = dict(layers) if isinstance(layers, dict) else {s: rdm_teacher for s in layers}
+            try:
+                loss = L.RDLLoss(pairs, method=spec["method"], criterion=spec["criterion"])
+            except (ValueError, TypeError, KeyError) as err:
+                raise ConfigError(f"losses.rdl: {err.args[0] if err.args else err}") from None
+        elif lname == "kd":
+            loss = L.KDLoss(temperature=spec["temperature"])
+        else:
+            _check_layers(student, [spec["student_layer"]], f"losses.{lname}.student_layer")
+            cls = {"rkd": L.RKDLoss, "sp": L.SPLoss, "cka": L.CKALoss}[lname]
+            loss = cls(spec["student_layer"], spec["teacher_layer"])
+        weight = linear_warmup(spec["weight"], spec["warmup_epochs"]) if spec["warmup_epochs"] else spec["weight"]
+        terms[lname] = (loss, weight)
+
+    o = cfg["optimizer"]
+    if o["name"] == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(student.parameters(), lr=o["lr"], momentum=o["momentum"],
+                                                           weight_decay=o["weight_decay"])
+    else:
+        cls_opt = torch.optim.Adam if o["name"] == "adam" else torch.optim.AdamW
+        optimizer = cls_opt(student.parameters(), lr=o["lr"], weight_decay=o["weight_decay"])
+    s = cfg["scheduler"]
+    scheduler = None
+    if s["name"] == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
+    elif s["name"] == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=s["step_size"], gamma=s["gamma"])
+
+    probe = None
+    p = cfg["probe"]
+    if p["enabled"] and "rdl" in cfg["losses"]:
+        layers = cfg["losses"]["rdl"]["layers"]
+        if teacher is not None:
+            src = val_set if val_set is not None else train_set
+            k = min(p["n_stimuli"], len(src))
+            probe = RDMProbe(src.images[:k], src.stimulus[:k], teacher, dict(layers), method=p["method"])
+        elif rdm_teacher is not None:
+            pos = torch.nonzero(ids >= 0).flatten()
+            _, first = np.unique(ids[pos].numpy(), return_index=True)  # one image per covered stimulus
+            pos = pos[torch.as_tensor(np.sort(first))][: p["n_stimuli"]]
+            if len(pos) >= 3:
+                probe = RDMProbe(train_set.images[pos], ids[pos], rdm_teacher, list(layers), method=p["method"])
+
+    device = None if cfg["device"] == "auto" else cfg["device"]
+    trainer = Trainer(student, train, losses=terms, optimizer=optimizer, scheduler=scheduler, val_data=val,
+                      teacher=teacher, batch_size=cfg["batch_size"], epochs=cfg["epochs"], seed=cfg["seed"],
+                      out_dir=cfg["output"], resume=cfg["resume"], quiet=cfg["quiet"], rdm_probe=probe,
+                      min_covered=data["min_covered"], coverage=rdm_teacher, model_config=student.config,
+                      device=device)
+    if teacher is not None:
+        teacher.to(trainer.device)
+    if trainer.is_main:
+        from rdl_neuro.io import atomic_write_text
+
+        atomic_write_text(Path(cfg["output"]) / "config.json", json.dumps(cfg, indent=2, default=str))
+    return Run(trainer=trainer, config=cfg, model=student, teacher=teacher, n_train=len(train),
+               n_val=len(val) if val is not None else 0)
