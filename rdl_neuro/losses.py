@@ -81,21 +81,29 @@ def _lookup(features: Mapping[str, Tensor] | None, name: str, side: str) -> Tens
     return features[name]
 
 
-def _checked_features(x: Tensor, name: str, side: str = "student") -> Tensor:
-    """Features flattened to ``(b, f)``; NaN/inf raise a ValueError naming the layer and samples."""
+def _flat(x: Tensor, name: str, side: str) -> Tensor:
+    """Features flattened to ``(b, f)``, with type checks that name the layer."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{side} layer {name!r}: features must be a tensor, got {type(x).__name__}")
     if x.ndim == 0:
         raise ValueError(f"{side} layer {name!r}: features are a scalar, expected (b, f)")
-    if x.ndim != 2:
-        x = x.reshape(x.shape[0], -1)
     if not x.is_floating_point():
         raise TypeError(f"{side} layer {name!r}: features must be floating point, got {x.dtype}")
+    return x if x.ndim == 2 else x.reshape(x.shape[0], -1)
+
+
+def _check_finite(x: Tensor, name: str, side: str) -> None:
     finite = torch.isfinite(x)
     if not bool(finite.all()):
         rows = torch.nonzero(~finite.all(dim=1)).squeeze(1)[:5].tolist()
         kind = "NaN" if bool(torch.isnan(x).any()) else "infinite"
         raise ValueError(f"{side} layer {name!r} has {kind} features in batch samples {rows}")
+
+
+def _checked_features(x: Tensor, name: str, side: str = "student") -> Tensor:
+    """Features flattened to ``(b, f)``; NaN/inf raise a ValueError naming the layer and samples."""
+    x = _flat(x, name, side)
+    _check_finite(x, name, side)
     return x
 
 
@@ -126,6 +134,49 @@ def rdm_criterion(student: Tensor, teacher: Tensor, criterion: str, mask: Tensor
         student = student / student.mean().clamp_min(_tiny(student))
         teacher = teacher / teacher.mean().clamp_min(_tiny(teacher))
     return (student - teacher).pow(2).mean()
+
+
+@dataclass
+class _BatchTarget:
+    """An RDMTeacher's target for one batch, restricted to the stimuli that have a usable pair.
+
+    square : ``(n, n)`` target in the student's dtype (0 where unusable)
+    mask : ``(n, n)`` bool usable pairs
+    weights : ``(n, n)`` mask / number of usable ordered pairs (so a weighted sum is the mean over pairs)
+    rows : indices of the kept batch rows, or None when every row is kept
+    n_pairs : usable unordered pairs
+    """
+
+    square: Tensor
+    mask: Tensor
+    weights: Tensor
+    rows: Tensor | None
+    n_pairs: int
+
+    @classmethod
+    def from_teacher(cls, teacher: RDMTeacher, stimulus_ids: Tensor, dtype: torch.dtype) -> _BatchTarget:
+        target, mask = teacher.batch_target(stimulus_ids, dtype=dtype)
+        n_ordered = int(mask.sum())
+        rows = None
+        if n_ordered:
+            keep = mask.any(dim=1)
+            if not bool(keep.all()):
+                rows = torch.nonzero(keep).squeeze(1)
+                target, mask = target[rows][:, rows], mask[rows][:, rows]
+        weights = mask.to(dtype) / max(n_ordered, 1)
+        return cls(target, mask, weights, rows, n_ordered // 2)
+
+    def to(self, dtype: torch.dtype) -> _BatchTarget:
+        return _BatchTarget(self.square.to(dtype), self.mask, self.weights.to(dtype), self.rows, self.n_pairs)
+
+
+def _weighted_mse(student: Tensor, teacher: Tensor, weights: Tensor, scaled: bool) -> Tensor:
+    """``sum w (S - T)^2`` over square RDMs; with ``scaled`` each RDM is first divided by its weighted mean."""
+    if scaled:
+        student = student / (student * weights).sum().clamp_min(_tiny(student))
+        teacher = teacher / (teacher * weights).sum().clamp_min(_tiny(teacher))
+    return ((student - teacher).pow(2) * weights).sum()
+
 
 
 class TransferLoss(nn.Module):
@@ -260,14 +311,16 @@ class RDLLoss(TransferLoss):
         total : scalar Tensor
         terms : ``{"rdl/<student layer>": detached scalar}`` (unweighted)
         """
-        feats = {s: _checked_features(_lookup(student_features, s, "student"), s) for s in self.pairs}
+        # NaN/inf are caught by compute_rdm (re-raised with the layer name) or, for skipped terms, below:
+        # checking here as well would scan every feature tensor twice per step
+        feats = {s: _flat(_lookup(student_features, s, "student"), s, "student") for s in self.pairs}
         sizes = {s: x.shape[0] for s, x in feats.items()}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"student layers disagree on the batch size: {sizes}")
         b = next(iter(sizes.values()))
         tfeats: dict[str, Tensor] = {}
         for t in self.teacher_layers:
-            tf = _checked_features(_lookup(teacher_features, t, "teacher"), t, "teacher").detach()
+            tf = _flat(_lookup(teacher_features, t, "teacher"), t, "teacher").detach()
             if tf.shape[0] != b:
                 raise ValueError(f"teacher layer {t!r} has {tf.shape[0]} samples, the student batch {b}")
             tfeats[t] = tf
@@ -283,22 +336,30 @@ class RDLLoss(TransferLoss):
             if stimulus_ids is not None and self.rdm_teachers:
                 stimulus_ids = gather_no_grad(stimulus_ids.to(next(iter(feats.values())).device))
 
-        targets: dict[int, tuple[Tensor, Tensor]] = {}  # one batch_target (and per-RDM draw) per teacher per call
+        # one batch_target (and per-RDM draw) per teacher per call, shared by the layers paired with it
+        targets: dict[tuple[int, torch.dtype], _BatchTarget] = {}
         total: Tensor | None = None
         terms: dict[str, Tensor] = {}
         skipped = False
         for s, teacher in self.pairs.items():
             x = feats[s]
             if isinstance(teacher, RDMTeacher):
-                if id(teacher) not in targets:
-                    targets[id(teacher)] = teacher.batch_target(stimulus_ids.to(x.device))
-                term, n_pairs = self._fixed_term(x, *targets[id(teacher)])
+                key = (id(teacher), x.dtype)
+                if key not in targets:
+                    same = [v for k, v in targets.items() if k[0] == id(teacher)]
+                    targets[key] = (
+                        same[0].to(x.dtype)
+                        if same
+                        else _BatchTarget.from_teacher(teacher, stimulus_ids.to(x.device), x.dtype)
+                    )
+                term, n_pairs = self._fixed_term(x, targets[key], s)
             else:
-                term, n_pairs = self._network_term(x, tfeats[teacher])
+                term, n_pairs = self._network_term(x, tfeats[teacher], s, teacher)
             self.last_usable_pairs[s] = n_pairs
             if term is None:
                 skipped = True
                 self.skipped_terms[s] += 1
+                _check_finite(x, s, "student")  # a skipped term must not hide NaN features
                 term = x.sum() * 0.0  # exact 0 that keeps every parameter in the graph (DDP)
             terms[f"rdl/{s}"] = term.detach()
             weighted = self.weights[s] * term
@@ -307,27 +368,39 @@ class RDLLoss(TransferLoss):
         assert total is not None
         return total, terms
 
-    def _fixed_term(self, x: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor | None, int]:
-        """Term against an RDMTeacher's batch target; only stimuli with a usable pair enter the RDM."""
-        n_pairs = int(mask.sum()) // 2
-        if n_pairs < self._min_pairs:
-            return None, n_pairs
-        keep = mask.any(dim=1)
-        if not bool(keep.all()):
-            idx = torch.nonzero(keep).squeeze(1)
-            x, target, mask = x[idx], target[idx][:, idx], mask[idx][:, idx]
-        s_vec = compute_rdm(x, self.method)
-        t_vec = to_condensed(target).to(s_vec.dtype)
-        m_vec = to_condensed(mask)
-        return rdm_criterion(s_vec, t_vec, self.criterion, m_vec), n_pairs
+    def _rdm(self, x: Tensor, name: str, side: str, square: bool) -> Tensor:
+        try:
+            return compute_rdm(x, self.method, square=square)
+        except ValueError as err:
+            raise ValueError(f"{side} layer {name!r}: {err}") from None
 
-    def _network_term(self, x: Tensor, t: Tensor) -> tuple[Tensor | None, int]:
+    def _fixed_term(self, x: Tensor, target: _BatchTarget, name: str) -> tuple[Tensor | None, int]:
+        """Term against an RDMTeacher's batch target; only stimuli with a usable pair enter the RDM."""
+        if target.n_pairs < self._min_pairs:
+            return None, target.n_pairs
+        if target.rows is not None:
+            x = x[target.rows]
+        if self.criterion in ("mse", "scaled_mse"):
+            # square form with pair weights: no triangle gathers/scatters in forward and backward
+            student = self._rdm(x, name, "student", square=True)
+            return _weighted_mse(student, target.square, target.weights, self.criterion == "scaled_mse"), target.n_pairs
+        s_vec = self._rdm(x, name, "student", square=False)
+        return rdm_criterion(s_vec, to_condensed(target.square), self.criterion, to_condensed(target.mask)), target.n_pairs
+
+    def _network_term(self, x: Tensor, t: Tensor, name: str, teacher_layer: str) -> tuple[Tensor | None, int]:
         b = x.shape[0]
         n_pairs = b * (b - 1) // 2
         if n_pairs < self._min_pairs:
             return None, n_pairs
-        s_vec = compute_rdm(x, self.method)
-        t_vec = compute_rdm(t.to(x.dtype), self.method)
+        t = t.to(x.dtype)
+        if self.criterion in ("mse", "scaled_mse"):
+            student = self._rdm(x, name, "student", square=True)
+            teacher = self._rdm(t, teacher_layer, "teacher", square=True)
+            # diagonal entries are 0 in both RDMs, so a plain mean over b^2 rescaled to the b(b-1) off-diagonal ones
+            weights = x.new_full((b, b), 1.0 / (b * (b - 1)))
+            return _weighted_mse(student, teacher, weights, self.criterion == "scaled_mse"), n_pairs
+        s_vec = self._rdm(x, name, "student", square=False)
+        t_vec = self._rdm(t, teacher_layer, "teacher", square=False)
         return rdm_criterion(s_vec, t_vec, self.criterion), n_pairs
 
     def from_step(self, step: StepOutputs) -> tuple[Tensor, dict[str, Tensor]]:

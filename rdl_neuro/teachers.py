@@ -135,7 +135,7 @@ class RDMTeacher:
         else:
             self._int_values = torch.empty(0, dtype=torch.long)
             self._int_rows = torch.empty(0, dtype=torch.long)
-        self._device_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._device_cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ validation
 
@@ -321,15 +321,18 @@ class RDMTeacher:
     def n_rdms(self) -> int:
         return self.rdms.shape[0]
 
-    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Targets, sorted int ids and their rows on ``device`` (cached)."""
-        if device not in self._device_cache:
-            self._device_cache[device] = (
-                self._targets.to(device),
+    def _on(
+        self, device: torch.device, dtype: torch.dtype = torch.float64
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Targets (in ``dtype``), sorted int ids and their rows on ``device`` (cached per device and dtype)."""
+        key = (device, dtype)
+        if key not in self._device_cache:
+            self._device_cache[key] = (
+                self._targets.to(device=device, dtype=dtype),
                 self._int_values.to(device),
                 self._int_rows.to(device),
             )
-        return self._device_cache[device]
+        return self._device_cache[key]
 
     def rows_of(self, stimulus_ids: torch.Tensor | Sequence[Hashable]) -> torch.Tensor:
         """Teacher row of every sample, ``(b,)`` long, ``-1`` where the stimulus is not covered.
@@ -362,7 +365,11 @@ class RDMTeacher:
         return int(torch.randint(self._targets.shape[0], (1,), generator=self.generator))
 
     def batch_target(
-        self, stimulus_ids: torch.Tensor | Sequence[Hashable], *, rdm_index: int | None = None
+        self,
+        stimulus_ids: torch.Tensor | Sequence[Hashable],
+        *,
+        rdm_index: int | None = None,
+        dtype: torch.dtype = torch.float64,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Target sub-RDM of a batch and the mask of usable pairs.
 
@@ -371,21 +378,25 @@ class RDMTeacher:
         stimulus_ids : Tensor ``(b,)`` long, or sequence of ids
         rdm_index : int, optional
             Which RDM to use with ``combine="per_rdm"``; default draws one.
+        dtype : torch.dtype
+            Floating dtype of the target (a copy per dtype is cached, so a
+            float32 student does not convert the teacher every step).
 
         Returns
         -------
-        target : Tensor ``(b, b)`` float64, on the ids' device; 0 where unusable
+        target : Tensor ``(b, b)`` in ``dtype``, on the ids' device; 0 where unusable
         mask : Tensor ``(b, b)`` bool; True for usable pairs (symmetric, False on the diagonal)
         """
         rows = self.rows_of(stimulus_ids)
         device = rows.device
-        targets, _, _ = self._on(device)
+        targets, _, _ = self._on(device, dtype)
         k = self.draw() if rdm_index is None else int(rdm_index)
         if not 0 <= k < targets.shape[0]:
             raise IndexError(f"rdm_index {k} out of range for {targets.shape[0]} teacher RDM(s)")
         covered = rows >= 0
         safe = rows.clamp_min(0)
-        target = targets[k][safe[:, None], safe[None, :]]
+        # two contiguous row/column selections are much cheaper than one 2-D fancy index
+        target = targets[k].index_select(0, safe).index_select(1, safe)
         mask = covered[:, None] & covered[None, :] & (rows[:, None] != rows[None, :]) & ~torch.isnan(target)
         return torch.where(mask, target, torch.zeros_like(target)), mask
 

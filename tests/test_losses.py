@@ -329,10 +329,17 @@ def test_nan_in_student_features_names_the_layer():
     teacher = RDMTeacher.from_array(compute_rdm(randn(5, 3), "euclidean", square=True), range(5))
     s = randn(5, 4)
     s[3, 1] = float("nan")
-    with pytest.raises(ValueError, match=r"student layer 'fc1' has NaN features in batch samples \[3\]"):
+    with pytest.raises(ValueError, match=r"student layer .fc1.: features contain NaN or infinite values in row 3"):
         RDLLoss({"fc1": teacher})({"fc1": s}, torch.arange(5))
     with pytest.raises(ValueError, match="student layer 'fc1' has NaN"):
         SPLoss("fc1", "t")(s, randn(5, 2))
+    # a batch without usable pairs (all uncovered) still reports NaN features instead of a silent 0
+    with pytest.raises(ValueError, match=r"student layer 'fc1' has NaN features in batch samples \[3\]"):
+        RDLLoss({"fc1": teacher})({"fc1": s}, torch.full((5,), -1))
+    t = randn(5, 3)
+    t[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="teacher layer 'g': features contain NaN or infinite values in row 0"):
+        RDLLoss({"fc1": "g"})({"fc1": randn(5, 4)}, teacher_features={"g": t})
 
 
 def test_unknown_student_layer_is_named_with_close_matches():
