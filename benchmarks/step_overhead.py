@@ -135,6 +135,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for kind in variants:
         q = statistics.quantiles(times[kind], n=4) if len(times[kind]) >= 2 else [med[kind]] * 3
         print(f"{kind:<10} {1e3 * med[kind]:>15.2f} {1e3 * q[0]:>6.2f}-{1e3 * q[2]:<7.2f} {ratios[kind]:>12.3f}")
+    cpu_med = {kind: statistics.median(t) for kind, t in cpu.items()}
+    print(
+        "process CPU time ratios (less sensitive to other load on the machine): "
+        + ", ".join(f"{kind}={cpu_med[kind] / cpu_med['ce']:.3f}" for kind in cpu_med)
+    )
     print(f"RESULT rdl_fixed_overhead={ratios['fixed']:.3f} rdl_network_overhead={ratios['network']:.3f}")
     return ratios
 
