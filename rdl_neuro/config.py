@@ -272,9 +272,10 @@ def _check_consistency(cfg: dict[str, Any], base: Path) -> None:
             _require_file(cfg, "teacher", "stimulus_ids", base, (".npy", ".csv", ".txt"))
         elif isinstance(ids, list) and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise ConfigError(f"teacher.stimulus_ids: must be integers, got {ids!r}")
-        elif ids is None and not teacher["rdm"].endswith(".npz"):
-            raise ConfigError("teacher.stimulus_ids: missing; an .npy/.csv RDM needs the stimulus id of each row "
-                              "(a list or a file; an .npz may hold them as 'stimulus_ids')")
+        elif ids is None and teacher["rdm"].endswith(".npy"):
+            raise ConfigError("teacher.stimulus_ids: missing; an .npy RDM needs the stimulus id of each row "
+                              "(a list or a file; an .npz may hold them as 'stimulus_ids', a .csv as its "
+                              "first column)")
         for bad in ("checkpoint",):
             if teacher[bad] is not None:
                 raise ConfigError(f"teacher.{bad}: only used with teacher.kind = 'network'")
@@ -345,7 +346,9 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             raw = toml.load(fh)
     except toml.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    return parse_config(raw, path.resolve().parent, name=str(path))
+    cfg = parse_config(raw, path.resolve().parent, name=str(path))
+    cfg["_file"] = str(path)  # lets later errors (layer names) name the file too
+    return cfg
 
 
 def example_config_path() -> Path:

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         cfg["resume"] = True
     if args.quiet:
         cfg["quiet"] = True
-    built = build_run(cfg, name=str(args.config))
+    built = build_run(cfg)
     if args.check:
         print(f"config OK: {built.n_train} training and {built.n_val} validation samples, student "
               f"{built.config['model']['type']}, losses {', '.join(built.trainer.terms)}")
@@ -261,7 +261,7 @@ def _check_layers(model: torch.nn.Module, layers: list[str], key: str) -> None:
         raise ConfigError(f"{key}: {err.args[0]}") from None
 
 
-def build_run(cfg: dict[str, Any], name: str = "config") -> Run:
+def build_run(cfg: dict[str, Any], name: str | None = None) -> Run:
     """Assemble the Trainer of a checked config (from ``load_config``); raises ConfigError on problems."""
     from rdl_neuro import losses as L
     from rdl_neuro.datasets.stimulus import UNCOVERED, StimulusDataset
@@ -273,7 +273,7 @@ def build_run(cfg: dict[str, Any], name: str = "config") -> Run:
         return _build(cfg, L, UNCOVERED, StimulusDataset, build_model, NetworkTeacher, RDMProbe, Trainer,
                       linear_warmup, seed_everything)
     except ConfigError as err:
-        raise ConfigError(f"{name}: {err}") from None
+        raise ConfigError(f"{name or cfg.get('_file', 'config')}: {err}") from None
 
 
 def _build(cfg, L, UNCOVERED, StimulusDataset, build_model, NetworkTeacher, RDMProbe, Trainer, linear_warmup,
@@ -296,6 +296,13 @@ def _build(cfg, L, UNCOVERED, StimulusDataset, build_model, NetworkTeacher, RDMP
 
     mcfg = {k: v for k, v in cfg["model"].items() if v is not None}
     student = build_model({**mcfg, "input_shape": input_shape, "n_classes": n_classes})
+
+    # student layer names are checked before anything expensive (a teacher may be trained next)
+    for lname, spec in cfg["losses"].items():
+        if lname == "rdl":
+            _check_layers(student, list(spec["layers"]), "losses.rdl.layers")
+        elif lname in ("rkd", "sp", "cka"):
+            _check_layers(student, [spec["student_layer"]], f"losses.{lname}.student_layer")
 
     kind = cfg["teacher"]["kind"]
     teacher = rdm_teacher = None
@@ -322,8 +329,6 @@ def _build(cfg, L, UNCOVERED, StimulusDataset, build_model, NetworkTeacher, RDMP
             loss: Any = L.CELoss()
         elif lname == "rdl":
             layers = spec["layers"]
-            student_layers = list(layers) if isinstance(layers, (dict, list)) else []
-            _check_layers(student, student_layers, "losses.rdl.layers")
             pairs = dict(layers) if isinstance(layers, dict) else {s: rdm_teacher for s in layers}
             try:
                 loss = L.RDLLoss(pairs, method=spec["method"], criterion=spec["criterion"])
@@ -332,7 +337,6 @@ def _build(cfg, L, UNCOVERED, StimulusDataset, build_model, NetworkTeacher, RDMP
         elif lname == "kd":
             loss = L.KDLoss(temperature=spec["temperature"])
         else:
-            _check_layers(student, [spec["student_layer"]], f"losses.{lname}.student_layer")
             cls = {"rkd": L.RKDLoss, "sp": L.SPLoss, "cka": L.CKALoss}[lname]
             loss = cls(spec["student_layer"], spec["teacher_layer"])
         weight = linear_warmup(spec["weight"], spec["warmup_epochs"]) if spec["warmup_epochs"] else spec["weight"]
