@@ -1,0 +1,748 @@
+"""Model-brain RSA: layer RDMs of a network, comparisons, bootstrap, noise ceilings -> pandas.
+
+``layer_rdms`` runs a model over a stimulus set and returns one rsatoolbox
+``RDMs`` (an RDM per recorded layer). ``rsa_table`` evaluates model RDMs
+against brain RDMs the way rsatoolbox's ``eval_fixed``, ``eval_bootstrap_pattern``,
+``eval_bootstrap_rdm`` and ``eval_bootstrap`` do -- same numbers, same t-tests,
+same noise ceilings -- and returns a tidy DataFrame (``rsa_evaluate`` returns
+the arrays behind it).
+
+How the bootstrap is made fast
+------------------------------
+Resampling stimuli with replacement gives an RDM over a multiset of stimuli:
+rsatoolbox builds it by indexing (``subsample_pattern``), and the pairs of two
+copies of the same stimulus become NaN. Every valid entry of that RDM is a copy
+of an original pair ``(a, b)``, present ``c_a * c_b`` times, where ``c`` counts
+how often each stimulus was drawn. So a statistic of the resampled RDMs is the
+*weighted* statistic of the original RDMs with pair weights ``c_a c_b``. For
+``corr`` and ``cosine`` that is a handful of weighted moments per resample --
+one batched matrix product over all resamples, models and subjects -- and the
+noise ceiling follows in closed form from the subjects' weighted correlation
+matrix. Other methods (rank and whitened comparisons) take the exact general
+path: the resampled RDMs are built as rsatoolbox builds them and compared with
+``rdl_neuro.compare.compare_rdms`` (one batched call per resample).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from rsatoolbox.rdm import RDMs
+from scipy import stats
+
+from rdl_neuro.adapters import from_rsatoolbox, stimulus_ids_of, to_rsatoolbox
+from rdl_neuro.compare import COMPARE_METHODS, compare_rdms, rankdata
+from rdl_neuro.rdm import METHODS, check_method, n_stimuli_from_length, triu_indices
+
+__all__ = ["layer_rdms", "gram_to_rdm", "rsa_table", "rsa_evaluate", "RSAResult", "BOOTSTRAPS"]
+
+BOOTSTRAPS = (None, "pattern", "rdm", "both")
+
+# comparison methods whose pattern bootstrap runs on weighted moments (see the module docstring)
+_MOMENT_METHODS = ("corr", "cosine")
+# comparison methods that only see the order of the dissimilarities
+_RANK_METHODS = ("spearman", "rho-a", "kendall", "tau-b", "tau-a")
+
+
+# ============================================================================ layer RDMs
+
+
+def gram_to_rdm(gram: torch.Tensor, sums: torch.Tensor, n_channels: int, method: str = "correlation") -> torch.Tensor:
+    """Condensed RDM from a Gram matrix and per-stimulus feature sums.
+
+    Parameters
+    ----------
+    gram : Tensor ``(n, n)``
+        ``X @ X.T`` of the features ``X (n, p)``.
+    sums : Tensor ``(n,)``
+        ``X.sum(1)``; needed by ``correlation`` (centring), ignored otherwise.
+    n_channels : int
+        ``p``, the number of features.
+    method : str
+        One of ``rdl_neuro.rdm.METHODS``; the result equals
+        ``compute_rdm(X, method)`` up to rounding.
+
+    Returns
+    -------
+    Tensor ``(n (n - 1) / 2,)``
+    """
+    check_method(method)
+    n = gram.shape[-1]
+    rows, cols = triu_indices(n, gram.device)
+    if method in ("euclidean", "sqeuclidean"):
+        diag = torch.diagonal(gram)
+        d2 = (diag[rows] + diag[cols] - 2 * gram[rows, cols]).clamp_min(0)
+        return d2.sqrt() if method == "euclidean" else d2 / n_channels
+    if method == "correlation":
+        # centring each pattern across channels: G_c = G - s s^T / p
+        gram = gram - torch.outer(sums, sums) / n_channels
+        what = "zero variance across channels (constant pattern) under 'correlation'"
+    else:
+        what = "zero norm (all-zero pattern) under 'cosine'"
+    diag = torch.diagonal(gram).clamp_min(0)
+    norms = diag.sqrt()
+    scale = torch.diagonal(gram).abs().max().sqrt().clamp_min(torch.finfo(gram.dtype).tiny)
+    bad = norms <= 1e3 * torch.finfo(gram.dtype).eps * scale
+    if bool(bad.any()):
+        raise ValueError(f"{what} for stimuli at rows {torch.nonzero(bad).squeeze(1)[:5].tolist()}: "
+                         "the dissimilarity is undefined there")
+    return 1 - gram[rows, cols] / (norms[rows] * norms[cols])
+
+
+def _iter_batches(stimuli: Any, batch_size: int) -> Iterable[torch.Tensor]:
+    """Input batches of a tensor ``(n, ...)``, a Dataset or a DataLoader (first element of tuples)."""
+    from torch.utils.data import DataLoader, Dataset
+
+    def first(batch: Any) -> torch.Tensor:
+        if isinstance(batch, (tuple, list)):
+            batch = batch[0]
+        if isinstance(batch, dict):
+            for key in ("image", "input", "x"):
+                if key in batch:
+                    return batch[key]
+            raise KeyError(f"dict batches need an 'image', 'input' or 'x' entry, got keys {sorted(batch)}")
+        if not isinstance(batch, torch.Tensor):
+            raise TypeError(f"stimulus batches must be tensors, got {type(batch).__name__}")
+        return batch
+
+    if isinstance(stimuli, torch.Tensor):
+        for start in range(0, stimuli.shape[0], batch_size):
+            yield stimuli[start:start + batch_size]
+    elif isinstance(stimuli, DataLoader):
+        for batch in stimuli:
+            yield first(batch)
+    elif isinstance(stimuli, Dataset):
+        # shuffle=False: RDM rows must follow the dataset order (and the stimulus ids)
+        for batch in DataLoader(stimuli, batch_size=batch_size, shuffle=False):
+            yield first(batch)
+    else:
+        raise TypeError(f"stimuli must be a tensor (n, ...), a Dataset or a DataLoader, got {type(stimuli).__name__}")
+
+
+@torch.no_grad()
+def layer_rdms(
+    model: torch.nn.Module,
+    stimuli: Any,
+    layers: Sequence[str] | str,
+    method: str = "correlation",
+    *,
+    batch_size: int = 64,
+    stimulus_ids: Sequence[Any] | None = None,
+    pattern_descriptors: dict[str, Sequence[Any]] | None = None,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+    max_feature_bytes: int = 256 * 2**20,
+) -> RDMs:
+    """RDMs of named layers of ``model`` over a stimulus set.
+
+    The model runs in eval mode without gradients, batch by batch, and each
+    layer contributes only its Gram matrix ``(n, n)`` and feature sums
+    ``(n,)`` (float64), from which ``gram_to_rdm`` gives every method. A Gram
+    block ``X_i X_j^T`` needs the features of two batches at once: while all
+    layers' activations of the stimulus set fit in ``max_feature_bytes`` the
+    earlier batches are kept (one forward pass per batch); beyond that only
+    two batches are held at a time and earlier batches are recomputed
+    (``n_batches (n_batches + 1) / 2`` forward passes), so memory stays
+    bounded however wide the layers are.
+
+    Parameters
+    ----------
+    model : nn.Module
+    stimuli : Tensor ``(n, ...)``, Dataset or DataLoader
+        Inputs in stimulus order (tuples yield their first element).
+    layers : str or sequence of str
+        Names from ``model.named_modules()``.
+    method : {"euclidean", "sqeuclidean", "correlation", "cosine"}
+    batch_size : int
+        Used for tensors and Datasets.
+    stimulus_ids : sequence, optional
+        One id per stimulus (default ``0..n-1``), written to
+        ``pattern_descriptors['stimulus']``.
+    pattern_descriptors : dict, optional
+        More per-stimulus descriptors (e.g. ``category``).
+    progress : bool
+        Show a tqdm progress bar.
+    device : device, optional
+        Where the model runs (the Gram is accumulated on the CPU).
+    max_feature_bytes : int
+        Budget for keeping activations of earlier batches.
+
+    Returns
+    -------
+    rsatoolbox.rdm.RDMs
+        One RDM per layer (``rdm_descriptors['layer']``), ``dissimilarity_measure``
+        from ``method``, ``pattern_descriptors['stimulus']`` the ids.
+    """
+    from tqdm.auto import tqdm
+
+    from rdl_neuro.features import LayerRecorder
+
+    check_method(method)
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    was_training = model.training
+    model.eval()
+    if device is not None:
+        model.to(device)
+    batches = list(_iter_batches(stimuli, batch_size))  # inputs only; activations are what may be large
+    n = sum(b.shape[0] for b in batches)
+    if n < 2:
+        raise ValueError(f"an RDM needs at least 2 stimuli, the stimulus set gave {n}")
+    if stimulus_ids is not None and len(stimulus_ids) != n:
+        raise ValueError(f"{len(stimulus_ids)} stimulus ids for {n} stimuli")
+    starts = np.cumsum([0] + [b.shape[0] for b in batches])
+    gram = {name: torch.zeros(n, n, dtype=torch.float64) for name in layers}
+    sums = {name: torch.zeros(n, dtype=torch.float64) for name in layers}
+    n_channels: dict[str, int] = {}
+    kept: list[dict[str, torch.Tensor]] | None = []
+    bar = tqdm(total=n, disable=not progress, desc="layer RDMs", unit="stim")
+    try:
+        with LayerRecorder(model, layers) as rec:
+            def run(i: int) -> dict[str, torch.Tensor]:
+                batch = batches[i].to(device) if device is not None else batches[i]
+                model(batch)
+                out = {}
+                for name in layers:
+                    x = rec.features[name].detach().reshape(batch.shape[0], -1).to("cpu", torch.float64)
+                    if not bool(torch.isfinite(x).all()):
+                        raise ValueError(f"layer {name!r} produced NaN or infinite activations")
+                    if n_channels.setdefault(name, x.shape[1]) != x.shape[1]:
+                        raise ValueError(f"layer {name!r} gave {x.shape[1]} features for one batch "
+                                         f"and {n_channels[name]} for another")
+                    out[name] = x
+                return out
+
+            for j in range(len(batches)):
+                feats_j = run(j)
+                sl_j = slice(starts[j], starts[j + 1])
+                for name, x in feats_j.items():
+                    sums[name][sl_j] = x.sum(1)
+                    gram[name][sl_j, sl_j] = x @ x.T
+                if kept is not None:
+                    earlier = ((i, kept[i]) for i in range(j))
+                    size = sum(x.numel() * 8 for x in feats_j.values()) * (j + 1)
+                    if size > max_feature_bytes:
+                        kept = None  # from now on recompute earlier batches instead of keeping them
+                        earlier = ((i, run(i)) for i in range(j))
+                else:
+                    earlier = ((i, run(i)) for i in range(j))
+                for i, feats_i in earlier:
+                    sl_i = slice(starts[i], starts[i + 1])
+                    for name in layers:
+                        block = feats_i[name] @ feats_j[name].T
+                        gram[name][sl_i, sl_j] = block
+                        gram[name][sl_j, sl_i] = block.T
+                if kept is not None:
+                    kept.append(feats_j)
+                bar.update(batches[j].shape[0])
+    finally:
+        bar.close()
+        model.train(was_training)
+    vectors = torch.stack([gram_to_rdm(gram[name], sums[name], n_channels[name], method) for name in layers])
+    return to_rsatoolbox(vectors, stimulus_ids, method, {"layer": layers}, pattern_descriptors=pattern_descriptors)
+
+
+# ============================================================================ inputs
+
+
+def _rdm_names(rdms: RDMs) -> list[str]:
+    for key in ("layer", "name", "model"):
+        if key in rdms.rdm_descriptors:
+            return [str(v) for v in rdms.rdm_descriptors[key]]
+    return [f"rdm{i}" for i in range(rdms.n_rdm)]
+
+
+def _match_stimuli(model_ids: list[Any], brain_ids: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(model_pos, brain_pos)`` of the common stimuli, in brain order; errors on missing ids."""
+    brain_index = {sid: i for i, sid in enumerate(brain_ids)}
+    missing = [sid for sid in model_ids if sid not in brain_index]
+    if missing:
+        if len(missing) == len(model_ids):
+            raise ValueError(
+                f"the model and brain RDMs share no stimulus ids: model ids start {model_ids[:5]}, "
+                f"brain ids start {brain_ids[:5]} (check the stimulus descriptor)")
+        raise ValueError(f"{len(missing)} stimulus ids of the model RDMs are missing from the brain RDMs: "
+                         f"{missing[:10]}{' ...' if len(missing) > 10 else ''}")
+    model_index = {sid: i for i, sid in enumerate(model_ids)}
+    brain_pos = np.array([i for i, sid in enumerate(brain_ids) if sid in model_index], dtype=np.int64)
+    model_pos = np.array([model_index[brain_ids[i]] for i in brain_pos], dtype=np.int64)
+    if len(brain_pos) < 3:
+        raise ValueError(f"only {len(brain_pos)} stimuli in common; RSA needs at least 3")
+    return model_pos, brain_pos
+
+
+def _subset_vectors(vectors: torch.Tensor, pos: np.ndarray) -> torch.Tensor:
+    """Condensed RDMs ``(r, P)`` restricted/reordered to stimuli ``pos`` -> ``(r, P')``."""
+    n = n_stimuli_from_length(vectors.shape[1])
+    if len(pos) == n and np.array_equal(pos, np.arange(n)):
+        return vectors
+    square = _square_nan_diag(vectors)
+    idx = torch.as_tensor(pos)
+    sub = square[:, idx][:, :, idx]
+    rows, cols = triu_indices(len(pos))
+    return sub[:, rows, cols]
+
+
+def _square_nan_diag(vectors: torch.Tensor) -> torch.Tensor:
+    n = n_stimuli_from_length(vectors.shape[1])
+    rows, cols = triu_indices(n)
+    square = torch.full((vectors.shape[0], n, n), float("nan"), dtype=vectors.dtype)
+    square[:, rows, cols] = vectors
+    square[:, cols, rows] = vectors
+    return square
+
+
+def _warn_measures(model: RDMs, brain: RDMs, method: str) -> None:
+    a, b = model.dissimilarity_measure, brain.dissimilarity_measure
+    if not a or not b or a == b:
+        return
+    monotone = {a, b} <= {"euclidean", "squared euclidean"}
+    if monotone and method in _RANK_METHODS:
+        return  # one is a monotone transform of the other: rank comparisons cannot tell them apart
+    warnings.warn(
+        f"model RDMs use dissimilarity measure {a!r}, brain RDMs {b!r}: the '{method}' comparison "
+        "depends on that choice (compute the model RDMs with the brain's measure, or use a rank method "
+        "where only the order matters)", UserWarning, stacklevel=3)
+
+
+# ============================================================================ noise ceiling pieces
+
+
+def _nan_rank_rows(v: torch.Tensor) -> torch.Tensor:
+    """Average ranks of each row's non-NaN entries (NaN stays NaN), as rsatoolbox's ``_nan_rank_data``."""
+    valid = ~torch.isnan(v)
+    if bool(valid.all()):
+        return rankdata(v)
+    out = torch.full_like(v, float("nan"))
+    for i in range(v.shape[0]):
+        out[i, valid[i]] = rankdata(v[i, valid[i]][None])[0]
+    return out
+
+
+def _pool(v: torch.Tensor, method: str) -> torch.Tensor:
+    """rsatoolbox's ``pool_rdm``: the RDM ``(1, P)`` that best represents ``v (r, P)`` under ``method``."""
+    if method in ("cosine", "cosine_cov"):
+        v = v / torch.sqrt(torch.nanmean(v**2, dim=1, keepdim=True))
+    elif method in ("corr", "corr_cov"):
+        v = v - torch.nanmean(v, dim=1, keepdim=True)
+        std = torch.sqrt(torch.nanmean(v**2, dim=1, keepdim=True))
+        v = v / std
+    elif method in _RANK_METHODS:
+        v = _nan_rank_rows(v)
+    # _nan_mean: the entries valid in the first RDM
+    keep = ~torch.isnan(v[0])
+    pooled = torch.full((1, v.shape[1]), float("nan"), dtype=v.dtype)
+    pooled[0, keep] = v[:, keep].mean(0)
+    if method in ("corr", "corr_cov"):
+        pooled = pooled - pooled[~torch.isnan(pooled)].min()
+    return pooled
+
+
+def _noise_ceiling(brain: torch.Tensor, groups: np.ndarray, method: str) -> tuple[float, float]:
+    """rsatoolbox's ``boot_noise_ceiling`` on ``brain (r, P)``; ``groups`` are the rows' ``index`` values."""
+    unique = np.unique(groups)
+    if len(unique) < 2:
+        raise ValueError("a noise ceiling needs at least 2 brain RDMs (subjects/sessions); got 1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pooled_all = _pool(brain, method)
+        lower, upper = [], []
+        for g in unique:
+            test = torch.as_tensor(groups == g)
+            lower.append(float(compare_rdms(_pool(brain[~test], method), brain[test], method).mean()))
+            upper.append(float(compare_rdms(pooled_all, brain[test], method).mean()))
+    return float(np.mean(lower)), float(np.mean(upper))
+
+
+# ============================================================================ bootstrap
+
+
+def _draw_indices(bootstrap: str, n_boot: int, n_stim: int, n_brain: int, seed: int | None,
+                  given: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(rdm_idx (N, n_brain) | None, pattern_idx (N, n_stim) | None)``."""
+    if given is not None:
+        if bootstrap == "both":
+            if not (isinstance(given, (tuple, list)) and len(given) == 2):
+                raise ValueError("bootstrap='both' takes bootstrap_indices=(rdm_idx (N, n_brain), pattern_idx (N, n_stim))")
+            rdm_idx, pat_idx = (np.asarray(g, dtype=np.int64) for g in given)
+        elif bootstrap == "pattern":
+            rdm_idx, pat_idx = None, np.asarray(given, dtype=np.int64)
+        else:
+            rdm_idx, pat_idx = np.asarray(given, dtype=np.int64), None
+        for name, idx, size in (("rdm", rdm_idx, n_brain), ("pattern", pat_idx, n_stim)):
+            if idx is None:
+                continue
+            if idx.ndim != 2 or idx.shape[1] != size:
+                raise ValueError(f"{name} bootstrap indices must have shape (N, {size}), got {idx.shape}")
+            if idx.size and (idx.min() < 0 or idx.max() >= size):
+                raise ValueError(f"{name} bootstrap indices must lie in [0, {size}), got [{idx.min()}, {idx.max()}]")
+        return rdm_idx, pat_idx
+    rng = np.random.default_rng(seed)
+    rdm_idx = rng.integers(0, n_brain, size=(n_boot, n_brain)) if bootstrap in ("rdm", "both") else None
+    pat_idx = rng.integers(0, n_stim, size=(n_boot, n_stim)) if bootstrap in ("pattern", "both") else None
+    return rdm_idx, pat_idx
+
+
+def _resample(vectors: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+    """rsatoolbox's ``subsample_pattern``: RDMs over stimuli ``sort(idx)``, NaN between copies."""
+    square = _square_nan_diag(vectors)
+    sel = torch.as_tensor(np.sort(idx))
+    sub = square[:, sel][:, :, sel]
+    rows, cols = triu_indices(len(sel))
+    return sub[:, rows, cols]
+
+
+def _bootstrap_general(models: torch.Tensor, brain: torch.Tensor, method: str, rdm_idx: np.ndarray | None,
+                       pat_idx: np.ndarray | None, boot_nc: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Exact bootstrap for every method: evaluations ``(N, k)`` and noise ceilings ``(2, N)``."""
+    n_boot = len(rdm_idx if rdm_idx is not None else pat_idx)
+    evals = np.full((n_boot, models.shape[0]), np.nan)
+    nc = np.full((2, n_boot), np.nan)
+    fixed = compare_rdms(models, brain, method).numpy() if pat_idx is None else None
+    for i in range(n_boot):
+        rows = rdm_idx[i] if rdm_idx is not None else np.arange(brain.shape[0])
+        if pat_idx is not None:
+            if len(np.unique(pat_idx[i])) < 3:
+                continue  # rsatoolbox marks such samples NaN
+            m_b, y_b = _resample(models, pat_idx[i]), _resample(brain[torch.as_tensor(rows)], pat_idx[i])
+            evals[i] = compare_rdms(m_b, y_b, method).mean(1).numpy()
+        else:
+            m_b, y_b = models, brain[torch.as_tensor(rows)]
+            evals[i] = fixed[:, rows].mean(1)
+        if boot_nc:
+            nc[:, i] = _noise_ceiling(y_b, rows, method) if len(np.unique(rows)) > 1 else (np.nan, np.nan)
+    return evals, nc
+
+
+def _pair_weights(pat_idx: np.ndarray, n: int) -> torch.Tensor:
+    """Pair weights ``c_a c_b`` ``(N, P)`` of pattern resamples ``(N, n)`` (``c`` = draw counts)."""
+    counts = np.zeros((pat_idx.shape[0], n))
+    np.add.at(counts, (np.arange(pat_idx.shape[0])[:, None], pat_idx), 1.0)
+    c = torch.from_numpy(counts)
+    rows, cols = triu_indices(n)
+    return c[:, rows] * c[:, cols]
+
+
+def _bootstrap_moments(models: torch.Tensor, brain: torch.Tensor, method: str, rdm_idx: np.ndarray | None,
+                       pat_idx: np.ndarray | None, boot_nc: bool, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``corr`` / ``cosine`` bootstrap from weighted moments (equal to the general path, much faster)."""
+    k, m = models.shape[0], brain.shape[0]
+    n = n_stimuli_from_length(models.shape[1])
+    z = torch.cat([models, brain]).to(torch.float64)
+    if method == "corr":
+        # shifting by the full-data mean changes no correlation and avoids cancellation in S - mu mu^T
+        z = z - z.mean(1, keepdim=True)
+    n_boot = len(rdm_idx if rdm_idx is not None else pat_idx)
+    if pat_idx is not None:
+        weights = _pair_weights(pat_idx, n)
+        valid = np.array([len(np.unique(p)) >= 3 for p in pat_idx])
+    else:
+        weights = torch.ones(1, z.shape[1], dtype=torch.float64)
+        valid = np.ones(n_boot, dtype=bool)
+    # second moments (B, r, r) of the weighted entries; B = 1 when only RDMs are resampled
+    moments = []
+    for start in range(0, weights.shape[0], chunk):
+        w = weights[start:start + chunk]
+        total = w.sum(1)
+        second = torch.einsum("bp,ip,jp->bij", w, z, z) / total[:, None, None]
+        if method == "corr":
+            mean = (w @ z.T) / total[:, None]
+            second = second - mean[:, :, None] * mean[:, None, :]
+        moments.append(second)
+    cov = torch.cat(moments)  # (B, r, r)
+    sd = torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2))
+    corr = cov / (sd[:, :, None] * sd[:, None, :])
+    model_vs_brain = corr[:, :k, k:]  # (B, k, m)
+    among = corr[:, k:, k:]  # (B, m, m): correlations of the subjects' (normalised) RDMs
+    if pat_idx is None:
+        model_vs_brain = model_vs_brain.expand(n_boot, k, m)
+        among = among.expand(n_boot, m, m)
+    mult = torch.zeros(n_boot, m, dtype=torch.float64)
+    rows = rdm_idx if rdm_idx is not None else np.tile(np.arange(m), (n_boot, 1))
+    mult.scatter_add_(1, torch.as_tensor(rows), torch.ones(rows.shape, dtype=torch.float64))
+    evals = (model_vs_brain * mult[:, None, :]).sum(2) / mult.sum(1, keepdim=True)
+    nc = np.full((2, n_boot), np.nan)
+    if boot_nc:
+        # pool_rdm z-scores (corr) or rms-normalises (cosine) each RDM and averages the copies, so the
+        # pooled RDM is sum_j h_j z_j / sum h_j and its corr/cosine with subject i is
+        # sum_j h_j R_ji / sqrt(sum_jl h_j h_l R_jl) with R the subjects' correlation/cosine matrix.
+        present = mult > 0
+        quad_all = torch.einsum("bj,bjl,bl->b", mult, among, mult)
+        upper_i = (among * mult[:, :, None]).sum(1) / torch.sqrt(quad_all)[:, None]  # (B, m)
+        h_loo = mult[:, None, :].expand(n_boot, m, m).clone()  # h_loo[b, i, j]: weights without subject i
+        h_loo[:, torch.arange(m), torch.arange(m)] = 0
+        num = torch.einsum("bij,bji->bi", h_loo, among)
+        quad = torch.einsum("bij,bjl,bil->bi", h_loo, among, h_loo)
+        lower_i = num / torch.sqrt(quad)
+        n_present = present.sum(1)
+        lower = torch.where(present, lower_i, torch.zeros_like(lower_i)).sum(1) / n_present
+        upper = torch.where(present, upper_i, torch.zeros_like(upper_i)).sum(1) / n_present
+        nc = torch.stack([lower, upper]).numpy().copy()
+        nc[:, n_present.numpy() < 2] = np.nan
+    evals = evals.numpy().copy()
+    evals[~valid] = np.nan
+    nc[:, ~valid] = np.nan
+    return evals, nc
+
+
+# ============================================================================ statistics (rsatoolbox's)
+
+
+def _correct(var: np.ndarray, n: int | None) -> np.ndarray:
+    return var * (n / (n - 1)) if n is not None and n > 1 else var
+
+
+def _variances(evals: np.ndarray, nc: np.ndarray | None, n_corr: int | None, ddof: int = 1,
+               scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """rsatoolbox's ``extract_variances``: ``(model_var (k,), noise_ceiling_var (k,))``."""
+    k = evals.shape[1]
+    if nc is not None:
+        cov = np.atleast_2d(np.cov(np.concatenate([evals.T, nc]), ddof=ddof)) * scale
+        model_var = np.diag(cov)[:k]
+        nc_var = model_var - 2 * cov[:k, k] + cov[k, k]
+    else:
+        cov = np.atleast_2d(np.cov(evals.T, ddof=ddof)) * scale
+        model_var = np.diag(cov)
+        nc_var = model_var
+    return _correct(model_var, n_corr), _correct(nc_var, n_corr)
+
+
+@dataclass
+class RSAResult:
+    """Everything behind ``rsa_table``.
+
+    Attributes
+    ----------
+    names : list of str
+        One per model RDM.
+    method, bootstrap : str, str or None
+    evaluations : ndarray
+        ``(k, m)`` model-by-brain-RDM comparisons without bootstrap, else
+        ``(N, k)`` per-resample means over the (resampled) brain RDMs; NaN
+        rows mark resamples rsatoolbox also drops (fewer than 3 stimuli).
+    noise_ceiling : ndarray
+        ``(2,)`` lower and upper bound, or ``(2, N)`` per resample.
+    mean, sem, ci_low, ci_high, p_zero, p_noise : ndarray ``(k,)``
+    nc_lower, nc_upper : float
+    dof : int
+    n_stimuli, n_brain : int
+    """
+
+    names: list[str]
+    method: str
+    bootstrap: str | None
+    evaluations: np.ndarray
+    noise_ceiling: np.ndarray | None
+    fixed: np.ndarray
+    mean: np.ndarray
+    sem: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    p_zero: np.ndarray
+    p_noise: np.ndarray
+    nc_lower: float
+    nc_upper: float
+    dof: int
+    n_stimuli: int
+    n_brain: int
+    rdm_idx: np.ndarray | None = field(default=None, repr=False)
+    pattern_idx: np.ndarray | None = field(default=None, repr=False)
+
+    def table(self) -> pd.DataFrame:
+        """One row per model RDM (see ``rsa_table``)."""
+        n = len(self.names)
+        valid = int(np.isfinite(self.evaluations[:, 0]).sum()) if self.bootstrap else 0
+        return pd.DataFrame({
+            "model": self.names,
+            "method": [self.method] * n,
+            "bootstrap": [self.bootstrap or "none"] * n,
+            "mean": self.mean,
+            "fixed": self.fixed,
+            "sem": self.sem,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "p_zero": self.p_zero,
+            "p_noise": self.p_noise,
+            "nc_lower": [self.nc_lower] * n,
+            "nc_upper": [self.nc_upper] * n,
+            "dof": [self.dof] * n,
+            "n_stimuli": [self.n_stimuli] * n,
+            "n_brain": [self.n_brain] * n,
+            "n_bootstrap": [valid] * n,
+        })
+
+
+def rsa_evaluate(
+    model_rdms: RDMs,
+    brain_rdms: RDMs,
+    method: str = "corr",
+    *,
+    bootstrap: str | None = None,
+    n_bootstrap: int = 1000,
+    noise_ceiling: bool = True,
+    boot_noise_ceiling: bool = True,
+    ci: str = "t",
+    seed: int | None = 0,
+    bootstrap_indices: Any = None,
+    descriptor: str = "stimulus",
+) -> RSAResult:
+    """Evaluate model RDMs against brain RDMs with rsatoolbox's statistics (see ``rsa_table``)."""
+    check_method(method, COMPARE_METHODS, "comparison method")
+    if bootstrap not in BOOTSTRAPS:
+        raise ValueError(f"bootstrap must be one of {BOOTSTRAPS}, got {bootstrap!r}")
+    if ci not in ("t", "percentile"):
+        raise ValueError(f"ci must be 't' or 'percentile', got {ci!r}")
+    for name, obj in (("model_rdms", model_rdms), ("brain_rdms", brain_rdms)):
+        if not isinstance(obj, RDMs):
+            raise TypeError(f"{name} must be rsatoolbox.rdm.RDMs, got {type(obj).__name__}")
+    _warn_measures(model_rdms, brain_rdms, method)
+    models, model_ids = from_rsatoolbox(model_rdms, descriptor)
+    brain, brain_ids = from_rsatoolbox(brain_rdms, descriptor)
+    model_pos, brain_pos = _match_stimuli(model_ids, brain_ids)
+    models, brain = _subset_vectors(models, model_pos), _subset_vectors(brain, brain_pos)
+    n_stim, k, m = len(brain_pos), models.shape[0], brain.shape[0]
+    for name, v in (("model", models), ("brain", brain)):
+        bad = torch.isnan(v).all(1)
+        if bool(bad.any()):
+            raise ValueError(f"{name} RDM(s) {torch.nonzero(bad).squeeze(1).tolist()} are entirely NaN")
+    if noise_ceiling and m < 2:
+        raise ValueError("noise_ceiling=True needs at least 2 brain RDMs (the lower bound leaves one out); "
+                         "got 1 -- pass noise_ceiling=False or more subjects/sessions")
+    names = _rdm_names(model_rdms)
+    fixed_all = compare_rdms(models, brain, method).numpy()  # (k, m)
+    fixed = fixed_all.mean(1)
+    nc_point = _noise_ceiling(brain, np.arange(m), method) if noise_ceiling else (np.nan, np.nan)
+    rdm_idx = pat_idx = None
+    if bootstrap is None:
+        evaluations, nc_arr = fixed_all, np.array(nc_point)
+        mean = fixed
+        dof = m - 1
+        if m > 1:
+            model_var, nc_var = _variances(fixed_all.T, None, m, ddof=0, scale=1.0 / m)
+        else:
+            model_var = nc_var = np.full(k, np.nan)
+        nc_lower, nc_upper = nc_point
+    else:
+        if n_bootstrap < 2 and bootstrap_indices is None:
+            raise ValueError(f"n_bootstrap must be >= 2, got {n_bootstrap}")
+        rdm_idx, pat_idx = _draw_indices(bootstrap, n_bootstrap, n_stim, m, seed, bootstrap_indices)
+        if rdm_idx is not None and pat_idx is not None and len(rdm_idx) != len(pat_idx):
+            raise ValueError(f"{len(rdm_idx)} rdm and {len(pat_idx)} pattern resamples given")
+        boot_nc = noise_ceiling and boot_noise_ceiling
+        has_nan = bool(torch.isnan(models).any() or torch.isnan(brain).any())
+        if method in _MOMENT_METHODS and not has_nan:
+            evaluations, nc_arr = _bootstrap_moments(models, brain, method, rdm_idx, pat_idx, boot_nc)
+        else:
+            evaluations, nc_arr = _bootstrap_general(models, brain, method, rdm_idx, pat_idx, boot_nc)
+        ok = np.isfinite(evaluations[:, 0])
+        if ok.sum() < 2:
+            raise ValueError(f"only {int(ok.sum())} usable bootstrap samples; use more resamples or stimuli")
+        mean = evaluations[ok].mean(0)
+        n_corr = {"pattern": n_stim, "rdm": m, "both": min(m, n_stim)}[bootstrap]
+        dof = n_corr - 1
+        if bootstrap == "rdm":
+            # eval_bootstrap_rdm overwrites its variances with the evaluations' covariance alone
+            model_var, nc_var = _variances(evaluations, None, n_corr)
+        else:
+            model_var, nc_var = _variances(evaluations[ok], nc_arr[:, ok] if boot_nc else None, n_corr)
+        if not noise_ceiling:
+            nc_arr, nc_lower, nc_upper = None, np.nan, np.nan
+        elif boot_nc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                nc_lower, nc_upper = (float(v) for v in np.nanmean(nc_arr, axis=1))
+        else:
+            nc_arr = np.array(nc_point)
+            nc_lower, nc_upper = nc_point
+    sem = np.sqrt(np.maximum(model_var, 0))
+    eps = np.finfo(float).eps
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_zero = 1 - stats.t.cdf(mean / np.sqrt(np.maximum(model_var, eps)), dof) if dof > 0 else np.full(k, np.nan)
+        if noise_ceiling and dof > 0:
+            t_nc = (mean - nc_lower) / np.sqrt(np.maximum(nc_var, eps))
+            p_noise = 2 * (1 - stats.t.cdf(np.abs(t_nc), dof))
+        else:
+            p_noise = np.full(k, np.nan)
+    if ci == "percentile" and bootstrap is not None:
+        framed = np.concatenate([np.tile([[-np.inf], [np.inf]], (1, k)), evaluations], 0)
+        ci_low, ci_high = np.quantile(framed, 0.025, axis=0), np.quantile(framed, 0.975, axis=0)
+    else:
+        half = -sem * stats.t.ppf(0.025, dof) if dof > 0 else np.full(k, np.nan)
+        ci_low, ci_high = mean - half, mean + half
+    return RSAResult(names=names, method=method, bootstrap=bootstrap, evaluations=evaluations,
+                     noise_ceiling=nc_arr, fixed=fixed, mean=mean, sem=sem, ci_low=ci_low, ci_high=ci_high,
+                     p_zero=np.asarray(p_zero, float), p_noise=np.asarray(p_noise, float),
+                     nc_lower=float(nc_lower), nc_upper=float(nc_upper), dof=int(dof),
+                     n_stimuli=n_stim, n_brain=m, rdm_idx=rdm_idx, pattern_idx=pat_idx)
+
+
+def rsa_table(
+    model_rdms: RDMs,
+    brain_rdms: RDMs,
+    method: str = "corr",
+    *,
+    bootstrap: str | None = None,
+    n_bootstrap: int = 1000,
+    noise_ceiling: bool = True,
+    boot_noise_ceiling: bool = True,
+    ci: str = "t",
+    seed: int | None = 0,
+    bootstrap_indices: Any = None,
+    descriptor: str = "stimulus",
+) -> pd.DataFrame:
+    """Model-brain RSA table with rsatoolbox's statistics, one row per model RDM.
+
+    Parameters
+    ----------
+    model_rdms : rsatoolbox RDMs
+        ``k`` model RDMs (e.g. from ``layer_rdms``); names from
+        ``rdm_descriptors`` ``layer``, ``name`` or ``model``.
+    brain_rdms : rsatoolbox RDMs
+        ``m`` brain RDMs (subjects/sessions). Stimuli are matched by
+        ``pattern_descriptors[descriptor]``: the brain RDMs are cut to the
+        model's stimuli (brain order); model ids the brain lacks are an error.
+    method : str
+        rsatoolbox comparison: cosine, corr, spearman, rho-a, kendall/tau-b,
+        tau-a, corr_cov, cosine_cov.
+    bootstrap : None, "pattern", "rdm" or "both"
+        None is ``eval_fixed`` (SEM over brain RDMs); the others are
+        ``eval_bootstrap_pattern``, ``eval_bootstrap_rdm`` and ``eval_bootstrap``.
+    n_bootstrap : int
+    noise_ceiling : bool
+        Compute the noise ceiling (needs >= 2 brain RDMs) and the test against it.
+    boot_noise_ceiling : bool
+        As rsatoolbox's ``boot_noise_ceil``: a noise ceiling per resample
+        (its covariance with the evaluations enters the test against it) or
+        one on the full data.
+    ci : "t" or "percentile"
+        95% interval: rsatoolbox's t interval (mean +- t * SEM) or bootstrap
+        percentiles.
+    seed : int or None
+        Seeds the resampling (``numpy.random.default_rng``).
+    bootstrap_indices : array or (rdm_idx, pattern_idx), optional
+        Positions of the drawn stimuli ``(N, n)`` (pattern), brain RDMs
+        ``(N, m)`` (rdm) or both: e.g. rsatoolbox's own draws.
+    descriptor : str
+        The pattern descriptor that names stimuli.
+
+    Returns
+    -------
+    DataFrame
+        ``model, method, bootstrap, mean`` (rsatoolbox ``get_means``: the
+        bootstrap mean when bootstrapping), ``fixed`` (mean over brain RDMs on
+        all stimuli), ``sem, ci_low, ci_high, p_zero`` (one-sided t-test
+        against 0), ``p_noise`` (two-sided t-test against the lower bound),
+        ``nc_lower, nc_upper, dof, n_stimuli, n_brain, n_bootstrap``.
+    """
+    return rsa_evaluate(model_rdms, brain_rdms, method, bootstrap=bootstrap, n_bootstrap=n_bootstrap,
+                        noise_ceiling=noise_ceiling, boot_noise_ceiling=boot_noise_ceiling, ci=ci, seed=seed,
+                        bootstrap_indices=bootstrap_indices, descriptor=descriptor).table()
