@@ -311,7 +311,6 @@ def _figures(out: Path, test: Any, teacher: torch.nn.Module, students: dict[str,
     x = np.arange(len(students_only))
     ax.bar(x, 100 * students_only["mean"], yerr=100 * students_only["sd"], capsize=4,
            color=["#999999", "#4c72b0", "#dd8452", "#55a868"][: len(x)])
-    per_seed = histories.groupby(["method", "seed"], sort=False).size().reset_index()[["method", "seed"]]
     teacher_acc = float(table.iloc[-1]["mean"])
     ax.axhline(100 * teacher_acc, color="k", ls="--", lw=1, label="teacher")
     ax.set_xticks(x, students_only["method"])
@@ -320,7 +319,6 @@ def _figures(out: Path, test: Any, teacher: torch.nn.Module, students: dict[str,
     ax.set_ylim(max(0.0, low - 5), 100)
     ax.set_title(f"{settings.n_labelled} labelled digits, {int(students_only['n'].iloc[0])} seeds")
     ax.legend(loc="lower right")
-    del per_seed
     _save(fig, out / "accuracy.png")
     plt.close(fig)
 
