@@ -27,9 +27,18 @@ rank methods are not (ranks are piecewise constant).
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+
+try:
+    # scipy's compiled Fenwick-tree discordance count (it releases the GIL), which
+    # scipy.stats.kendalltau and rsatoolbox's tau-a call too. It is private, so a
+    # pure-torch fallback (_kendall_tau_torch) is used if a scipy release moves it.
+    from scipy.stats._stats import _kendall_dis
+except ImportError:  # pragma: no cover
+    _kendall_dis = None
 
 from rdl_neuro.rdm import check_method, n_stimuli_from_length, triu_indices
 
@@ -52,8 +61,10 @@ def _as_rdm_matrix(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
     if x.shape[0] == 0:
         raise ValueError(f"{name} holds no RDMs (shape {tuple(x.shape)})")
     n_stimuli_from_length(x.shape[1])
-    if torch.isinf(x).any():
-        raise ValueError(f"{name} contains infinite dissimilarities")
+    # one cheap pass in the common all-finite case; the slower search only to name the culprit
+    if not bool(torch.isfinite(x).all()) and bool(torch.isinf(x).any()):
+        rdm, entry = torch.nonzero(torch.isinf(x))[0].tolist()
+        raise ValueError(f"{name} contains an infinite dissimilarity (RDM {rdm}, condensed entry {entry})")
     return x
 
 
@@ -85,10 +96,12 @@ def compare_rdms(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, met
     a, b = a.to(dtype), b.to(device=a.device, dtype=dtype)
 
     valid_a, valid_b = ~torch.isnan(a), ~torch.isnan(b)
+    # the usual case, one NaN pattern per side (often none), needs no grouping (torch.unique
+    # over rows of 500k entries alone costs more than a whole rank comparison)
+    if bool((valid_a == valid_a[0]).all()) and bool((valid_b == valid_b[0]).all()):
+        return _compare_on_mask(a, b, valid_a[0] & valid_b[0], method)
     patterns_a, group_a = torch.unique(valid_a, dim=0, return_inverse=True)
     patterns_b, group_b = torch.unique(valid_b, dim=0, return_inverse=True)
-    if len(patterns_a) == 1 and len(patterns_b) == 1:
-        return _compare_on_mask(a, b, patterns_a[0] & patterns_b[0], method)
 
     out = a.new_empty(a.shape[0], b.shape[0])
     for i, pattern_a in enumerate(patterns_a):
@@ -111,11 +124,14 @@ def _compare_on_mask(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, metho
         return _cosine(x, y)
     if method == "corr":
         return _cosine(_center(x), _center(y))
-    if method == "spearman":
-        return _cosine(_center(rankdata(x)), _center(rankdata(y)))
-    if method == "rho-a":
+    if method in ("spearman", "rho-a"):
+        # every RDM is ranked once (k + m rankings, in parallel), not once per pair
+        ranks = torch.from_numpy(_centered_ranks(_numpy_rows(x), _numpy_rows(y))).to(device=x.device, dtype=x.dtype)
+        rank_x, rank_y = ranks[: x.shape[0]], ranks[x.shape[0] :]
+        if method == "spearman":
+            return _cosine(rank_x, rank_y)
         n = x.shape[1]
-        return _center(rankdata(x)) @ _center(rankdata(y)).T * (12.0 / (n**3 - n))
+        return rank_x @ rank_y.T * (12.0 / (n**3 - n))
     if method in ("kendall", "tau-b", "tau-a"):
         return kendall_tau(x, y, variant="a" if method == "tau-a" else "b")
     if method == "corr_cov":
@@ -180,29 +196,111 @@ def _whiten(vectors: torch.Tensor, mask: torch.Tensor, n: int, full: bool) -> to
 
 
 # ----------------------------------------------------------------------------- ranks
+#
+# Ranks need no gradient, so they are computed in numpy on the CPU, one RDM row
+# at a time (each RDM is ranked once per call, not once per pair). The sort is
+# the cost: a comparison sort of 500k float64 takes ~30-60 ms here, while
+# numpy's radix sort for 16-bit keys takes ~3 ms. So rows are mapped to
+# order-preserving 32-bit keys and sorted by two stable 16-bit radix passes
+# (least significant half first); the rare runs of equal keys holding
+# different values are then put in order by value, which keeps the result
+# exactly the order of the float values.
+
+
+def _sorted_row(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, values[order])`` of a 1-D finite float64 array, sorted ascending (exact)."""
+    lo, hi = values.min(), values.max()
+    with np.errstate(over="ignore", divide="ignore"):
+        scale = (2.0**32 - 1) / (hi - lo) if hi > lo else np.inf
+    if not np.isfinite(scale):  # constant row, or a range too large / small to scale
+        order = np.argsort(values, kind="stable")
+        return order, values[order]
+    # rounding is monotone, so the keys never contradict the order of the values
+    buffer = np.subtract(values, lo)  # in place from here: fewer fresh 4 MB arrays to fault in
+    np.multiply(buffer, scale, out=buffer)
+    key = np.minimum(buffer, 2.0**32 - 1, out=buffer).astype(np.uint32)
+    order = np.argsort((key & 0xFFFF).astype(np.uint16), kind="stable")
+    order = order[np.argsort((key >> 16).astype(np.uint16)[order], kind="stable")]
+    ordered = values[order]
+    disorder = ordered[1:] < ordered[:-1]
+    if disorder.any():
+        # only inside runs of equal keys can values be out of order: sort those runs by value.
+        # The keys are sorted, so each such run is found by binary search (they are few).
+        ordered_key = key[order]
+        bad_keys = np.unique(ordered_key[1:][disorder])
+        starts = np.searchsorted(ordered_key, bad_keys, side="left")
+        lengths = np.searchsorted(ordered_key, bad_keys, side="right") - starts
+        run = np.repeat(np.arange(bad_keys.size), lengths)
+        members = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        fix = members[np.lexsort((ordered[members], run))]
+        order[members], ordered[members] = order[fix], ordered[fix]
+    return order, ordered
+
+
+def _run_starts(ordered: np.ndarray) -> np.ndarray:
+    """Boolean ``(P,)``: True where a sorted array starts a new run of equal values."""
+    new = np.empty(ordered.size, dtype=bool)
+    new[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    return new
+
+
+def _average_ranks_row(values: np.ndarray) -> np.ndarray:
+    """``scipy.stats.rankdata(values)`` (average method) of a finite float64 row."""
+    order, ordered = _sorted_row(values)
+    p = values.size
+    new = _run_starts(ordered)
+    ranks = np.empty(p)
+    if new.all():
+        ranks[order] = np.arange(1, p + 1, dtype=np.float64)
+    else:
+        starts = np.flatnonzero(new)
+        ends = np.append(starts[1:], p)
+        # positions start..end-1 share the 1-based average rank (start + 1 + end) / 2 (exact in float)
+        ranks[order] = ((starts + ends + 1) / 2)[np.cumsum(new) - 1]
+    return ranks
+
+
+def _map_rows(func, rows: list, n_threads: int | None = None) -> list:
+    """``[func(r) for r in rows]``, on torch's thread count: numpy's sorts and gathers
+    and scipy's discordance count release the GIL, so threads really run in parallel."""
+    n_threads = min(n_threads or torch.get_num_threads(), len(rows))
+    if n_threads <= 1:
+        return [func(r) for r in rows]
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        return list(pool.map(func, rows))
+
+
+def _numpy_rows(x: torch.Tensor) -> np.ndarray:
+    return x.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
+def _centered_ranks(*row_blocks: np.ndarray) -> np.ndarray:
+    """Average ranks minus their mean, ``(sum of rows, P)`` float64, for the rows of all blocks.
+
+    The mean of average ranks is exactly ``(P + 1) / 2`` (as is numpy's mean of
+    them: the sums are exact in float64), so no reduction pass is needed.
+    """
+    rows = [row for block in row_blocks for row in block]
+    out = np.empty((len(rows), rows[0].size))
+    middle = (rows[0].size + 1) / 2
+
+    def fill(i: int) -> None:
+        np.subtract(_average_ranks_row(rows[i]), middle, out=out[i])
+
+    _map_rows(fill, list(range(len(rows))))
+    return out
 
 
 def rankdata(x: torch.Tensor) -> torch.Tensor:
     """Average ranks (1-based, ties share their mean rank) along the last dim of ``x (k, P)``.
 
-    Equals ``scipy.stats.rankdata(row, method='average')`` for every row.
+    Equals ``scipy.stats.rankdata(row, method='average')`` for every row; not
+    differentiable (the result is detached), same dtype and device as ``x``.
     """
-    k, p = x.shape
-    sorted_x, order = torch.sort(x, dim=1)
-    new_run = torch.ones_like(sorted_x, dtype=torch.bool)
-    new_run[:, 1:] = sorted_x[:, 1:] != sorted_x[:, :-1]
-    # run ids are global over the flattened rows (every row starts a new run)
-    run_id = torch.cumsum(new_run.reshape(-1), 0) - 1
-    n_runs = int(run_id[-1]) + 1
-    position = torch.arange(p, device=x.device).repeat(k)
-    first = torch.full((n_runs,), p, dtype=position.dtype, device=x.device).scatter_reduce(
-        0, run_id, position, reduce="amin"
-    )
-    count = torch.bincount(run_id, minlength=n_runs)
-    avg_rank = first.to(x.dtype) + (count.to(x.dtype) + 1) / 2
-    ranks = torch.empty_like(x)
-    ranks.scatter_(1, order, avg_rank[run_id].reshape(k, p))
-    return ranks
+    rows = _numpy_rows(x)
+    ranks = np.stack(_map_rows(_average_ranks_row, list(rows)))
+    return torch.from_numpy(ranks).to(device=x.device, dtype=x.dtype)
 
 
 def _dense_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -254,7 +352,65 @@ def kendall_tau(x: torch.Tensor, y: torch.Tensor, variant: str = "b", max_batch_
 
     Counts discordant pairs exactly (as ``scipy.stats.kendalltau`` and
     rsatoolbox's ``_tau_a``), with ties in either vector handled as they do.
+    Not differentiable; the result has the dtype and device of ``x``.
     """
+    if _kendall_dis is None:
+        return _kendall_tau_torch(x, y, variant, max_batch_elements)
+    k, p = x.shape
+    xs = [_sorted_dense(row) for row in _numpy_rows(x)]
+    ys = [_sorted_dense(row) for row in _numpy_rows(y)]
+    # y's 1-based dense ranks in its original positions (what gets reordered by each x)
+    y_dense = []
+    for order, dense_sorted, _ in ys:
+        ranks = np.empty(p, dtype=np.intp)
+        ranks[order] = dense_sorted
+        y_dense.append(ranks)
+    tot = p * (p - 1) // 2
+
+    def one_pair(ij: tuple[int, int]) -> float:
+        (order, x_sorted, ties_x), ties_y = xs[ij[0]], ys[ij[1]][2]
+        y_seq = y_dense[ij[1]][order]
+        # Fenwick-tree count of pairs with x_s < x_t and y_s > y_t; pairs tied in x are never counted
+        discordant = int(_kendall_dis(x_sorted, y_seq))
+        joint = _joint_ties(x_sorted, y_seq) if ties_x and ties_y else 0
+        con_minus_dis = tot - ties_x - ties_y + joint - 2 * discordant
+        if variant == "a":
+            return min(1.0, max(-1.0, con_minus_dis / tot))
+        if ties_x == tot or ties_y == tot:
+            return math.nan  # scipy's answer for a constant vector
+        return min(1.0, max(-1.0, con_minus_dis / math.sqrt(tot - ties_x) / math.sqrt(tot - ties_y)))
+
+    taus = _map_rows(one_pair, [(i, j) for i in range(k) for j in range(y.shape[0])])
+    return torch.tensor(taus, dtype=torch.float64).reshape(k, y.shape[0]).to(device=x.device, dtype=x.dtype)
+
+
+def _sorted_dense(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(order, 1-based dense ranks of values[order], number of tied pairs)`` of a float64 row."""
+    order, ordered = _sorted_row(values)
+    new = _run_starts(ordered)
+    dense = np.cumsum(new, dtype=np.intp)
+    if dense[-1] == values.size:
+        return order, dense, 0
+    counts = np.diff(np.append(np.flatnonzero(new), values.size))
+    return order, dense, int((counts * (counts - 1) // 2).sum())
+
+
+def _joint_ties(x_sorted: np.ndarray, y_seq: np.ndarray) -> int:
+    """Pairs tied in both x and y, for x dense ranks in ascending order and y dense ranks beside them."""
+    n_y = int(y_seq.max()) + 1
+    keys = x_sorted.astype(np.int64) * n_y + y_seq
+    if int(keys[-1]) < 8 * keys.size:
+        counts = np.bincount(keys)  # few distinct values: a histogram is cheapest
+    else:
+        keys = np.sort(keys)
+        counts = np.diff(np.append(np.flatnonzero(_run_starts(keys)), keys.size))
+    return int((counts * (counts - 1) // 2).sum())
+
+
+def _kendall_tau_torch(
+    x: torch.Tensor, y: torch.Tensor, variant: str = "b", max_batch_elements: int = 2**25
+) -> torch.Tensor:
+    """Pure-torch ``kendall_tau`` (MSB radix inversion count); used when scipy's compiled count is missing."""
     k, p = x.shape
     m = y.shape[0]
     rank_x, rank_y = _dense_ranks(x), _dense_ranks(y)
