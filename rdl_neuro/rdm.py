@@ -175,15 +175,6 @@ def _condensed_gram(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return condensed, torch.cat(diags, dim=-1) if len(diags) > 1 else diags[0]
 
 
-def _squared_distances(features: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances ``(..., n, n)`` from the Gram matrix, clamped at 0."""
-    gram = features @ features.transpose(-1, -2)
-    sq_norms = torch.diagonal(gram, dim1=-2, dim2=-1)
-    d2 = sq_norms.unsqueeze(-1) + sq_norms.unsqueeze(-2) - 2 * gram
-    # rounding can make coinciding rows slightly negative
-    return d2.clamp_min(0)
-
-
 def compute_rdm(features: torch.Tensor, method: str = "correlation", *, square: bool = False) -> torch.Tensor:
     """Representational dissimilarity matrices of activation patterns.
 
@@ -212,21 +203,16 @@ def compute_rdm(features: torch.Tensor, method: str = "correlation", *, square: 
         x = _unit_rows(features, "zero norm (all-zero pattern) under 'cosine'")
     else:
         x = features
-    if square:
-        if method in ("euclidean", "sqeuclidean"):
-            rdm = _squared_distances(x)
-            rdm = _safe_sqrt(rdm) if method == "euclidean" else rdm / features.shape[-1]
-        else:
-            rdm = 1 - x @ x.transpose(-1, -2)
-        # the diagonal is exactly zero by definition; rounding would leave ~1e-16 there
-        eye = torch.eye(n, dtype=torch.bool, device=rdm.device)
-        return rdm.masked_fill(eye, 0)
     # condensed: the Gram product of the upper triangle only (see _row_blocks), and the
     # elementwise work on n(n-1)/2 entries instead of n^2
     gram, diag = _condensed_gram(x)
     if method in ("correlation", "cosine"):
-        return 1 - gram
-    rows, cols = triu_indices(n, x.device)
-    # rounding can make coinciding rows slightly negative
-    d2 = (diag[..., rows] + diag[..., cols] - 2 * gram).clamp_min(0)
-    return _safe_sqrt(d2) if method == "euclidean" else d2 / features.shape[-1]
+        rdm = 1 - gram
+    else:
+        rows, cols = triu_indices(n, x.device)
+        # rounding can make coinciding rows slightly negative
+        d2 = (diag[..., rows] + diag[..., cols] - 2 * gram).clamp_min(0)
+        rdm = _safe_sqrt(d2) if method == "euclidean" else d2 / features.shape[-1]
+    # square RDMs are built from the condensed ones: exactly symmetric with an exactly zero
+    # diagonal (a BLAS X @ X.T is neither), and only half the Gram matrix is computed
+    return to_square(rdm) if square else rdm
