@@ -110,7 +110,8 @@ def _naive_rdm(x: torch.Tensor, method: str) -> torch.Tensor:
     """Straightforward n x n x p / full-Gram formulas, for checking the blocked path's values and gradients."""
     if method in ("euclidean", "sqeuclidean"):
         d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-        square = d2.sqrt() if method == "euclidean" else d2 / x.shape[1]
+        # (the unused diagonal is moved off 0 so sqrt's gradient there is not NaN)
+        square = (d2 + torch.eye(len(x))).sqrt() if method == "euclidean" else d2 / x.shape[1]
     else:
         z = x - x.mean(1, keepdim=True) if method == "correlation" else x
         z = z / z.norm(dim=1, keepdim=True)
