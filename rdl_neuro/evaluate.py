@@ -425,15 +425,15 @@ def _bootstrap_general(models: torch.Tensor, brain: torch.Tensor, method: str, r
 
 def _pair_weights(pat_idx: np.ndarray, n: int) -> torch.Tensor:
     """Pair weights ``c_a c_b`` ``(N, P)`` of pattern resamples ``(N, n)`` (``c`` = draw counts)."""
-    counts = np.zeros((pat_idx.shape[0], n))
-    np.add.at(counts, (np.arange(pat_idx.shape[0])[:, None], pat_idx), 1.0)
-    c = torch.from_numpy(counts)
+    offsets = np.arange(pat_idx.shape[0])[:, None] * n
+    counts = np.bincount((pat_idx + offsets).ravel(), minlength=pat_idx.shape[0] * n).reshape(-1, n)
+    c = torch.from_numpy(counts.astype(np.float64))
     rows, cols = triu_indices(n)
     return c[:, rows] * c[:, cols]
 
 
 def _bootstrap_moments(models: torch.Tensor, brain: torch.Tensor, method: str, rdm_idx: np.ndarray | None,
-                       pat_idx: np.ndarray | None, boot_nc: bool, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                       pat_idx: np.ndarray | None, boot_nc: bool) -> tuple[np.ndarray, np.ndarray]:
     """``corr`` / ``cosine`` bootstrap from weighted moments (equal to the general path, much faster)."""
     k, m = models.shape[0], brain.shape[0]
     n = n_stimuli_from_length(models.shape[1])
@@ -448,17 +448,19 @@ def _bootstrap_moments(models: torch.Tensor, brain: torch.Tensor, method: str, r
     else:
         weights = torch.ones(1, z.shape[1], dtype=torch.float64)
         valid = np.ones(n_boot, dtype=bool)
-    # second moments (B, r, r) of the weighted entries; B = 1 when only RDMs are resampled
-    moments = []
-    for start in range(0, weights.shape[0], chunk):
-        w = weights[start:start + chunk]
-        total = w.sum(1)
-        second = torch.einsum("bp,ip,jp->bij", w, z, z) / total[:, None, None]
-        if method == "corr":
-            mean = (w @ z.T) / total[:, None]
-            second = second - mean[:, :, None] * mean[:, None, :]
-        moments.append(second)
-    cov = torch.cat(moments)  # (B, r, r)
+    # second moments (B, r, r) of the weighted entries (B = 1 when only RDMs are resampled): one matrix
+    # product of the weights with the r (r + 1) / 2 entrywise products of RDM pairs
+    r = z.shape[0]
+    iu, ju = torch.triu_indices(r, r)
+    products = z[iu] * z[ju]  # (r (r + 1) / 2, P)
+    total = weights.sum(1)
+    cov = torch.empty(weights.shape[0], r, r, dtype=torch.float64)
+    upper = (weights @ products.T) / total[:, None]
+    if method == "corr":
+        mean = (weights @ z.T) / total[:, None]
+        upper = upper - mean[:, iu] * mean[:, ju]
+    cov[:, iu, ju] = upper
+    cov[:, ju, iu] = upper
     sd = torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2))
     corr = cov / (sd[:, :, None] * sd[:, None, :])
     model_vs_brain = corr[:, :k, k:]  # (B, k, m)
