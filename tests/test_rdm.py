@@ -47,18 +47,18 @@ def test_equals_scipy_pdist(rng, n, p, method):
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("n", [7, 820])
-def test_batched_equals_per_slice(rng, method, n):
-    x = torch.from_numpy(rng.standard_normal((2, 3, n, 5)))
+@pytest.mark.parametrize("n,batch", [(7, (2, 3)), (820, (2, 1))])
+def test_batched_equals_per_slice(rng, method, n, batch):
+    x = torch.from_numpy(rng.standard_normal((*batch, n, 5)))
     batched = compute_rdm(x, method)
-    assert batched.shape == (2, 3, n * (n - 1) // 2)
-    for i in range(2):
-        for j in range(3):
+    assert batched.shape == (*batch, n * (n - 1) // 2)
+    for i in range(batch[0]):
+        for j in range(batch[1]):
             torch.testing.assert_close(batched[i, j], compute_rdm(x[i, j], method), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("n", [4, 30, 810])
+@pytest.mark.parametrize("n", [4, 30])
 def test_square_equals_to_square_of_condensed(rng, method, n):
     x = torch.from_numpy(rng.standard_normal((2, n, 9)))
     square = compute_rdm(x, method, square=True)
