@@ -1,0 +1,125 @@
+"""Speed of rdl_neuro's RDMs and RDM comparisons against rsatoolbox, side by side in one run.
+
+Fresh random float64 data every run. For each case both libraries run on the
+same data; the table gives the median of the repeats, the ratio (rsatoolbox
+time / torch time) and the largest absolute difference between the results.
+
+    python benchmarks/rdm_speed.py            # full sizes, 3 repeats (a few minutes)
+    python benchmarks/rdm_speed.py --quick    # small sizes, 1 repeat (seconds; used by the tests)
+
+The last line is machine-readable:
+
+    RESULT corr_rdm_speedup=... corr_rdm_vs_matmul=... rank_compare_min_speedup=... max_abs_diff=...
+
+``corr_rdm_speedup``: rsatoolbox calc_rdm time / ours, correlation, largest size.
+``corr_rdm_vs_matmul``: our correlation RDM time / a bare ``X @ X.T`` of the same size.
+``rank_compare_min_speedup``: the smallest speedup over spearman, rho-a and tau-a at the largest n.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from importlib.metadata import version
+
+import numpy as np
+import rsatoolbox
+import torch
+
+from rdl_neuro.compare import compare_rdms
+from rdl_neuro.rdm import compute_rdm
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+COMPARE_METHODS = ("cosine", "corr", "spearman", "rho-a", "kendall", "tau-a", "corr_cov", "cosine_cov")
+RANK_METHODS = ("spearman", "rho-a", "tau-a")
+RSATOOLBOX_BUDGET_S = 60.0  # skip an rsatoolbox case whose estimated time exceeds this
+
+
+def timed(func, repeats: int) -> tuple[float, object]:
+    """Median wall time of ``repeats`` calls, and the last result."""
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = func()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def max_abs_diff(ours: torch.Tensor, theirs: np.ndarray) -> float:
+    ours = ours.detach().numpy()
+    if not np.array_equal(np.isnan(ours), np.isnan(theirs)):
+        return float("inf")
+    return float(np.nanmax(np.abs(ours - theirs))) if ours.size else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and 1 repeat (a smoke test)")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats per case (default 3, 1 with --quick)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: fresh data)")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else 3)
+    rdm_sizes = [(20, 64), (60, 256)] if args.quick else [(92, 4096), (1000, 512), (2000, 2048)]
+    compare_sizes = [(12, 3), (40, 3)] if args.quick else [(92, 8), (1000, 8)]
+    rng = np.random.default_rng(args.seed)
+
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), rsatoolbox {version('rsatoolbox')}, "
+          f"float64, median of {repeats} repeat(s)")
+    header = f"{'case':<38}{'torch s':>10}{'rsatoolbox s':>14}{'ratio':>9}{'max |diff|':>12}"
+    print(header)
+    print("-" * len(header))
+    worst_diff = 0.0
+    corr_speedup = corr_vs_matmul = float("nan")
+    rank_speedups: dict[str, float] = {}
+
+    for n, p in rdm_sizes:
+        x = rng.standard_normal((n, p))
+        features = torch.from_numpy(x)
+        dataset = rsatoolbox.data.Dataset(x)
+        matmul_s, _ = timed(lambda: features @ features.T, repeats)
+        print(f"{f'bare X @ X.T  {n}x{p}':<38}{matmul_s:>10.4f}")
+        for ours_name, rsa_name in (("correlation", "correlation"), ("sqeuclidean", "euclidean")):
+            ours_s, ours = timed(lambda: compute_rdm(features, ours_name), repeats)
+            rsa_s, theirs = timed(lambda: rsatoolbox.rdm.calc_rdm(dataset, method=rsa_name), repeats)
+            diff = max_abs_diff(ours, theirs.get_vectors()[0])
+            worst_diff = max(worst_diff, diff)
+            print(f"{f'calc_rdm {ours_name} {n}x{p}':<38}{ours_s:>10.4f}{rsa_s:>14.4f}{rsa_s / ours_s:>9.1f}{diff:>12.1e}")
+            if ours_name == "correlation":
+                corr_speedup, corr_vs_matmul = rsa_s / ours_s, ours_s / matmul_s
+
+    for n, k in compare_sizes:
+        n_pairs = n * (n - 1) // 2
+        a, b = rng.random((k, n_pairs)), rng.random((k, n_pairs))
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        rdms_a, rdms_b = rsatoolbox.rdm.RDMs(a), rsatoolbox.rdm.RDMs(b)
+        for method in COMPARE_METHODS:
+            case = f"compare {method} {k}x{k} n={n}"
+            ours_s, ours = timed(lambda: compare_rdms(ta, tb, method), repeats)
+            # estimate rsatoolbox's time from one pair before committing to all of them
+            one_s, _ = timed(lambda: rsatoolbox.rdm.compare(rdms_a[0], rdms_b[0], method=method), 1)
+            if method in ("kendall", "tau-a") and one_s * k * k * repeats > RSATOOLBOX_BUDGET_S:
+                print(f"{case:<38}{ours_s:>10.4f}{'skipped':>14}  (estimated {one_s * k * k:.0f} s per call)")
+                continue
+            rsa_s, theirs = timed(lambda: rsatoolbox.rdm.compare(rdms_a, rdms_b, method=method), repeats)
+            diff = max_abs_diff(ours, theirs)
+            worst_diff = max(worst_diff, diff)
+            print(f"{case:<38}{ours_s:>10.4f}{rsa_s:>14.4f}{rsa_s / ours_s:>9.1f}{diff:>12.1e}")
+            if n == compare_sizes[-1][0] and method in RANK_METHODS:
+                rank_speedups[method] = rsa_s / ours_s
+
+    missing = [m for m in RANK_METHODS if m not in rank_speedups]
+    if missing:
+        print(f"note: rank_compare_min_speedup leaves out {', '.join(missing)} (rsatoolbox skipped)")
+    rank_min = min(rank_speedups.values()) if rank_speedups else float("nan")
+    print(
+        f"RESULT corr_rdm_speedup={corr_speedup:.2f} corr_rdm_vs_matmul={corr_vs_matmul:.3f} "
+        f"rank_compare_min_speedup={rank_min:.2f} max_abs_diff={worst_diff:.3e}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
