@@ -32,6 +32,13 @@ KERNEL_NAME = "python3"
 # generous: a whole notebook takes well under a minute in quick mode on 2 cores
 CELL_TIMEOUT_S = 600
 
+# inline figures each notebook shows (at least): a viz Figure that is not displayed is a bug
+N_FIGURES = {
+    "01_train_against_brain_rdms.ipynb": 4,
+    "02_model_brain_similarity.ipynb": 4,
+    "03_export_figures.ipynb": 4,
+}
+
 # files each notebook must write into $RDL_NEURO_NOTEBOOK_OUT (relative paths)
 EXPECTED_FILES = {
     "03_export_figures.ipynb": [
@@ -90,27 +97,48 @@ def test_notebook_is_a_tutorial(name: str) -> None:
     assert "McClure" in text or "Kriegeskorte" in text, f"{name}: cite the method's papers"
 
 
+def _execute(nb, kernel_dir: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``nb`` in place, from notebooks/ as cwd, in quick mode; raises CellExecutionError on any error."""
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(
+        [str(kernel_dir)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]))
+    monkeypatch.setenv("RDL_NEURO_NOTEBOOK_QUICK", "1")
+    monkeypatch.setenv("RDL_NEURO_NOTEBOOK_OUT", str(out_dir))
+    # a CI-wide MPLBACKEND=Agg would stop figures from showing inline
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # the notebooks' networks are tiny: extra threads only spin against the other test workers
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME, allow_errors=False,
+        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
+    )
+    client.execute()
+
+
+def test_harness_runs_in_notebooks_dir_and_catches_errors(kernel_dir: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The executor sees quick mode and notebooks/ as cwd, and a raising cell fails the run."""
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import os, sys\nprint(os.getcwd(), os.environ['RDL_NEURO_NOTEBOOK_QUICK'], "
+                                  "sys.executable)"),
+        nbformat.v4.new_code_cell("raise RuntimeError('boom from a notebook cell')"),
+    ])
+    with pytest.raises(nbclient.exceptions.CellExecutionError, match="boom from a notebook cell"):
+        _execute(nb, kernel_dir, tmp_path, monkeypatch)
+    cwd, quick, executable = nb.cells[0].outputs[0]["text"].split()
+    assert Path(cwd).resolve() == NOTEBOOK_DIR.resolve()
+    assert quick == "1"
+    assert Path(executable).resolve() == Path(sys.executable).resolve()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes(name: str, kernel_dir: Path, tmp_path: Path,
                            monkeypatch: pytest.MonkeyPatch) -> None:
     nb = _read(name)
     out_dir = tmp_path / "outputs"
-    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(
-        [str(kernel_dir)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]))
-    monkeypatch.setenv("RDL_NEURO_NOTEBOOK_QUICK", "1")
-    monkeypatch.setenv("RDL_NEURO_NOTEBOOK_OUT", str(out_dir))
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    # the notebooks' networks are tiny: extra threads only spin against the other test workers
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("MKL_NUM_THREADS", "1")
-
-    client = nbclient.NotebookClient(
-        nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME, allow_errors=False,
-        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
-    )
     try:
-        client.execute()
+        _execute(nb, kernel_dir, out_dir, monkeypatch)
     except nbclient.exceptions.CellExecutionError as err:
         pytest.fail(f"{name} failed:\n{err}", pytrace=False)
 
@@ -119,7 +147,8 @@ def test_notebook_executes(name: str, kernel_dir: Path, tmp_path: Path,
     assert not errors, f"{name}: error outputs {errors}"
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type in ("display_data", "execute_result") and "image/png" in o.get("data", {})]
-    assert images, f"{name}: shows no inline figure"
+    assert len(images) >= N_FIGURES[name], \
+        f"{name}: shows {len(images)} inline figures, expected at least {N_FIGURES[name]}"
     for rel in EXPECTED_FILES.get(name, []):
         path = out_dir / rel
         assert path.is_file() and path.stat().st_size > 0, f"{name} did not write {path}"
