@@ -403,14 +403,21 @@ def _transfer_job(job: dict) -> dict:
     needs_teacher = method != "baseline"
     teacher = NetworkTeacher(st["teacher"], teacher_layers_needed(cfg), cache=True) if needs_teacher else None
     t0 = time.perf_counter()
-    hist = train_model(model, data, terms, cfg.student_train, seed_of(cfg.name, "batches", label, n, seed), teacher)
+    try:
+        hist = train_model(model, data, terms, cfg.student_train, seed_of(cfg.name, "batches", label, n, seed),
+                           teacher)
+        diverged = False
+    except FloatingPointError:  # the Trainer stops on a NaN/inf loss: this setting diverged
+        hist, diverged = pd.DataFrame([{"train_acc": float("nan"), "loss": float("nan")}]), True
     seconds = time.perf_counter() - t0
     err, ce = error_rate(model, eval_x, eval_y)
+    if diverged and job["phase"] == "search":
+        err, ce = 100.0, float("inf")  # a diverging grid point must never be chosen
     last = hist.iloc[-1]
     rec = {"phase": job["phase"], "student": label, "n_labelled": n, "n_train": len(train_idx),
            "n_eval": len(eval_y), "method": method, "seed": seed,
            "eval_set": "validation" if job["phase"] == "search" else "test",
-           "error_pct": err, "eval_ce": ce, "train_acc": float(last["train_acc"]),
+           "error_pct": err, "eval_ce": ce, "diverged": diverged, "train_acc": float(last["train_acc"]),
            "final_loss": float(last["loss"]), "train_s": seconds}
     for key in ("rdl_weight", "kd_temperature", "kd_weight", "rkd_weight", "sp_weight"):
         rec[key] = hp.get(key, float("nan"))
@@ -628,6 +635,9 @@ def run_transfer_benchmark(cfg: TransferConfig, train_x: torch.Tensor, train_y: 
           f"Student training: {asdict(cfg.student_train)}; teacher training: {asdict(cfg.teacher_train)}. "
           f"RDL: Euclidean RDMs ({cfg.rdl_method}), criterion {cfg.rdl_criterion}, pairs {cfg.rdl_pairs}; "
           f"RKD/SP pair {cfg.peer_pair}.", "",
+          f"Diverged runs (NaN loss; a diverged grid point counts as 100% validation error, a diverged final run "
+          f"is scored as the broken model it is): search {int(search_df['diverged'].sum())}, "
+          f"final {int(final_df['diverged'].sum())}.", "",
           "Differences are test-error percentage points (method minus reference; negative = method better); "
           "p-values from paired t-tests and Wilcoxon signed-rank tests over seeds.", "",
           "## Test error", "", markdown_table(table, {"n_labelled": 0, "seeds": 0, "diff_vs_baseline": 2, "diff_vs_KD": 2}),

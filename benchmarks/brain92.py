@@ -212,27 +212,24 @@ def _brain_job(job: dict) -> dict:
 # --------------------------------------------------------------------------- #
 # evaluation on held-out pairs
 # --------------------------------------------------------------------------- #
-def pooled_corr_rdm(vectors: np.ndarray) -> np.ndarray:
-    """rsatoolbox ``pool_rdm(method='corr')``: mean of z-scored RDM vectors (then shifted positive)."""
-    z = (vectors - vectors.mean(1, keepdims=True)) / vectors.std(1, keepdims=True)
-    m = z.mean(0)
-    return m - m.min() + 0.01
+def pooled_rdm(vectors: np.ndarray, method: str) -> np.ndarray:
+    """rsatoolbox's ``pool_rdm``: the RDM that best represents several subjects' RDMs under ``method``."""
+    from rsatoolbox.rdm import RDMs
+    from rsatoolbox.util.pooling import pool_rdm
 
-
-def pooled_rank_rdm(vectors: np.ndarray) -> np.ndarray:
-    """rsatoolbox ``pool_rdm(method='tau-a')``: mean of rank-transformed RDM vectors."""
-    from scipy.stats import rankdata
-
-    return np.mean([rankdata(v) for v in vectors], axis=0)
+    return pool_rdm(RDMs(np.asarray(vectors, dtype=float)), method=method).get_vectors()[0]
 
 
 def noise_ceiling_units(held: np.ndarray) -> dict[str, np.ndarray]:
-    """Per held-out subject ``(H,)``: lower bound (vs pooled others) and upper bound (vs pooled all), corr and tau-a."""
+    """Per held-out subject ``(H,)``: lower bound (vs the pooled others) and upper bound (vs all pooled), corr and tau-a.
+
+    The mean over subjects is rsatoolbox's ``boot_noise_ceiling`` (leave-one-subject-out).
+    """
     H = len(held)
     out: dict[str, np.ndarray] = {}
-    for method, pool in (("corr", pooled_corr_rdm), ("tau-a", pooled_rank_rdm)):
-        all_pool = torch.from_numpy(pool(held))
-        lower = [float(compare_rdms(torch.from_numpy(pool(held[[j for j in range(H) if j != k]])),
+    for method in ("corr", "tau-a"):
+        all_pool = torch.from_numpy(pooled_rdm(held, method))
+        lower = [float(compare_rdms(torch.from_numpy(pooled_rdm(held[[j for j in range(H) if j != k]], method)),
                                     torch.from_numpy(held[k]), method)) for k in range(H)]
         upper = [float(compare_rdms(all_pool, torch.from_numpy(held[k]), method)) for k in range(H)]
         out[f"lower_{method}"], out[f"upper_{method}"] = np.array(lower), np.array(upper)
@@ -251,40 +248,42 @@ def check_noise_ceiling_against_rsatoolbox(held: np.ndarray, names: list[str], u
                              f"{units['upper_corr'].mean():.6f}) vs rsatoolbox ({lo:.6f}, {up:.6f})")
 
 
-def _corr_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson r of the last axes of ``x (..., P)`` and ``y (..., P)`` (broadcast)."""
-    xc = x - x.mean(-1, keepdims=True)
-    yc = y - y.mean(-1, keepdims=True)
-    return (xc * yc).sum(-1) / np.sqrt((xc ** 2).sum(-1) * (yc ** 2).sum(-1))
-
-
 def bootstrap(cands: list[dict[str, np.ndarray]], helds: list[np.ndarray], n_boot: int, seed: int) -> dict[str, np.ndarray]:
-    """Bootstrap distribution ``(n_boot,)`` of the mean held-out correlation of every row.
+    """Bootstrap distribution ``(n_boot,)`` of the mean held-out correlation (rsatoolbox corr) of every row.
 
-    ``cands[f][row]`` holds square RDMs ``(H, S, n, n)`` of fold ``f`` (candidate per held-out subject and seed);
-    ``helds[f]`` the held-out subjects' square RDMs ``(H, n, n)``. Each bootstrap sample resamples the held-out
-    images of every fold and the subjects (with replacement); pairs of an image with its own copy are dropped
-    (as rsatoolbox's pattern bootstrap does). Seeds are averaged within a unit, then units are averaged.
+    ``cands[f][row]`` holds square RDMs ``(H, S, n, n)`` of fold ``f`` (a candidate per held-out subject and
+    seed); ``helds[f]`` the held-out subjects' square RDMs ``(H, n, n)``. Each bootstrap sample resamples the
+    held-out images of every fold and the subjects, with replacement; pairs of an image with its own copy are
+    dropped (as rsatoolbox's pattern bootstrap does). Seeds are averaged within a unit, then units are averaged.
     """
     rng = np.random.default_rng(seed)
     rows = list(cands[0])
     H = helds[0].shape[0]
+    S = [cands[0][r].shape[1] for r in rows]
     out = {r: np.empty(n_boot) for r in rows}
     for b in range(n_boot):
         subj = rng.integers(0, H, H)
-        acc = {r: 0.0 for r in rows}
+        acc = np.zeros(len(rows))
         for f, held in enumerate(helds):
             n = held.shape[-1]
             idx = rng.integers(0, n, n)
             i, j = np.triu_indices(n, 1)
-            keep = idx[i] != idx[j]
-            a, c = idx[i][keep], idx[j][keep]
-            hv = held[subj][:, a, c]  # (H', P)
-            for r in rows:
-                cv = cands[f][r][subj][:, :, a, c]  # (H', S, P)
-                acc[r] += float(np.nanmean(_corr_rows(cv, hv[:, None, :]), axis=1).mean())
-        for r in rows:
-            out[r][b] = acc[r] / len(helds)
+            a, c = idx[i], idx[j]
+            copies = a == c  # an image paired with its own copy: NaN, left out by compare_rdms
+            brain = held[:, a, c]  # (H, n(n-1)/2)
+            brain[:, copies] = np.nan
+            stacked = np.concatenate([cands[f][r][:, :, a, c].reshape(-1, len(a)) for r in rows])
+            stacked[:, copies] = np.nan
+            brain, stacked = torch.from_numpy(brain), torch.from_numpy(stacked)
+            sims = compare_rdms(stacked, brain, "corr").numpy()  # (sum_r H*S_r, H)
+            start = 0
+            for k, r in enumerate(rows):
+                block = sims[start:start + H * S[k]].reshape(H, S[k], H)
+                start += H * S[k]
+                per_unit = np.nanmean(block[np.arange(H), :, np.arange(H)], axis=1)  # candidate h vs subject h
+                acc[k] += per_unit[subj].mean()
+        for k, r in enumerate(rows):
+            out[r][b] = acc[k] / len(helds)
     return out
 
 
@@ -399,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                              "r_corr": float(compare_rdms(torch.from_numpy(mv), torch.from_numpy(held[h]), "corr")),
                              "r_tau_a": float(compare_rdms(torch.from_numpy(mv), torch.from_numpy(held[h]), "tau-a")),
                              "test_acc": float("nan")})
-        lo_sq = np.stack([square(pooled_corr_rdm(held[[j for j in range(H) if j != k]])) for k in range(H)])
-        up_sq = np.broadcast_to(square(pooled_corr_rdm(held)), (H, n, n))
+        lo_sq = np.stack([square(pooled_rdm(held[[j for j in range(H) if j != k]], "corr")) for k in range(H)])
+        up_sq = np.broadcast_to(square(pooled_rdm(held, "corr")), (H, n, n))
         cand["noise ceiling (lower)"] = lo_sq[:, None]
         cand["noise ceiling (upper)"] = np.asarray(up_sq)[:, None]
         for h in range(H):
@@ -502,73 +501,47 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _percentile_square(sq: np.ndarray) -> np.ndarray:
-    """Rank-transform the off-diagonal entries to percentiles for display (0 = most similar)."""
-    from scipy.stats import rankdata
-
-    n = sq.shape[0]
-    iu = np.triu_indices(n, 1)
-    out = np.zeros_like(sq, dtype=float)
-    out[iu] = 100 * (rankdata(sq[iu]) - 1) / max(1, len(iu[0]) - 1)
-    return out + out.T
-
-
 def make_figures(summary, cands, helds, final, folds, data, names, out_dir: Path, nc_lower: float,
                  nc_upper: float) -> list[Path]:
-    """Layer profile with the noise-ceiling band, and held-out human IT vs baseline vs RDL RDMs (fold 0, subject 0)."""
-    import matplotlib
+    """Layer profile per method with the noise-ceiling band, and held-out human IT vs baseline vs RDL (fold 0, subject 0)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from rdl_neuro import viz
+    from rdl_neuro.adapters import to_rsatoolbox
 
     prof = summary[summary["kind"] == "student"]
-    fig, ax = plt.subplots(figsize=(6.2, 4))
-    x = np.arange(len(LAYERS))
-    ax.axhspan(nc_lower, nc_upper, color="0.85", label="noise ceiling (lower-upper)")
-    for k, method in enumerate(METHODS):
-        g = prof[prof["method"] == method].set_index("layer").reindex(LAYERS)
-        ax.errorbar(x + (k - 1.5) * 0.06, g["r_corr"], yerr=[g["r_corr"] - g["ci_low"], g["ci_high"] - g["r_corr"]],
-                    marker="o", ms=4, capsize=2, label=method)
-    s = summary.set_index("row")
-    for name, style in (("animacy", ":"), ("monkeyIT", "--")):
-        if name in s.index:
-            ax.axhline(s.loc[name, "r_corr"], color="k", ls=style, lw=1, label=f"{name} model")
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_xticks(x, LAYERS)
-    ax.set_xlabel(f"student layer (RDL pulls {PULLED})")
-    ax.set_ylabel("r with held-out subject (held-out images)")
-    ax.set_title("Brain-RDL, 92 images: held-out images x held-out subjects\n(mean over units, 95% bootstrap CI)",
+    fig = Figure(figsize=(3.3 * len(METHODS), 3.6))
+    axes = fig.subplots(1, len(METHODS), sharey=True)
+    for ax, method in zip(axes, METHODS):
+        g = prof[prof["method"] == method].set_index("layer").reindex(LAYERS).reset_index()
+        table = pd.DataFrame({"layer": g["layer"], "mean": g["r_corr"], "ci_low": g["ci_low"], "ci_high": g["ci_high"],
+                              "nc_lower": nc_lower, "nc_upper": nc_upper, "method": "corr"})
+        viz.plot_layer_profile(table, ax=ax, x="layer", title=f"{method}" + (f" (pulls {PULLED})" if "RDL" in method else ""))
+    fig.suptitle("held-out images x held-out subjects: mean r over units, 95% bootstrap CI; grey = noise ceiling",
                  fontsize=9)
-    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    p1 = out_dir / "brain92_layers.png"
-    fig.savefig(p1, dpi=130)
-    plt.close(fig)
+    p1 = viz.save_figure(fig, out_dir / "brain92_layers.png", dpi=130)
 
     f, h = 0, 0
     test_pos = folds[f][1]
-    cats = data.descriptors["category"].to_numpy()[test_pos]
-    order = np.argsort([data.classes.index(c) for c in cats], kind="stable")
-    panels = [(f"human IT, {names[h]}\n(held-out subject)", helds[f][h])]
+    cats = list(data.descriptors["category"].to_numpy()[test_pos])
+    rdms, titles = [], []
+
+    def add(square_rdm: np.ndarray, title: str) -> None:
+        vec = to_condensed(torch.from_numpy(np.ascontiguousarray(square_rdm)))
+        rdms.append(to_rsatoolbox(vec, [int(i) for i in test_pos], method="correlation",
+                                  pattern_descriptors={"category": cats}))
+        titles.append(title)
+
+    add(helds[f][h], f"human IT, {names[h]}\n(held-out subject)")
+    held_vec = to_condensed(torch.from_numpy(helds[f][h]))
     for method in ("baseline", "RDL"):
         sq = cands[f][f"{method} @ {PULLED}"][h, 0]
-        r = float(compare_rdms(to_condensed(torch.from_numpy(np.ascontiguousarray(sq))),
-                               to_condensed(torch.from_numpy(helds[f][h])), "corr"))
-        panels.append((f"{method} @ {PULLED}, seed 0\n(r = {r:.2f})", sq))
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.8))
-    for ax, (title, sq) in zip(axes, panels):
-        im = ax.imshow(_percentile_square(np.asarray(sq)[np.ix_(order, order)]), cmap="viridis")
-        ax.set_title(title, fontsize=9)
-        bounds = np.flatnonzero(np.diff([data.classes.index(c) for c in cats[order]])) + 0.5
-        for b in bounds:
-            ax.axhline(b, color="w", lw=0.6)
-            ax.axvline(b, color="w", lw=0.6)
-        ax.set_xticks([]); ax.set_yticks([])
-    fig.colorbar(im, ax=axes, label="dissimilarity (percentile)", shrink=0.8)
-    fig.suptitle(f"fold {f}: {len(test_pos)} held-out images, sorted by category", fontsize=9)
-    p2 = out_dir / "brain92_rdms.png"
-    fig.savefig(p2, dpi=130)
-    plt.close(fig)
+        r = float(compare_rdms(to_condensed(torch.from_numpy(np.ascontiguousarray(sq))), held_vec, "corr"))
+        add(sq, f"{method} @ {PULLED}\nseed 0, r = {r:.2f}")
+    fig = viz.plot_rdm_comparison(rdms, sort_by="category", titles=titles, rank_transform=True)
+    fig.suptitle(f"fold {f}: {len(test_pos)} held-out images (rank-transformed)", fontsize=9)
+    p2 = viz.save_figure(fig, out_dir / "brain92_rdms.png", dpi=130)
     return [p1, p2]
 
 
