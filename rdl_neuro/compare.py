@@ -46,8 +46,8 @@ COMPARE_METHODS = ("cosine", "corr", "spearman", "rho-a", "kendall", "tau-b", "t
 DIFFERENTIABLE_METHODS = ("cosine", "corr", "corr_cov", "cosine_cov")
 
 
-def _as_rdm_matrix(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
-    """Condensed RDMs as a 2-D floating tensor ``(n_rdms, n_pairs)``."""
+def _as_rdm_matrix(x: torch.Tensor | np.ndarray, name: str) -> tuple[torch.Tensor, bool]:
+    """Condensed RDMs as a 2-D floating tensor ``(n_rdms, n_pairs)``, and whether any entry is NaN."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
@@ -62,10 +62,12 @@ def _as_rdm_matrix(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
         raise ValueError(f"{name} holds no RDMs (shape {tuple(x.shape)})")
     n_stimuli_from_length(x.shape[1])
     # one cheap pass in the common all-finite case; the slower search only to name the culprit
-    if not bool(torch.isfinite(x).all()) and bool(torch.isinf(x).any()):
+    if bool(torch.isfinite(x).all()):
+        return x, False
+    if bool(torch.isinf(x).any()):
         rdm, entry = torch.nonzero(torch.isinf(x))[0].tolist()
         raise ValueError(f"{name} contains an infinite dissimilarity (RDM {rdm}, condensed entry {entry})")
-    return x
+    return x, True
 
 
 def compare_rdms(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, method: str = "corr") -> torch.Tensor:
@@ -84,8 +86,8 @@ def compare_rdms(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, met
     Tensor ``(k, m)``: similarity of ``a[i]`` and ``b[j]``, in the promoted dtype of the inputs.
     """
     check_method(method, COMPARE_METHODS, "comparison method")
-    a = _as_rdm_matrix(a, "a")
-    b = _as_rdm_matrix(b, "b")
+    a, a_has_nan = _as_rdm_matrix(a, "a")
+    b, b_has_nan = _as_rdm_matrix(b, "b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(
             f"RDMs of different lengths: a has {a.shape[1]} entries per RDM "
@@ -95,6 +97,8 @@ def compare_rdms(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, met
     dtype = torch.promote_types(a.dtype, b.dtype)
     a, b = a.to(dtype), b.to(device=a.device, dtype=dtype)
 
+    if not (a_has_nan or b_has_nan):
+        return _compare_on_mask(a, b, None, method)
     valid_a, valid_b = ~torch.isnan(a), ~torch.isnan(b)
     # the usual case, one NaN pattern per side (often none), needs no grouping (torch.unique
     # over rows of 500k entries alone costs more than a whole rank comparison)
@@ -113,9 +117,11 @@ def compare_rdms(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, met
     return out
 
 
-def _compare_on_mask(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
-    """Compare ``a (k, P)`` with ``b (m, P)`` on the entries where ``mask (P,)`` is True."""
-    full = bool(mask.all())
+def _compare_on_mask(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None, method: str) -> torch.Tensor:
+    """Compare ``a (k, P)`` with ``b (m, P)`` on the entries where ``mask (P,)`` is True (None: all)."""
+    full = mask is None or bool(mask.all())
+    if mask is None:
+        mask = torch.ones(a.shape[1], dtype=torch.bool, device=a.device)
     x = a if full else a[:, mask]
     y = b if full else b[:, mask]
     if x.shape[1] < 2:
@@ -151,7 +157,8 @@ def _cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     ok_x, ok_y = norm_x > 0, norm_y > 0
     safe_x = torch.where(ok_x, norm_x, torch.ones_like(norm_x))
     safe_y = torch.where(ok_y, norm_y, torch.ones_like(norm_y))
-    cos = (x / safe_x[:, None]) @ (y / safe_y[:, None]).T
+    # divide the small (k, m) product rather than the long rows (as rsatoolbox does)
+    cos = (x @ y.T) / safe_x[:, None] / safe_y[None, :]
     return torch.where(ok_x[:, None] & ok_y[None, :], cos, torch.zeros_like(cos))
 
 
