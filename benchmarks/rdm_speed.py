@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and 1 repeat (a smoke test)")
     parser.add_argument("--repeats", type=int, default=None, help="repeats per case (default 3, 1 with --quick)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: fresh data)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeats = args.repeats or (1 if args.quick else 3)
     rdm_sizes = [(20, 64), (60, 256)] if args.quick else [(92, 4096), (1000, 512), (2000, 2048)]
     compare_sizes = [(12, 3), (40, 3)] if args.quick else [(92, 8), (1000, 8)]
