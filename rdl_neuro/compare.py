@@ -22,7 +22,11 @@ the work stays vectorised (one block per pair of patterns). Where all RDMs
 share one NaN pattern this is exactly rsatoolbox's rule.
 
 ``cosine``, ``corr``, ``corr_cov`` and ``cosine_cov`` are differentiable; the
-rank methods are not (ranks are piecewise constant).
+rank methods are not (ranks are piecewise constant), so they run in numpy on
+the CPU (any device in, the same device out): every RDM is sorted once per
+call with 16-bit radix passes (see ``_sorted_row``), and tau counts discordant
+pairs with scipy's compiled Fenwick-tree routine, pairs spread over
+``torch.get_num_threads()`` threads.
 """
 from __future__ import annotations
 
