@@ -256,19 +256,20 @@ def _run_starts(ordered: np.ndarray) -> np.ndarray:
     return new
 
 
-def _average_ranks_row(values: np.ndarray) -> np.ndarray:
-    """``scipy.stats.rankdata(values)`` (average method) of a finite float64 row."""
+def _average_ranks_row(values: np.ndarray, out: np.ndarray | None = None, shift: float = 0.0) -> np.ndarray:
+    """``scipy.stats.rankdata(values) - shift`` (average method) of a finite float64 row, into ``out``."""
     order, ordered = _sorted_row(values)
     p = values.size
     new = _run_starts(ordered)
-    ranks = np.empty(p)
+    ranks = np.empty(p) if out is None else out
     if new.all():
-        ranks[order] = np.arange(1, p + 1, dtype=np.float64)
+        # no ties: one scatter of 1..P (shifted), straight into the output row
+        ranks[order] = np.arange(1 - shift, p + 1 - shift, dtype=np.float64)[:p]
     else:
         starts = np.flatnonzero(new)
         ends = np.append(starts[1:], p)
         # positions start..end-1 share the 1-based average rank (start + 1 + end) / 2 (exact in float)
-        ranks[order] = ((starts + ends + 1) / 2)[np.cumsum(new) - 1]
+        ranks[order] = ((starts + ends + 1) / 2 - shift)[np.cumsum(new) - 1]
     return ranks
 
 
@@ -297,7 +298,7 @@ def _centered_ranks(*row_blocks: np.ndarray) -> np.ndarray:
     middle = (rows[0].size + 1) / 2
 
     def fill(i: int) -> None:
-        np.subtract(_average_ranks_row(rows[i]), middle, out=out[i])
+        _average_ranks_row(rows[i], out[i], middle)
 
     _map_rows(fill, list(range(len(rows))))
     return out
