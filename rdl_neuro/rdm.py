@@ -113,16 +113,32 @@ def _check_features(features: torch.Tensor) -> None:
         raise ValueError(f"an RDM needs at least 2 stimuli (rows), got features of shape {tuple(features.shape)}")
     if features.shape[-1] < 1:
         raise ValueError(f"features have no channels (columns): shape {tuple(features.shape)}")
+
+
+def _check_finite_rows(features: torch.Tensor, row_stat: torch.Tensor) -> None:
+    """Raise naming the rows of ``features`` with NaN/inf, given a per-row statistic ``(..., n)``.
+
+    The statistic (squared norms or norms, computed anyway) is non-finite for
+    every row holding NaN or inf, so the full scan of ``features`` only runs
+    on the error path, not on every training step.
+    """
+    if bool(torch.isfinite(row_stat).all()):
+        return
     finite_rows = torch.isfinite(features).all(dim=-1)
-    if not bool(finite_rows.all()):
-        bad = torch.nonzero(~finite_rows)[:5].tolist()
-        where = ", ".join(_describe_position(tuple(b)) for b in bad)
-        raise ValueError(f"features contain NaN or infinite values in {where}")
+    if bool(finite_rows.all()):
+        raise ValueError(
+            "features are finite but too large: their squared norms overflow "
+            f"{features.dtype} (max |value| {features.detach().abs().max().item():.3g}); rescale them"
+        )
+    bad = torch.nonzero(~finite_rows)[:5].tolist()
+    where = ", ".join(_describe_position(tuple(b)) for b in bad)
+    raise ValueError(f"features contain NaN or infinite values in {where}")
 
 
 def _unit_rows(x: torch.Tensor, what: str) -> torch.Tensor:
     """Rows scaled to unit norm; raises naming the rows whose norm is (numerically) zero."""
     norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    _check_finite_rows(x, norms.squeeze(-1))
     scale = x.detach().abs().amax(dim=-1, keepdim=True)
     # a row is degenerate when its norm is at rounding level relative to its entries
     tiny = norms.detach() <= torch.finfo(x.dtype).eps * math.sqrt(x.shape[-1]) * scale
@@ -133,10 +149,51 @@ def _unit_rows(x: torch.Tensor, what: str) -> torch.Tensor:
     return x / norms
 
 
-def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
-    """sqrt with a zero (sub)gradient at 0, so coinciding patterns give finite gradients."""
-    positive = x > 0
-    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
+def _safe_sqrt(d2: torch.Tensor) -> torch.Tensor:
+    """sqrt of squared distances ``d2 >= 0`` with finite gradients where two patterns coincide.
+
+    Clamping at the smallest normal number keeps ``sqrt``'s derivative finite
+    at 0 (the clamp passes no gradient there) and maps rounding-level negative
+    values to 0; the mask keeps exact zeros.
+    """
+    return torch.sqrt(d2.clamp_min(torch.finfo(d2.dtype).tiny)) * (d2 > 0)
+
+
+class _SymmetricGram(torch.autograd.Function):
+    """``X @ X.T`` ``(..., n, n)``, exactly symmetric, with a one-product backward ``(G' + G'^T) X``.
+
+    Autograd's generic matmul backward would take two products (one per
+    operand); in a training step that is a visible share of the RDL cost.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        gram = x @ x.transpose(-1, -2)
+        # BLAS leaves rounding-level asymmetry; averaging with the transpose removes it exactly
+        return (gram + gram.transpose(-1, -2)) / 2
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return (grad + grad.transpose(-1, -2)) @ x
+
+
+def _square_rdm(x: torch.Tensor, method: str, n_channels: int) -> torch.Tensor:
+    """Square RDMs ``(..., n, n)`` from prepared rows ``x`` (unit rows for correlation/cosine)."""
+    gram = _SymmetricGram.apply(x)
+    if method in ("correlation", "cosine"):
+        # 1 - g_ii is only zero up to rounding: set the diagonal exactly
+        n = x.shape[-2]
+        return (1 - gram).masked_fill(torch.eye(n, dtype=torch.bool, device=x.device), 0)
+    sq_norms = torch.diagonal(gram, dim1=-2, dim2=-1)
+    _check_finite_rows(x, sq_norms)
+    # g_ii + g_ii - 2 g_ii is exactly 0, so the diagonal needs no masking
+    d2 = torch.add(sq_norms.unsqueeze(-1) + sq_norms.unsqueeze(-2), gram, alpha=-2)
+    if method == "sqeuclidean":
+        # rounding can make coinciding rows slightly negative
+        return d2.clamp_min(0) / n_channels
+    return _safe_sqrt(d2)
 
 
 def _row_blocks(n: int) -> list[tuple[int, int]]:
@@ -203,16 +260,19 @@ def compute_rdm(features: torch.Tensor, method: str = "correlation", *, square: 
         x = _unit_rows(features, "zero norm (all-zero pattern) under 'cosine'")
     else:
         x = features
+    if square:
+        # one full (symmetric) Gram product: at training batch sizes this beats the blocked
+        # condensed path followed by a scatter back to square form
+        return _square_rdm(x, method, features.shape[-1])
     # condensed: the Gram product of the upper triangle only (see _row_blocks), and the
     # elementwise work on n(n-1)/2 entries instead of n^2
     gram, diag = _condensed_gram(x)
     if method in ("correlation", "cosine"):
         rdm = 1 - gram
     else:
+        _check_finite_rows(x, diag)
         rows, cols = triu_indices(n, x.device)
-        # rounding can make coinciding rows slightly negative
-        d2 = (diag[..., rows] + diag[..., cols] - 2 * gram).clamp_min(0)
-        rdm = _safe_sqrt(d2) if method == "euclidean" else d2 / features.shape[-1]
-    # square RDMs are built from the condensed ones: exactly symmetric with an exactly zero
-    # diagonal (a BLAS X @ X.T is neither), and only half the Gram matrix is computed
-    return to_square(rdm) if square else rdm
+        d2 = torch.add(diag[..., rows] + diag[..., cols], gram, alpha=-2)
+        # rounding can make coinciding rows slightly negative (_safe_sqrt clamps them too)
+        rdm = _safe_sqrt(d2) if method == "euclidean" else d2.clamp_min(0) / features.shape[-1]
+    return rdm
