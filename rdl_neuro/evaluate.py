@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ from rsatoolbox.rdm import RDMs
 from scipy import stats
 
 from rdl_neuro.adapters import from_rsatoolbox, stimulus_ids_of, to_rsatoolbox
-from rdl_neuro.compare import COMPARE_METHODS, compare_rdms, rankdata
+from rdl_neuro.compare import COMPARE_METHODS, _kendall_dis, _sorted_dense, compare_rdms, rankdata
 from rdl_neuro.rdm import METHODS, check_method, n_stimuli_from_length, triu_indices
 
 __all__ = ["layer_rdms", "gram_to_rdm", "rsa_table", "rsa_evaluate", "RSAResult", "BOOTSTRAPS"]
@@ -496,6 +497,289 @@ def _bootstrap_moments(models: torch.Tensor, brain: torch.Tensor, method: str, r
     return evals, nc
 
 
+# ---------------------------------------------------------------------------- Kendall tau, pattern bootstrap
+#
+# A pattern resample with draw counts ``c`` holds ``w_u = c_a c_b`` copies of every original entry
+# ``u = (a, b)`` (pairs of copies of one stimulus are NaN and dropped). Kendall's tau of two resampled
+# RDMs therefore only needs the original entries and their weights:
+#
+# * order the original entries once by ``(x, y)`` (x, then y); the resampled vectors sorted by
+#   ``(x, y)`` are that order with entry ``u`` repeated ``w_u`` times -- no sort per resample;
+# * discordant pairs ``#{x_s < x_t, y_s > y_t}`` of that sequence are the inversions of its y
+#   values, which scipy's compiled Fenwick count gives when every element is its own x group
+#   (an increasing ramp for x): inside a run of tied x the y values ascend, so no pair there is
+#   counted, and copies of one entry have equal y;
+# * a model with a few distinct values (a categorical model RDM) needs no Fenwick count: along the
+#   subject's value order, the weight of lower-valued model entries above each entry is a
+#   cumulative sum;
+# * tied pairs are ``sum_g W_g (W_g - 1) / 2`` over groups of equal x (of equal y, of equal x and y),
+#   ``W_g`` the group's total weight; copies of one entry are tied in x, in y and jointly.
+#
+# The noise ceiling pools rank-transformed RDMs (rsatoolbox's ``pool_rdm``): the average rank of
+# entry ``u`` in a resampled subject RDM is ``(weight of smaller values) + (W_tie + 1) / 2``, an
+# O(P) cumulative sum along the subject's fixed value order. Pooled RDMs are compared through
+# the integer keys ``sum of 2 * rank`` over the pooled subjects, ordered as rsatoolbox's means;
+# they need one sort per pooled RDM and resample (of the entries present).
+
+_KENDALL_METHODS = ("kendall", "tau-b", "tau-a")
+# models with at most this many distinct values count discordant pairs by cumulative sums
+_FEW_VALUES = 4
+
+
+def _self_ties(w: np.ndarray) -> int:
+    """Tied pairs among the copies of each entry alone: ``sum_u w_u (w_u - 1) / 2``."""
+    return int((w * (w - 1)).sum()) // 2
+
+
+def _tied_pairs(groups: np.ndarray, w: np.ndarray) -> int:
+    """``sum_g W_g (W_g - 1) / 2`` with ``W_g`` the total weight ``w`` of group ``g`` (ids ``groups``)."""
+    total = np.bincount(groups, weights=w)  # float64, exact: integers far below 2**53
+    return int((total * (total - 1)).sum()) // 2
+
+
+@dataclass
+class _Ties:
+    """Ties among the distinct entries of an RDM (or of an RDM pair, jointly).
+
+    ``members`` (M,) are the entries that share their value with another entry, ``group`` (M,) the
+    value group of each. Under entry weights ``w`` the tied pairs are the copies' own ties plus,
+    per group, ``W_g (W_g - 1) / 2`` in place of the members' own ``w (w - 1) / 2``.
+    """
+
+    members: np.ndarray
+    group: np.ndarray
+
+    @classmethod
+    def of(cls, keys: np.ndarray) -> _Ties:
+        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        members = np.flatnonzero(counts[inverse] > 1)
+        group = np.unique(inverse[members], return_inverse=True)[1]
+        return cls(members, group.astype(np.intp))
+
+    @classmethod
+    def none(cls) -> _Ties:
+        return cls(np.zeros(0, np.intp), np.zeros(0, np.intp))
+
+    def count(self, w: np.ndarray, self_ties: int, split: np.ndarray | None = None) -> int:
+        """Tied pairs under weights ``w`` (P,), given ``self_ties = _self_ties(w)``. ``split`` (M,),
+        integer values at the members, refines the groups (joint ties with an RDM of those values)."""
+        if self.members.size == 0:
+            return self_ties
+        if self.members.size == w.size and split is None:  # e.g. a categorical model: all entries tie
+            return _tied_pairs(self.group, w)
+        wm = w[self.members]
+        if not wm.any():
+            return self_ties
+        group = self.group
+        if split is not None:
+            group = np.unique(group * (int(split.max()) + 1) + split, return_inverse=True)[1]
+        return self_ties + _tied_pairs(group, wm) - _self_ties(wm)
+
+
+@dataclass
+class _RankedRDM:
+    """One RDM's values as ranks: ``order`` (P,) ascending and its inverse ``position``, 1-based dense
+    ranks ``dense`` (P,) (entry order) and ``dense_sorted`` (value order), the tie runs
+    ``run_starts`` (None without ties) and the ``ties`` among distinct entries."""
+
+    order: np.ndarray
+    position: np.ndarray
+    dense: np.ndarray
+    dense_sorted: np.ndarray
+    run_starts: np.ndarray | None
+    ties: _Ties
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> _RankedRDM:
+        order, dense_sorted, n_ties = _sorted_dense(values)
+        dense = np.empty_like(dense_sorted)
+        dense[order] = dense_sorted
+        position = np.empty_like(order)
+        position[order] = np.arange(order.size)
+        if not n_ties:
+            return cls(order, position, dense, dense_sorted, None, _Ties.none())
+        starts = np.flatnonzero(np.r_[True, dense_sorted[1:] != dense_sorted[:-1]])
+        return cls(order, position, dense, dense_sorted, starts, _Ties.of(dense))
+
+    @property
+    def n_values(self) -> int:
+        return int(self.dense_sorted[-1])
+
+    def twice_mean_ranks(self, w_sorted: np.ndarray) -> np.ndarray:
+        """``2 *`` the average rank of the entries in the resample, in value order (P,), from the
+        weights in value order ``w_sorted = w[order]``: twice the weight of smaller values + W_tie + 1."""
+        if self.run_starts is None:
+            return 2 * np.cumsum(w_sorted) - w_sorted + 1
+        group = np.add.reduceat(w_sorted, self.run_starts)
+        return (2 * np.cumsum(group) - group + 1)[self.dense_sorted - 1]
+
+
+class _WeightedTauPair:
+    """Discordant pairs of one (x, y) RDM pair under entry weights, prepared once for all resamples.
+
+    ``y`` is a subject RDM. A model ``x`` with at most ``_FEW_VALUES`` values and a ``y`` without ties
+    use cumulative sums along y's order; otherwise the entries are ordered by ``(x, y)`` once and
+    every resample is one ``np.repeat`` and one Fenwick count (see the section comment).
+    """
+
+    def __init__(self, x: _RankedRDM, y: _RankedRDM):
+        p = x.dense.size
+        self.few = x.n_values <= _FEW_VALUES
+        if self.few:
+            x_in_y_order = x.dense[y.order]
+            # masks in y's order: entries of value h, and entries below h, for h = 2..G
+            self.at = [(x_in_y_order == h).astype(np.intp) for h in range(2, x.n_values + 1)]
+            self.below = [(x_in_y_order < h).astype(np.intp) for h in range(2, x.n_values + 1)]
+            # last position of each entry's run of tied y (None: no ties, the entry itself)
+            self.run_end = None
+            if y.run_starts is not None:
+                ends = np.append(y.run_starts[1:], p) - 1
+                self.run_end = ends[y.dense_sorted - 1]
+        else:
+            self.order = np.lexsort((y.dense, x.dense))
+            self.y_seq = y.dense[self.order]
+        same = x.ties.members.size and y.ties.members.size
+        self.joint = _Ties.of(x.dense * (p + 1) + y.dense) if same else _Ties.none()
+
+    def discordant(self, w: np.ndarray, w_y: np.ndarray, ramp: np.ndarray) -> int:
+        """``#{x_s < x_t, y_s > y_t}`` over the resample's ``w.sum()`` entries; ``w_y = w[y.order]``."""
+        if self.few:
+            # sum over entries t of value h: w_t * weight of entries below h with a larger y
+            total = 0
+            for at, below in zip(self.at, self.below):
+                lower = w_y * below
+                up_to = np.cumsum(lower)  # t itself is not below h: it adds nothing
+                if self.run_end is not None:
+                    up_to = up_to[self.run_end]  # entries tied with t in y are not above it
+                above = int(up_to[-1]) - up_to
+                total += int(np.dot(w_y * at, above))
+            return total
+        return _weighted_tau_a_pairs(self.y_seq, self.order, w, ramp)
+
+
+def _weighted_tau_a_pairs(y_seq: np.ndarray, order: np.ndarray, w: np.ndarray, ramp: np.ndarray) -> int:
+    """Discordant pairs of a resampled RDM pair, from the original entries and their weights.
+
+    Parameters
+    ----------
+    y_seq : intp array ``(P,)``
+        y's 1-based dense ranks with the original entries ordered by ``(x, y)``.
+    order : intp array ``(P,)``
+        That ``(x, y)`` order of the original entries.
+    w : intp array ``(P,)``
+        Copies of every original entry in the resample (``c_a c_b``; 0 drops the entry).
+    ramp : intp array ``(>= w.sum(),)``, strictly increasing
+        Stands in for x: in the ``(x, y)`` order tied x need no x values (see the section comment).
+
+    Returns
+    -------
+    int: ``#{(s, t): x_s < x_t, y_s > y_t}`` over the ``w.sum()`` resampled entries; the tau
+    numerator is then ``tot - ties_x - ties_y + ties_xy - 2 * discordant``.
+    """
+    y_rep = np.repeat(y_seq, w[order])
+    return int(_kendall_dis(ramp[: y_rep.size], y_rep))
+
+
+def _tau_from_counts(con_minus_dis: int, tot: int, ties_x: int, ties_y: int, variant: str) -> float:
+    """Kendall's tau-a or tau-b from pair counts, as rsatoolbox's ``_tau_a`` and scipy's ``kendalltau``."""
+    if variant == "a":
+        return min(1.0, max(-1.0, con_minus_dis / tot))
+    if ties_x == tot or ties_y == tot:
+        return math.nan
+    return min(1.0, max(-1.0, con_minus_dis / math.sqrt(tot - ties_x) / math.sqrt(tot - ties_y)))
+
+
+def _sorted_pooled(keys: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """A pooled RDM on the entries of a resample: integer ``keys`` (P',) and weights ``w`` (P',) ->
+    ``(order by key, weights in that order, its 1-based dense ranks repeated by weight, tied pairs)``."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    w_sorted = w[order]
+    new = np.empty(ordered.size, dtype=bool)
+    new[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    dense = np.cumsum(new, dtype=np.intp)
+    if dense[-1] == ordered.size:
+        ties = _self_ties(w_sorted)
+    else:
+        total = np.add.reduceat(w_sorted, np.flatnonzero(new))
+        ties = int((total * (total - 1)).sum()) // 2
+    return order, w_sorted, np.repeat(dense, w_sorted), ties
+
+
+def _bootstrap_kendall(models: torch.Tensor, brain: torch.Tensor, method: str, pat_idx: np.ndarray,
+                       boot_nc: bool, chunk: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    """Kendall tau-a / tau-b pattern bootstrap from entry weights (see the section comment).
+
+    Equal to ``_bootstrap_general`` resample by resample. Resamples run in chunks on
+    ``torch.get_num_threads()`` threads (scipy's Fenwick count releases the GIL).
+    """
+    variant = "a" if method == "tau-a" else "b"
+    k, m = models.shape[0], brain.shape[0]
+    n_boot, n = pat_idx.shape
+    xs = [_RankedRDM.of(v) for v in models.detach().cpu().to(torch.float64).numpy()]
+    ys = [_RankedRDM.of(v) for v in brain.detach().cpu().to(torch.float64).numpy()]
+    pairs = [[_WeightedTauPair(x, y) for y in ys] for x in xs]
+    ramp = np.arange(xs[0].dense.size, dtype=np.intp)
+    evals = np.full((n_boot, k), np.nan)
+    nc = np.full((2, n_boot), np.nan)
+
+    def one_resample(b: int, w: np.ndarray) -> None:
+        n_total = int(w.sum())
+        tot = n_total * (n_total - 1) // 2
+        self_ties = _self_ties(w)
+        w_y = [w[y.order] for y in ys]
+        ties_x = [x.ties.count(w, self_ties) for x in xs]
+        ties_y = [y.ties.count(w, self_ties) for y in ys]
+        taus = np.empty((k, m))
+        for i in range(k):
+            for j in range(m):
+                pair = pairs[i][j]
+                num = (tot - ties_x[i] - ties_y[j] + pair.joint.count(w, self_ties)
+                       - 2 * pair.discordant(w, w_y[j], ramp))
+                taus[i, j] = _tau_from_counts(num, tot, ties_x[i], ties_y[j], variant)
+        evals[b] = taus.mean(1)
+        if not boot_nc:
+            return
+        # pool_rdm of the resampled subjects: rank-transform each and average them (all, or all but
+        # the held-out one); only the entries present in the resample (``keep``) are compared
+        keep = np.flatnonzero(w)
+        w_keep = w[keep]
+        twice = [y.twice_mean_ranks(wy)[y.position[keep]] for y, wy in zip(ys, w_y)]  # (P',) each
+        pooled_all = np.sum(twice, axis=0)
+        upper_sorted = _sorted_pooled(pooled_all, w_keep)
+        bounds = np.empty((2, m))
+        for j, y in enumerate(ys):
+            pooled_rest = pooled_all - twice[j]
+            y_keep = y.dense[keep]
+            # members of y's tie groups, located among the kept entries (absent ones weigh 0)
+            at = np.minimum(np.searchsorted(keep, y.ties.members), keep.size - 1)
+            for bound, pooled, (order, w_sorted, x_rep, ties_pooled) in (
+                    (0, pooled_rest, _sorted_pooled(pooled_rest, w_keep)), (1, pooled_all, upper_sorted)):
+                discordant = int(_kendall_dis(x_rep, np.repeat(y_keep[order], w_sorted)))
+                joint = y.ties.count(w, self_ties, split=pooled[at])
+                bounds[bound, j] = _tau_from_counts(tot - ties_pooled - ties_y[j] + joint - 2 * discordant,
+                                                    tot, ties_pooled, ties_y[j], variant)
+        nc[:, b] = bounds.mean(1)
+
+    def run(start: int) -> None:
+        stop = min(start + chunk, n_boot)
+        weights = _pair_weights(pat_idx[start:stop], n).numpy().astype(np.intp)
+        for b in range(start, stop):
+            if len(np.unique(pat_idx[b])) >= 3:  # else NaN, as rsatoolbox
+                one_resample(b, weights[b - start])
+
+    starts = list(range(0, n_boot, chunk))
+    n_threads = min(torch.get_num_threads(), len(starts))
+    if n_threads <= 1:
+        for start in starts:
+            run(start)
+    else:
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            list(pool.map(run, starts))
+    return evals, nc
+
+
 # ============================================================================ statistics (rsatoolbox's)
 
 
@@ -643,6 +927,8 @@ def rsa_evaluate(
         has_nan = bool(torch.isnan(models).any() or torch.isnan(brain).any())
         if method in _MOMENT_METHODS and not has_nan:
             evaluations, nc_arr = _bootstrap_moments(models, brain, method, rdm_idx, pat_idx, boot_nc)
+        elif method in _KENDALL_METHODS and bootstrap == "pattern" and not has_nan and _kendall_dis is not None:
+            evaluations, nc_arr = _bootstrap_kendall(models, brain, method, pat_idx, boot_nc)
         else:
             evaluations, nc_arr = _bootstrap_general(models, brain, method, rdm_idx, pat_idx, boot_nc)
         ok = np.isfinite(evaluations[:, 0])

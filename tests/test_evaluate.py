@@ -252,3 +252,73 @@ def test_layer_rdms_dataset_and_errors():
         layer_rdms(net, x, ["1"], progress=False, stimulus_ids=[1, 2])
     with pytest.raises(TypeError, match="stimuli must be"):
         layer_rdms(net, [1, 2, 3], ["1"], progress=False)
+
+
+# ----------------------------------------------------------------------------- Kendall pattern bootstrap (weights)
+
+
+def _tied_data(rng: np.random.Generator, n: int = 11) -> tuple[RDMs, RDMs]:
+    """Model and brain RDMs full of ties: a 2-valued and a 3-valued (categorical) model, a coarse
+    model with many tied values, one continuous; brain RDMs rounded to a few levels."""
+    p = n * (n - 1) // 2
+    trend = np.linspace(0, 1, p)
+    models = np.stack([rng.integers(0, 2, p), rng.integers(0, 3, p), np.round(rng.random(p) * 8 + 4 * trend),
+                       rng.random(p) + trend]).astype(float)
+    brain = np.round((rng.random((5, p)) + trend) * 6) / 6
+    brain[0] = rng.random(p) + trend  # one subject without ties
+    return (RDMs(models, pattern_descriptors={"stimulus": np.arange(n)},
+                 rdm_descriptors={"name": [f"m{i}" for i in range(4)]}),
+            RDMs(brain, pattern_descriptors={"stimulus": np.arange(n)}))
+
+
+@pytest.mark.parametrize("method", ["tau-a", "kendall"])
+def test_kendall_pattern_bootstrap_with_ties_equals_rsatoolbox(rng, method):
+    models, brain = _tied_data(rng)
+    n_boot = 8
+    draws = _draws("pattern", n_boot, brain.n_cond, brain.n_rdm, seed=7)
+    np.random.seed(7)
+    ref = eval_bootstrap_pattern(_models(models), brain, method=method, N=n_boot)
+    ours = rsa_evaluate(models, brain, method, bootstrap="pattern", bootstrap_indices=draws)
+    np.testing.assert_allclose(ours.evaluations, ref.evaluations, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(ours.noise_ceiling, ref.noise_ceiling, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(ours.p_noise, ref.test_noise(), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["tau-a", "kendall"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kendall_weights_path_equals_general_path(rng, method, threads):
+    from rdl_neuro.adapters import from_rsatoolbox
+    from rdl_neuro.evaluate import _bootstrap_general, _bootstrap_kendall
+
+    models, brain = _tied_data(rng, n=12)
+    x, _ = from_rsatoolbox(models, "stimulus")
+    y, _ = from_rsatoolbox(brain, "stimulus")
+    pat = rng.integers(0, 12, size=(40, 12))
+    pat[3] = 5  # one stimulus only
+    pat[4, :] = np.r_[[1] * 6, [2] * 6]  # two stimuli: fewer than 3, NaN as in rsatoolbox
+    pat[5, :] = np.r_[[0] * 10, 1, 2]  # three stimuli, one drawn 10 times
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast = _bootstrap_kendall(x, y, method, pat, True, chunk=7)
+    finally:
+        torch.set_num_threads(before)
+    slow = _bootstrap_general(x, y, method, None, pat, True)
+    assert np.isnan(fast[0][[3, 4]]).all() and np.isfinite(fast[0][5]).all()
+    np.testing.assert_allclose(fast[0], slow[0], atol=1e-12, rtol=0)
+    np.testing.assert_allclose(fast[1], slow[1], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["tau-a", "kendall"])
+def test_kendall_pattern_bootstrap_on_the_92_images(kriegeskorte_dir, method):
+    from rdl_neuro.datasets.loaders import load_kriegeskorte92
+
+    k92 = load_kriegeskorte92(kriegeskorte_dir)
+    n_boot = 3
+    draws = _draws("pattern", n_boot, 92, 8, seed=4)
+    np.random.seed(4)
+    models = [ModelFixed(str(nm), k92.models[i]) for i, nm in enumerate(k92.models.rdm_descriptors["name"])]
+    ref = eval_bootstrap_pattern(models, k92.human_it, method=method, N=n_boot)
+    ours = rsa_evaluate(k92.models, k92.human_it, method, bootstrap="pattern", bootstrap_indices=draws)
+    np.testing.assert_allclose(ours.evaluations, ref.evaluations, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(ours.noise_ceiling, ref.noise_ceiling, atol=1e-9, rtol=0)
