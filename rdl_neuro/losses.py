@@ -107,6 +107,12 @@ def _checked_features(x: Tensor, name: str, side: str = "student") -> Tensor:
     return x
 
 
+# Norm floor for correlation/cosine RDMs inside losses: a pattern with zero variance (say an
+# image whose ReLU layer is all zeros) counts as uncorrelated with the others instead of
+# stopping training with an error (see compute_rdm's ``eps``).
+RDM_EPS = 1e-8
+
+
 def _tiny(x: Tensor) -> float:
     return torch.finfo(x.dtype).tiny
 
@@ -370,7 +376,7 @@ class RDLLoss(TransferLoss):
 
     def _rdm(self, x: Tensor, name: str, side: str, square: bool) -> Tensor:
         try:
-            return compute_rdm(x, self.method, square=square)
+            return compute_rdm(x, self.method, square=square, eps=RDM_EPS)
         except ValueError as err:
             raise ValueError(f"{side} layer {name!r}: {err}") from None
 

@@ -135,17 +135,27 @@ def _check_finite_rows(features: torch.Tensor, row_stat: torch.Tensor) -> None:
     raise ValueError(f"features contain NaN or infinite values in {where}")
 
 
-def _unit_rows(x: torch.Tensor, what: str) -> torch.Tensor:
-    """Rows scaled to unit norm; raises naming the rows whose norm is (numerically) zero."""
+def _unit_rows(x: torch.Tensor, what: str, eps: float | None = None) -> torch.Tensor:
+    """Rows scaled to unit norm.
+
+    Without ``eps``, rows whose norm is (numerically) zero raise a ValueError
+    naming them; with ``eps``, norms are clamped at ``eps`` instead, so such a
+    row becomes (close to) the zero vector: similarity 0, dissimilarity 1.
+    """
     norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     _check_finite_rows(x, norms.squeeze(-1))
+    if eps is not None:
+        return x / norms.clamp_min(eps)
     scale = x.detach().abs().amax(dim=-1, keepdim=True)
     # a row is degenerate when its norm is at rounding level relative to its entries
     tiny = norms.detach() <= torch.finfo(x.dtype).eps * math.sqrt(x.shape[-1]) * scale
     if bool(tiny.any()):
         bad = torch.nonzero(tiny.squeeze(-1))[:5].tolist()
         where = ", ".join(_describe_position(tuple(b)) for b in bad)
-        raise ValueError(f"{what} in {where}: the dissimilarity is undefined there")
+        raise ValueError(
+            f"{what} in {where}: the dissimilarity is undefined there "
+            "(pass eps=... to treat such patterns as uncorrelated with all others)"
+        )
     return x / norms
 
 
@@ -232,7 +242,9 @@ def _condensed_gram(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return condensed, torch.cat(diags, dim=-1) if len(diags) > 1 else diags[0]
 
 
-def compute_rdm(features: torch.Tensor, method: str = "correlation", *, square: bool = False) -> torch.Tensor:
+def compute_rdm(
+    features: torch.Tensor, method: str = "correlation", *, square: bool = False, eps: float | None = None
+) -> torch.Tensor:
     """Representational dissimilarity matrices of activation patterns.
 
     Parameters
@@ -245,6 +257,12 @@ def compute_rdm(features: torch.Tensor, method: str = "correlation", *, square: 
         rsatoolbox's ``euclidean`` and ``correlation``.
     square : bool
         Return square matrices ``(..., n, n)`` instead of condensed vectors.
+    eps : float, optional
+        For ``correlation`` / ``cosine`` only. By default a pattern with zero
+        variance (zero norm) raises, since its dissimilarity is undefined. With
+        ``eps`` the norms are clamped at ``eps``, so such a pattern counts as
+        uncorrelated with every other (dissimilarity 1). Training losses use
+        this so that one image with an all-zero ReLU layer does not stop training.
 
     Returns
     -------
@@ -255,9 +273,9 @@ def compute_rdm(features: torch.Tensor, method: str = "correlation", *, square: 
     n = features.shape[-2]
     if method == "correlation":
         centered = features - features.mean(dim=-1, keepdim=True)
-        x = _unit_rows(centered, "zero variance across channels (constant pattern) under 'correlation'")
+        x = _unit_rows(centered, "zero variance across channels (constant pattern) under 'correlation'", eps)
     elif method == "cosine":
-        x = _unit_rows(features, "zero norm (all-zero pattern) under 'cosine'")
+        x = _unit_rows(features, "zero norm (all-zero pattern) under 'cosine'", eps)
     else:
         x = features
     if square:

@@ -770,13 +770,14 @@ class Trainer:
                                  f"need {n * (n - 1) // 2}")
             return {s: t for s in layers}
         if hasattr(teacher, "batch_target"):  # RDMTeacher
-            target, mask = teacher.batch_target(ids)
-            target = torch.as_tensor(target, dtype=torch.float64)
-            cond = to_condensed(target)
-            cmask = to_condensed(torch.as_tensor(mask).to(torch.bool)) if mask is not None else None
-            if cmask is not None:
-                cond = cond.masked_fill(~cmask, float("nan"))
-            cond = cond.reshape(-1, cond.shape[-1])
+            # every stored RDM (all subjects with combine="per_rdm"), named explicitly so the
+            # probe neither draws one at random nor advances the generator the loss draws from
+            conds = []
+            for k in range(teacher.n_rdms):
+                target, mask = teacher.batch_target(ids, rdm_index=k)
+                cond = to_condensed(torch.as_tensor(target, dtype=torch.float64))
+                conds.append(cond.masked_fill(~to_condensed(torch.as_tensor(mask).to(torch.bool)), float("nan")))
+            cond = torch.stack(conds)
             return {s: cond for s in layers}
         # NetworkTeacher
         if any(t is None for t in layers.values()):
@@ -792,6 +793,7 @@ class Trainer:
             return {}
         from rdl_neuro.compare import compare_rdms
         from rdl_neuro.features import LayerRecorder
+        from rdl_neuro.losses import RDM_EPS
         from rdl_neuro.rdm import compute_rdm
 
         probe = self.rdm_probe
@@ -806,7 +808,8 @@ class Trainer:
             feats = rec.features
         out = {}
         for layer in layers:
-            student = compute_rdm(feats[layer].double().cpu(), probe.method)
+            # eps: a probe stimulus with an all-zero layer must not stop training (see compute_rdm)
+            student = compute_rdm(feats[layer].double().cpu(), probe.method, eps=RDM_EPS)
             r = compare_rdms(student, teacher_rdms[layer], probe.compare)
             out[f"rdm_{probe.compare}_{layer}"] = float(torch.nanmean(r))
         return out

@@ -151,7 +151,8 @@ def plot_rdm_comparison(
         image = ax.imshow(m, cmap=cmap, interpolation="nearest", **kw)
         ax.set_title(name)
         ax.set_xlabel("stimulus" + (f" (by {sort_by})" if sort_by else ""))
-        ax.set_ylabel("stimulus")
+        if i_ax == 0:  # the same order in every panel; a label per panel would run into the colour bars
+            ax.set_ylabel("stimulus")
         if groups is not None:
             bounds = np.nonzero(groups[1:] != groups[:-1])[0] + 0.5
             for b in bounds:

@@ -280,6 +280,21 @@ def test_too_few_usable_stimuli_give_exact_zero_and_are_counted():
     assert corr.skipped_batches == 1
 
 
+def test_correlation_rdl_survives_a_dead_relu_image():
+    """One image whose layer is all zeros (dead ReLU) must not stop training with an error."""
+    teacher = RDMTeacher.from_array(compute_rdm(randn(6, 3), "euclidean", square=True), range(6))
+    s = torch.relu(randn(6, 5, seed=3)).requires_grad_()
+    with torch.no_grad():
+        s[2] = 0.0
+    for criterion in ("mse", "corr"):
+        loss = RDLLoss({"s": teacher}, method="correlation", criterion=criterion)
+        total, _ = loss({"s": s}, torch.arange(6))
+        assert torch.isfinite(total) and total.item() > 0
+        total.backward()
+        assert torch.isfinite(s.grad).all()
+        s.grad = None
+
+
 def test_weights_and_attributes():
     teacher = RDMTeacher.from_array(compute_rdm(randn(5, 3), "euclidean", square=True), range(5))
     s, t = randn(5, 4, seed=24), randn(5, 6, seed=25)

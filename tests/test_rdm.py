@@ -220,6 +220,27 @@ def test_zero_variance_row_under_correlation_is_named():
     compute_rdm(x, "euclidean")  # fine for the distances
 
 
+def test_eps_treats_constant_rows_as_uncorrelated():
+    x = torch.randn(6, 4, dtype=torch.float64)
+    x[1] = 3.0
+    x[5] = 0.0
+    with pytest.raises(ValueError, match="pass eps="):
+        compute_rdm(x, "correlation")
+    for method in ("correlation", "cosine"):
+        rdm = compute_rdm(x, method, eps=1e-8, square=True)
+        assert torch.isfinite(rdm).all()
+        bad = [1, 5] if method == "correlation" else [5]
+        for row in bad:
+            others = [j for j in range(6) if j != row]
+            assert torch.allclose(rdm[row, others], torch.ones(5, dtype=torch.float64))
+        good = [0, 2, 3, 4]
+        # the other rows are untouched by eps
+        sub = compute_rdm(x[good], method)
+        assert torch.allclose(compute_rdm(x, method, eps=1e-8, square=True)[good][:, good],
+                              compute_rdm(x[good], method, square=True))
+        assert torch.isfinite(sub).all()
+
+
 def test_zero_norm_row_under_cosine_is_named():
     x = torch.randn(6, 4, dtype=torch.float64)
     x[5] = 0.0

@@ -13,7 +13,7 @@ from rdl_neuro.datasets.loaders import load_digits
 from rdl_neuro.datasets.stimulus import StimulusDataset
 from rdl_neuro.losses import CELoss, KDLoss, RDLLoss
 from rdl_neuro.models import build_model
-from rdl_neuro.rdm import compute_rdm
+from rdl_neuro.rdm import compute_rdm, to_condensed
 from rdl_neuro.teachers import NetworkTeacher, RDMTeacher
 from rdl_neuro.train import (CheckpointError, CorruptCheckpointWarning, RDMProbe, Trainer, find_checkpoints,
                              linear_warmup, load_checkpoint, seed_everything)
@@ -142,6 +142,24 @@ def test_probe_with_fixed_rdm_and_rdm_teacher(digits) -> None:
                     min_covered=4, batch_size=20, device="cpu")
         hist = t.fit()
         assert -1 <= hist["rdm_corr_hidden1"].iloc[0] <= 1
+
+
+def test_probe_uses_every_subject_rdm_and_leaves_the_draws_alone(digits) -> None:
+    """With combine="per_rdm" the probe compares with all RDMs and does not advance the loss's generator."""
+    images, ids = digits.images[:30], digits.stimulus[:30]
+    rdms = torch.stack([compute_rdm(images.flatten(1).double() + 0.1 * k * torch.randn(30, 64, dtype=torch.float64),
+                                    "euclidean", square=True) for k in range(3)])
+    teacher = RDMTeacher.from_array(rdms, ids.tolist(), combine="per_rdm")
+    seed_everything(0)
+    model = build_model({"type": "mlp", "input_shape": [1, 8, 8], "n_classes": 10, "hidden": [16]})
+    data = StimulusDataset(TensorDataset(digits.images[:60], digits.labels[:60]), digits.stimulus[:60].tolist())
+    t = Trainer(model, data, losses={"ce": CELoss()}, rdm_probe=RDMProbe(images, ids, teacher, "hidden1"),
+                epochs=1, quiet=True, batch_size=20, device="cpu")
+    state = teacher.generator.get_state()
+    probe_rdms = t._probe_teacher()["hidden1"]
+    assert torch.equal(teacher.generator.get_state(), state)
+    assert probe_rdms.shape == (3, 30 * 29 // 2)
+    assert torch.allclose(probe_rdms, to_condensed(rdms))
 
 
 def test_bad_arguments_fail_early(digits) -> None:

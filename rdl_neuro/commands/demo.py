@@ -255,59 +255,37 @@ def run_demo(out: str | os.PathLike[str], seeds: int = 3, settings: DemoSettings
 
 
 # --------------------------------------------------------------------------- #
-# figures (plain matplotlib: rdl_neuro.viz is not there yet)
+# figures
 # --------------------------------------------------------------------------- #
-def _save(fig: Any, path: Path) -> None:
-    import io
-
-    from rdl_neuro.io import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-
-
-@torch.no_grad()
-def _layer_rdm(model: torch.nn.Module, images: torch.Tensor, layer: str) -> np.ndarray:
-    from rdl_neuro.features import LayerRecorder
-    from rdl_neuro.rdm import compute_rdm
-
-    model.eval()
-    with LayerRecorder(model, [layer], detach=True) as rec:
-        model(images)
-        feats = rec.features[layer]
-    return compute_rdm(feats.double(), "euclidean", square=True).numpy()
-
-
 def _figures(out: Path, test: Any, teacher: torch.nn.Module, students: dict[str, torch.nn.Module],
              table: pd.DataFrame, histories: pd.DataFrame, settings: DemoSettings) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from scipy.stats import pearsonr
+    from rdl_neuro.compare import compare_rdms
+    from rdl_neuro.evaluate import layer_rdms
+    from rdl_neuro.viz import plot_rdm_comparison, save_figure
 
-    # RDMs of the same test digits, sorted by class so the block structure shows
+    # RDMs of the same test digits; sorted by class so the block structure shows
     chosen, _ = _stratified(test.labels.numpy(), settings.rdm_stimuli, 0)
-    order = chosen[np.argsort(test.labels.numpy()[chosen], kind="stable")]
-    images = test.images[torch.as_tensor(order)]
+    order = torch.as_tensor(chosen[np.argsort(test.labels.numpy()[chosen], kind="stable")])
     layer = f"hidden{len(settings.student_hidden)}"
-    panels = [("teacher", _layer_rdm(teacher, images, layer))]
-    panels += [(f"student: {m}", _layer_rdm(students[m], images, layer)) for m in ("baseline", "RDL")]
-    iu = np.triu_indices(len(order), 1)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
-    for ax, (title, rdm) in zip(axes, panels):
-        im = ax.imshow(rdm, cmap="viridis")
-        r = pearsonr(rdm[iu], panels[0][1][iu])[0]
-        ax.set_title(title if title == "teacher" else f"{title}\nr with teacher = {r:.2f}")
-        ax.set_xticks([]); ax.set_yticks([])
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.suptitle(f"Euclidean RDMs of layer {layer} on {len(order)} test digits (sorted by class, seed 0)")
-    _save(fig, out / "rdms.png")
-    plt.close(fig)
+    names = {"teacher": teacher, "student: baseline": students["baseline"], "student: RDL": students["RDL"]}
+    rdms = [
+        layer_rdms(model.eval(), test.images[order], [layer], method="euclidean",
+                   stimulus_ids=order.tolist(), pattern_descriptors={"digit": test.labels[order].tolist()},
+                   progress=False)
+        for model in names.values()
+    ]
+    teacher_vec = torch.as_tensor(rdms[0].get_vectors())
+    r = [float(compare_rdms(torch.as_tensor(x.get_vectors()), teacher_vec, "corr")[0, 0]) for x in rdms]
+    titles = ["teacher"] + [f"{name}\nr with teacher = {ri:.2f}" for name, ri in list(zip(names, r))[1:]]
+    fig = plot_rdm_comparison(rdms, sort_by="digit", titles=titles, shared_scale=False)
+    fig.suptitle(f"Euclidean RDMs of layer {layer} on {len(order)} test digits (seed 0)")
+    save_figure(fig, out / "rdms.png", dpi=110)
 
     students_only = table[table["method"].isin(METHODS)]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(students_only))
     ax.bar(x, 100 * students_only["mean"], yerr=100 * students_only["sd"], capsize=4,
            color=["#999999", "#4c72b0", "#dd8452", "#55a868"][: len(x)])
@@ -319,10 +297,10 @@ def _figures(out: Path, test: Any, teacher: torch.nn.Module, students: dict[str,
     ax.set_ylim(max(0.0, low - 5), 100)
     ax.set_title(f"{settings.n_labelled} labelled digits, {int(students_only['n'].iloc[0])} seeds")
     ax.legend(loc="lower right")
-    _save(fig, out / "accuracy.png")
-    plt.close(fig)
+    save_figure(fig, out / "accuracy.png", dpi=110)
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
     for method in METHODS:
         h = histories[histories["method"] == method].groupby("epoch")
         axes[0].plot(h["val_acc"].mean().index, 100 * h["val_acc"].mean(), label=method)
@@ -334,8 +312,7 @@ def _figures(out: Path, test: Any, teacher: torch.nn.Module, students: dict[str,
         ax.set_xlabel("epoch")
         ax.legend()
     fig.suptitle("Training curves (mean over seeds)")
-    _save(fig, out / "training_curves.png")
-    plt.close(fig)
+    save_figure(fig, out / "training_curves.png", dpi=110)
 
 
 if __name__ == "__main__":  # pragma: no cover
