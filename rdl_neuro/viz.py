@@ -5,6 +5,7 @@ Every function returns a ``matplotlib.figure.Figure`` (or draws into a given
 """
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from collections.abc import Sequence
@@ -210,6 +211,18 @@ def plot_layer_profile(table: pd.DataFrame, *, ax: Axes | None = None, title: st
     return fig
 
 
+def _mds_precomputed_kwargs(mds_class: type) -> dict[str, str]:
+    """Keywords for MDS on a precomputed dissimilarity matrix in old and new scikit-learn.
+
+    scikit-learn 1.8 renamed ``dissimilarity`` to ``metric`` and announced a new
+    default ``init``; naming both keeps the result the same and silences the warnings.
+    """
+    params = inspect.signature(mds_class).parameters
+    if "metric_mds" in params:  # the new API: ``metric`` names the dissimilarity
+        return {"metric": "precomputed", "init": "random"}
+    return {"dissimilarity": "precomputed"}
+
+
 def plot_mds(rdms: RDMs, *, index: int = 0, color_by: str | None = None, ax: Axes | None = None,
              random_state: int = 0, title: str | None = None) -> Figure:
     """2-D metric MDS of the stimuli of one RDM, coloured by a pattern descriptor."""
@@ -220,8 +233,8 @@ def plot_mds(rdms: RDMs, *, index: int = 0, color_by: str | None = None, ax: Axe
     d = rdms.get_matrices()[index].astype(float)
     if not np.isfinite(d).all():
         raise ValueError("MDS needs an RDM without NaN entries")
-    mds = MDS(n_components=2, dissimilarity="precomputed", random_state=random_state, n_init=4,
-              normalized_stress="auto")
+    mds = MDS(n_components=2, random_state=random_state, n_init=4, normalized_stress="auto",
+              **_mds_precomputed_kwargs(MDS))
     xy = mds.fit_transform(d)
     fig, ax = _new_axes(ax, (4.6, 4.2))
     if color_by is not None:
