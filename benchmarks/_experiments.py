@@ -111,17 +111,36 @@ class TrainSpec:
     optimizer: str = "sgd"  # "sgd" (momentum 0.9) or "adam"
     weight_decay: float = 0.0
     cosine: bool = True  # cosine learning-rate decay over the epochs (stepped per epoch)
+    clip_grad_norm: float | None = None  # clip the global gradient norm before every step (all methods alike)
 
     def make(self, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
         if self.optimizer == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9,
-                                                         weight_decay=self.weight_decay)
+            cls: type = torch.optim.SGD
+            kwargs: dict[str, Any] = {"lr": self.lr, "momentum": 0.9, "weight_decay": self.weight_decay}
         elif self.optimizer == "adam":
-            opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            cls, kwargs = torch.optim.Adam, {"lr": self.lr, "weight_decay": self.weight_decay}
         else:
             raise ValueError(f"unknown optimizer {self.optimizer!r} (sgd or adam)")
+        opt: torch.optim.Optimizer = (_clipping(cls, self.clip_grad_norm) if self.clip_grad_norm else cls)(
+            model.parameters(), **kwargs)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.epochs)) if self.cosine else None
         return opt, sched
+
+
+def _clipping(cls: type, max_norm: float) -> type:
+    """``cls`` (a torch optimiser) that clips the global gradient norm to ``max_norm`` in every ``step``.
+
+    The Trainer owns the loop; clipping inside ``step`` applies it without touching the Trainer.
+    """
+
+    class Clipped(cls):  # type: ignore[misc, valid-type]
+        def step(self, closure: Any = None) -> Any:
+            params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            return super().step(closure)
+
+    Clipped.__name__ = Clipped.__qualname__ = f"Clipped{cls.__name__}"
+    return Clipped
 
 
 def stimulus_dataset(images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> StimulusDataset:

@@ -62,7 +62,7 @@ def make_config(args, n_classes: int) -> TransferConfig:
         return TransferConfig(
             name="paper_cifar100 (quick)", teacher_model=teacher, students={"CNN 4-4-4/16": student},
             subsets=[min(args.subsets)], teacher_train=TrainSpec(epochs=1, batch_size=50, lr=0.05),
-            student_train=TrainSpec(epochs=2, batch_size=25, lr=0.05),
+            student_train=TrainSpec(epochs=2, batch_size=25, lr=0.05, clip_grad_norm=5.0),
             rdl_pairs={"CNN 4-4-4/16": PAIRS}, peer_pair={"CNN 4-4-4/16": PEER}, grids=grids,
             seeds=args.seeds or 2, search_seeds=1, primary=("CNN 4-4-4/16", min(args.subsets)))
     teacher = {"type": "cnn", "input_shape": [3, 32, 32], "n_classes": n_classes, "channels": [64, 128, 256],
@@ -73,7 +73,7 @@ def make_config(args, n_classes: int) -> TransferConfig:
     return TransferConfig(
         name="paper_cifar100", teacher_model=teacher, students={label: student}, subsets=list(args.subsets),
         teacher_train=TrainSpec(epochs=args.teacher_epochs, batch_size=128, lr=0.05),
-        student_train=TrainSpec(epochs=args.epochs, batch_size=128, lr=0.05),
+        student_train=TrainSpec(epochs=args.epochs, batch_size=128, lr=0.05, clip_grad_norm=5.0),
         rdl_pairs={label: PAIRS}, peer_pair={label: PEER}, grids=grids, seeds=args.seeds or 10,
         search_seeds=args.search_seeds, primary=(label, min(args.subsets)))
 

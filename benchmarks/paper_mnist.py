@@ -63,13 +63,13 @@ def make_config(args) -> TransferConfig:
         return TransferConfig(
             name="paper_mnist (quick)", teacher_model=teacher, students={"MLP 784-30-30-10": students["MLP 784-30-30-10"]},
             subsets=[60], teacher_train=TrainSpec(epochs=2, batch_size=100, lr=0.05),
-            student_train=TrainSpec(epochs=3, batch_size=30, lr=0.05),
+            student_train=TrainSpec(epochs=3, batch_size=30, lr=0.05, clip_grad_norm=5.0),
             rdl_pairs={"MLP 784-30-30-10": PAIRS}, peer_pair={"MLP 784-30-30-10": PEER}, grids=grids,
             seeds=args.seeds or 2, search_seeds=1, primary=("MLP 784-30-30-10", 60))
     return TransferConfig(
         name="paper_mnist", teacher_model=teacher, students=students, subsets=list(args.subsets),
         teacher_train=TrainSpec(epochs=args.teacher_epochs, batch_size=100, lr=0.05),
-        student_train=TrainSpec(epochs=args.epochs, batch_size=50, lr=0.05),
+        student_train=TrainSpec(epochs=args.epochs, batch_size=50, lr=0.05, clip_grad_norm=5.0),
         rdl_pairs={k: PAIRS for k in students}, peer_pair={k: PEER for k in students}, grids=default_grids(),
         seeds=args.seeds or 10, search_seeds=args.search_seeds,
         primary=("MLP 784-800-800-10", min(args.subsets)))
