@@ -429,6 +429,8 @@ def _transfer_job(job: dict) -> dict:
     except FloatingPointError:  # the Trainer stops on a NaN/inf loss: this setting diverged
         hist, diverged = pd.DataFrame([{"train_acc": float("nan"), "loss": float("nan")}]), True
     seconds = time.perf_counter() - t0
+    if teacher is not None:
+        teacher.recorder.close()  # the teacher model is shared by the jobs of this process: drop this job's hooks
     err, ce = error_rate(model, eval_x, eval_y)
     if diverged and job["phase"] == "search":
         err, ce = 100.0, float("inf")  # a diverging grid point must never be chosen
