@@ -186,7 +186,7 @@ def layer_rdms(
         One RDM per layer (``rdm_descriptors['layer']``), ``dissimilarity_measure``
         from ``method``, ``pattern_descriptors['stimulus']`` the ids.
     """
-    from tqdm.auto import tqdm
+    from rdl_neuro._progress import progress_bar
 
     from rdl_neuro.features import LayerRecorder
 
@@ -211,7 +211,7 @@ def layer_rdms(
     sums = {name: torch.zeros(n, dtype=torch.float64) for name in layers}
     n_channels: dict[str, int] = {}
     kept: list[dict[str, torch.Tensor]] | None = []
-    bar = tqdm(total=n, disable=not progress, desc="layer RDMs", unit="stim")
+    bar = progress_bar(total=n, disable=not progress, desc="layer RDMs", unit="stim")
     try:
         with LayerRecorder(model, layers) as rec:
             def run(i: int) -> dict[str, torch.Tensor]:

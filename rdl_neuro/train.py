@@ -647,9 +647,9 @@ class Trainer:
         disable = self.quiet or not self.is_main or not sys.stderr.isatty()
         if disable:
             return iterable
-        from tqdm.auto import tqdm
+        from rdl_neuro._progress import progress_bar
 
-        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+        return progress_bar(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
     def _after_step(self, epoch: int, batch_index: int) -> None:
         """Hook called after every optimiser step (subclasses: logging, tests that kill mid-epoch)."""

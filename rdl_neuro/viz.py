@@ -6,8 +6,8 @@ Every function returns a ``matplotlib.figure.Figure`` (or draws into a given
 from __future__ import annotations
 
 import inspect
+import io
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ from matplotlib.figure import Figure
 from rsatoolbox.rdm import RDMs
 from scipy.stats import rankdata
 
+from rdl_neuro.io import atomic_write_bytes
+
 __all__ = ["save_figure", "plot_rdm_comparison", "plot_layer_profile", "plot_mds", "plot_history", "figure_to_array"]
 
 FORMATS = (".png", ".svg", ".pdf")
@@ -27,26 +29,17 @@ FORMATS = (".png", ".svg", ".pdf")
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
     """Write ``fig`` to ``path`` (format from the suffix: .png, .svg or .pdf) atomically.
 
-    The figure is rendered to a temporary file in the same folder and moved
-    into place with ``os.replace``, so readers never see a half-written file.
+    The figure is rendered in memory and written with
+    ``rdl_neuro.io.atomic_write_bytes`` (temporary file, then rename), so
+    readers never see a half-written file.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise ValueError(f"cannot tell the figure format of {str(path)!r}: use one of {', '.join(FORMATS)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=suffix[1:], dpi=dpi, bbox_inches="tight")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the figure ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=suffix[1:], dpi=dpi, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
