@@ -46,3 +46,19 @@ def test_two_ranks_equal_each_other_and_single_process(tmp_path: Path) -> None:
     hs = pd.read_csv(single_out / "history.csv").drop(columns="time_s")
     pd.testing.assert_frame_equal(hd, hs, rtol=1e-5, atol=1e-6)
     assert sorted(p.name for p in (dist_out / "checkpoints").iterdir()) == ["epoch-0001.pt", "epoch-0002.pt"]
+
+
+def test_train_command_with_example_config_under_torchrun(tmp_path: Path) -> None:
+    """The README's ``torchrun ... -m rdl_neuro train example.toml``: the teacher is trained by every
+    rank but written by rank 0 only (no two processes renaming into the same file)."""
+    from rdl_neuro.config import example_config_path
+
+    out = tmp_path / "run"
+    res = subprocess.run([*torchrun(), "--standalone", "--nproc_per_node=2", "-m", "rdl_neuro", "train",
+                          str(example_config_path()), "--out", str(out), "--epochs", "2", "--quiet"],
+                         env=ENV, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert (out / "final.pt").is_file() and (out / "teacher" / "final.pt").is_file()
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]

@@ -8,6 +8,7 @@ keys and ``rdl_neuro/configs/example.toml`` for an example that runs as is.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -239,12 +240,16 @@ def _network_teacher_model(cfg: dict[str, Any], train: Any, val: Any, input_shap
     if cfg["resume"] and final.is_file():
         model.load_state_dict(load_checkpoint(final)["model_state"])
         return model
+    # Under torchrun every process trains the same teacher (same seed, single-process), so all
+    # ranks hold identical weights without a broadcast; only the launcher's rank 0 writes its files.
+    writer = int(os.environ.get("RANK", "0")) == 0
     trainer = Trainer(model, train, losses={"ce": CELoss()},
                       optimizer=torch.optim.Adam(model.parameters(), lr=spec["lr"]),
                       val_data=val, batch_size=spec["batch_size"], epochs=spec["epochs"], seed=cfg["seed"],
-                      out_dir=out, resume=cfg["resume"], quiet=cfg["quiet"], distributed=False, device="cpu")
+                      out_dir=out if writer else None, resume=cfg["resume"] and writer,
+                      quiet=cfg["quiet"] or not writer, distributed=False, device="cpu")
     history = trainer.fit()
-    if trainer.is_main and "val_acc" in history:
+    if writer and "val_acc" in history:
         print(f"teacher trained: val_acc {history['val_acc'].iloc[-1]:.3f} ({out})")
     return model
 
