@@ -24,7 +24,7 @@ share one NaN pattern this is exactly rsatoolbox's rule.
 ``cosine``, ``corr``, ``corr_cov`` and ``cosine_cov`` are differentiable; the
 rank methods are not (ranks are piecewise constant), so they run in numpy on
 the CPU (any device in, the same device out): every RDM is sorted once per
-call with 16-bit radix passes (see ``_sorted_row``), and tau counts discordant
+call with a radix sort of integer keys (see ``_sorted_row``), and tau counts discordant
 pairs with scipy's compiled Fenwick-tree routine, pairs spread over
 ``torch.get_num_threads()`` threads.
 """
@@ -211,11 +211,10 @@ def _whiten(vectors: torch.Tensor, mask: torch.Tensor, n: int, full: bool) -> to
 # Ranks need no gradient, so they are computed in numpy on the CPU, one RDM row
 # at a time (each RDM is ranked once per call, not once per pair). The sort is
 # the cost: a comparison sort of 500k float64 takes ~30-60 ms here, while
-# numpy's radix sort for 16-bit keys takes ~3 ms. So rows are mapped to
-# order-preserving 32-bit keys and sorted by two stable 16-bit radix passes
-# (least significant half first); the rare runs of equal keys holding
-# different values are then put in order by value, which keeps the result
-# exactly the order of the float values.
+# torch's stable sort of non-negative int32 keys (a radix sort) takes ~5 ms.
+# So rows are mapped to order-preserving 31-bit integer keys and radix-sorted;
+# the rare runs of equal keys holding different values are then put in order
+# by value, which keeps the result exactly the order of the float values.
 
 
 def _sorted_row(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
