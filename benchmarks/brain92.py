@@ -477,8 +477,8 @@ def main(argv: list[str] | None = None) -> int:
           f"Evaluation: correlation-distance RDM of each layer over the held-out images vs the held-out subject's "
           "RDM (rsatoolbox corr and tau-a), seeds averaged within a unit, mean over units; 95% CI from "
           f"{n_boot} bootstrap samples of held-out images (within folds) and subjects; `frac_nc_lower` = r / lower "
-          "noise ceiling; diff/p vs baseline at the same layer "
-          f"({PULLED}): paired over the {len(folds) * H} units (t-test, Wilcoxon; units of one fold share the "
+          "noise ceiling; diff/p: every row vs "
+          f"`baseline @ {PULLED}`, paired over the {len(folds) * H} units (t-test, Wilcoxon; units of one fold share the "
           "baseline network, so they are not independent) and a bootstrap CI of the difference.", "",
           f"## Held-out correlation at `{PULLED}` with references", "",
           markdown_table(main_table), "",
