@@ -41,10 +41,12 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from rdl_neuro.datasets.stimulus import StimulusDataset
+from rdl_neuro.io import atomic_write_csv, atomic_write_text
 from rdl_neuro.losses import CELoss, KDLoss, RDLLoss, RKDLoss, SPLoss
 from rdl_neuro.models import build_model
 from rdl_neuro.teachers import NetworkTeacher
 from rdl_neuro.train import Trainer, derive_seed, seed_everything
+from rdl_neuro.viz import save_figure
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "results"
@@ -278,9 +280,8 @@ def markdown_table(df: pd.DataFrame, digits: int | Mapping[str, int] = 3) -> str
 
 
 def write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    """Write ``text`` atomically (no half-written table if the run is killed)."""
+    return atomic_write_text(path, text)
 
 
 def result_line(**values: Any) -> str:
@@ -555,8 +556,7 @@ def plot_method_errors(final: pd.DataFrame, path: Path, title: str) -> Path:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path, dpi=130)
     plt.close(fig)
     return path
 
@@ -615,8 +615,8 @@ def run_transfer_benchmark(cfg: TransferConfig, train_x: torch.Tensor, train_y: 
     # ---- files
     all_runs = pd.concat([search_df, final_df], ignore_index=True)
     csv_path = out_dir / f"{stem}.csv"
-    all_runs.to_csv(csv_path, index=False)
-    summary.to_csv(out_dir / f"{stem}_summary.csv", index=False)
+    atomic_write_csv(all_runs, csv_path)
+    atomic_write_csv(summary, out_dir / f"{stem}_summary.csv")
     fig_path = plot_method_errors(final_df, out_dir / f"{stem}.png",
                                   f"{cfg.name}: test error ({cfg.seeds} seeds, grey lines join a seed)")
 

@@ -70,6 +70,7 @@ from _experiments import (_WORKER_STATE, TrainSpec, base_parser, configure_threa
                           stratified_holdout, train_model, write_text)
 
 from rdl_neuro.compare import compare_rdms  # noqa: E402
+from rdl_neuro.io import atomic_write_csv  # noqa: E402
 from rdl_neuro.datasets import StimulusDataset, load_kriegeskorte92  # noqa: E402
 from rdl_neuro.features import LayerRecorder  # noqa: E402
 from rdl_neuro.losses import CELoss, RDLLoss  # noqa: E402
@@ -439,9 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t_start
 
     # ---- 4. files
-    long.to_csv(out_dir / "brain92.csv", index=False)
-    summary.to_csv(out_dir / "brain92_summary.csv", index=False)
-    search.drop(columns=["phase"]).to_csv(out_dir / "brain92_search.csv", index=False)
+    atomic_write_csv(long, out_dir / "brain92.csv")
+    atomic_write_csv(summary, out_dir / "brain92_summary.csv")
+    atomic_write_csv(search.drop(columns=["phase"]), out_dir / "brain92_search.csv")
     figs = make_figures(summary, cands, helds, final, folds, data, names, out_dir, nc_lower, nc_upper)
 
     s = summary.set_index("row")
