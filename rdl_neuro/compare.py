@@ -24,7 +24,7 @@ share one NaN pattern this is exactly rsatoolbox's rule.
 ``cosine``, ``corr``, ``corr_cov`` and ``cosine_cov`` are differentiable; the
 rank methods are not (ranks are piecewise constant), so they run in numpy on
 the CPU (any device in, the same device out): every RDM is sorted once per
-call with a radix sort of integer keys (see ``_sorted_row``), and tau counts discordant
+call with a radix sort of integer keys (see ``_sorted_runs``), and tau counts discordant
 pairs with scipy's compiled Fenwick-tree routine, pairs spread over
 ``torch.get_num_threads()`` threads.
 """
@@ -65,8 +65,9 @@ def _as_rdm_matrix(x: torch.Tensor | np.ndarray, name: str) -> tuple[torch.Tenso
     if x.shape[0] == 0:
         raise ValueError(f"{name} holds no RDMs (shape {tuple(x.shape)})")
     n_stimuli_from_length(x.shape[1])
-    # one cheap pass in the common all-finite case; the slower search only to name the culprit
-    if bool(torch.isfinite(x).all()):
+    # the sum is finite when every entry is (one cheap reduction in the common case); an
+    # overflowing sum falls through to the full check; the slower search only names the culprit
+    if bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all()):
         return x, False
     if bool(torch.isinf(x).any()):
         rdm, entry = torch.nonzero(torch.isinf(x))[0].tolist()
@@ -217,34 +218,40 @@ def _whiten(vectors: torch.Tensor, mask: torch.Tensor, n: int, full: bool) -> to
 # by value, which keeps the result exactly the order of the float values.
 
 
-def _sorted_row(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(order, values[order])`` of a 1-D finite float64 array, sorted ascending (exact)."""
+def _sorted_runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ascending order of a 1-D finite float64 array (exact) and, along it, True where a new
+    run of equal values starts: ``(order (P,) intp, new (P,) bool)``."""
     lo, hi = values.min(), values.max()
     with np.errstate(over="ignore", divide="ignore"):
         scale = (2.0**31 - 1) / (hi - lo) if hi > lo else np.inf
     if not np.isfinite(scale) or scale == 0:  # constant row, or a range too large / small to scale
         order = np.argsort(values, kind="stable")
-        return order, values[order]
+        return order, _run_starts(values[order])
     # rounding is monotone, so the keys never contradict the order of the values
     buffer = np.subtract(values, lo)  # in place from here: fewer fresh 4 MB arrays to fault in
     np.multiply(buffer, scale, out=buffer)
     key = np.minimum(buffer, 2.0**31 - 1, out=buffer).astype(np.int32)
     # non-negative int32 keys take torch's radix-sort fast path (about 2x numpy's two 16-bit passes)
-    order = torch.sort(torch.from_numpy(key), stable=True).indices.numpy()
-    ordered = values[order]
-    disorder = ordered[1:] < ordered[:-1]
-    if disorder.any():
-        # only inside runs of equal keys can values be out of order: sort those runs by value.
-        # The keys are sorted, so each such run is found by binary search (they are few).
-        ordered_key = key[order]
-        bad_keys = np.unique(ordered_key[1:][disorder])
-        starts = np.searchsorted(ordered_key, bad_keys, side="left")
-        lengths = np.searchsorted(ordered_key, bad_keys, side="right") - starts
-        run = np.repeat(np.arange(bad_keys.size), lengths)
-        members = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-        fix = members[np.lexsort((ordered[members], run))]
-        order[members], ordered[members] = order[fix], ordered[fix]
-    return order, ordered
+    sorted_key, order = torch.sort(torch.from_numpy(key), stable=True)
+    sorted_key, order = sorted_key.numpy(), order.numpy()
+    same = sorted_key[1:] == sorted_key[:-1]
+    new = np.empty(values.size, dtype=bool)
+    new[0] = True
+    np.logical_not(same, out=new[1:])  # equal values have equal keys, so a new key starts a new run
+    if same.any():
+        # equal keys may still hold different values (they are few): put each run of equal keys in
+        # order by value and start a new run wherever the value changes inside it
+        pairs = np.flatnonzero(same)
+        members = np.union1d(pairs, pairs + 1)  # positions in runs of equal keys, ascending
+        first = new[members]  # the first member of each such run
+        run = np.cumsum(first)
+        member_values = values[order[members]]
+        fix = np.lexsort((member_values, run))
+        order[members] = order[members[fix]]
+        member_values = member_values[fix]
+        inner = np.flatnonzero(~first)
+        new[members[inner]] = member_values[inner] != member_values[inner - 1]
+    return order, new
 
 
 def _run_starts(ordered: np.ndarray) -> np.ndarray:
@@ -257,9 +264,8 @@ def _run_starts(ordered: np.ndarray) -> np.ndarray:
 
 def _average_ranks_row(values: np.ndarray, out: np.ndarray | None = None, shift: float = 0.0) -> np.ndarray:
     """``scipy.stats.rankdata(values) - shift`` (average method) of a finite float64 row, into ``out``."""
-    order, ordered = _sorted_row(values)
+    order, new = _sorted_runs(values)
     p = values.size
-    new = _run_starts(ordered)
     ranks = np.empty(p) if out is None else out
     if new.all():
         # no ties: one scatter of 1..P (shifted), straight into the output row
@@ -368,8 +374,8 @@ def kendall_tau(x: torch.Tensor, y: torch.Tensor, variant: str = "b", max_batch_
     if _kendall_dis is None:
         return _kendall_tau_torch(x, y, variant, max_batch_elements)
     k, p = x.shape
-    xs = [_sorted_dense(row) for row in _numpy_rows(x)]
-    ys = [_sorted_dense(row) for row in _numpy_rows(y)]
+    xs = _map_rows(_sorted_dense, list(_numpy_rows(x)))
+    ys = _map_rows(_sorted_dense, list(_numpy_rows(y)))
     # y's 1-based dense ranks in its original positions (what gets reordered by each x)
     y_dense = []
     for order, dense_sorted, _ in ys:
@@ -397,8 +403,7 @@ def kendall_tau(x: torch.Tensor, y: torch.Tensor, variant: str = "b", max_batch_
 
 def _sorted_dense(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """``(order, 1-based dense ranks of values[order], number of tied pairs)`` of a float64 row."""
-    order, ordered = _sorted_row(values)
-    new = _run_starts(ordered)
+    order, new = _sorted_runs(values)
     dense = np.cumsum(new, dtype=np.intp)
     if dense[-1] == values.size:
         return order, dense, 0

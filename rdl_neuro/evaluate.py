@@ -615,14 +615,6 @@ class _RankedRDM:
     def n_values(self) -> int:
         return int(self.dense_sorted[-1])
 
-    def twice_mean_ranks(self, w_sorted: np.ndarray) -> np.ndarray:
-        """``2 *`` the average rank of the entries in the resample, in value order (P,), from the
-        weights in value order ``w_sorted = w[order]``: twice the weight of smaller values + W_tie + 1."""
-        if self.run_starts is None:
-            return 2 * np.cumsum(w_sorted) - w_sorted + 1
-        group = np.add.reduceat(w_sorted, self.run_starts)
-        return (2 * np.cumsum(group) - group + 1)[self.dense_sorted - 1]
-
 
 class _WeightedTauPair:
     """Discordant pairs of one (x, y) RDM pair under entry weights, prepared once for all resamples.
@@ -690,6 +682,54 @@ def _weighted_tau_a_pairs(y_seq: np.ndarray, order: np.ndarray, w: np.ndarray, r
     return int(_kendall_dis(ramp[: y_rep.size], y_rep))
 
 
+# Largest RDM (entries P) whose tau-a bootstrap takes the matrix-product path below: it costs
+# B k P^2 integer multiply-adds and P^2 bytes per model, against B k m P log P for Fenwick counts.
+_TAU_A_PRODUCT_MAX_P = 8192
+
+
+def _sign_matrix(ranks: np.ndarray) -> np.ndarray:
+    """``sign(r_u - r_v)`` as int8 ``(P, P)`` for integer ranks ``r`` ``(P,)`` below 2**15."""
+    r = ranks.astype(np.int16)
+    # comparisons of int16 give bools whose bytes are 0/1 int8: no widening, no float temporaries
+    return np.greater.outer(r, r).view(np.int8) - np.less.outer(r, r).view(np.int8)
+
+
+def _tau_a_bootstrap_sums(x_ranks: Sequence[np.ndarray], y_ranks: Sequence[np.ndarray], weights: torch.Tensor,
+                          chunk: int = 256) -> np.ndarray:
+    """Sum over subjects of the tau-a numerators (concordant - discordant pairs) of every resample.
+
+    The numerator of resampled RDMs x and y is ``sum_{u<v} w_u w_v sign(x_u - x_v) sign(y_u - y_v)
+    = w^T (S_x * S_y) w / 2`` (``S`` the sign matrices of the original entries, ``w`` the entry
+    weights; copies of one entry tie and add 0). Summed over the subjects, ``S_y`` becomes
+    ``sum_j S_yj``: one ``(B, P) @ (P, P)`` product per model, exact in integers (int8 inputs,
+    int32 sums, on oneDNN's VNNI kernels where the CPU has them).
+
+    Parameters
+    ----------
+    x_ranks, y_ranks : k and m int arrays ``(P,)``: dense ranks of the model and subject RDMs.
+    weights : ``(B, P)`` float64 entry weights ``c_a c_b`` of the resamples (``_pair_weights``).
+
+    Returns
+    -------
+    ``(B, k)`` float64: ``sum_j (con - dis)(x_i, y_j)`` of resample b in row b.
+    """
+    subjects = np.zeros((weights.shape[1],) * 2, dtype=np.int16 if len(y_ranks) > 127 else np.int8)
+    for y in y_ranks:
+        subjects += _sign_matrix(y)
+    # int8 products need |sum_j S_yj| and the weights below 128; otherwise float64 (exact below 2**53)
+    small = len(y_ranks) <= 127 and float(weights.max()) <= 127
+    dtype = torch.int8 if small else torch.float64
+    w_all = weights.to(dtype)
+    out = np.empty((weights.shape[0], len(x_ranks)))
+    for i, x in enumerate(x_ranks):
+        product = torch.from_numpy(_sign_matrix(x) * subjects).to(dtype)  # (P, P)
+        for start in range(0, weights.shape[0], chunk):
+            w = w_all[start:start + chunk]
+            wg = torch._int_mm(w, product) if small else w @ product  # (b, P)
+            out[start:start + chunk, i] = 0.5 * (wg.to(torch.float64) * weights[start:start + chunk]).sum(1).numpy()
+    return out
+
+
 def _tau_from_counts(con_minus_dis: int, tot: int, ties_x: int, ties_y: int, variant: str) -> float:
     """Kendall's tau-a or tau-b from pair counts, as rsatoolbox's ``_tau_a`` and scipy's ``kendalltau``."""
     if variant == "a":
@@ -699,22 +739,92 @@ def _tau_from_counts(con_minus_dis: int, tot: int, ties_x: int, ties_y: int, var
     return min(1.0, max(-1.0, con_minus_dis / math.sqrt(tot - ties_x) / math.sqrt(tot - ties_y)))
 
 
-def _sorted_pooled(keys: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """A pooled RDM on the entries of a resample: integer ``keys`` (P',) and weights ``w`` (P',) ->
-    ``(order by key, weights in that order, its 1-based dense ranks repeated by weight, tied pairs)``."""
-    order = np.argsort(keys, kind="stable")
-    ordered = keys[order]
-    w_sorted = w[order]
-    new = np.empty(ordered.size, dtype=bool)
-    new[0] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
-    dense = np.cumsum(new, dtype=np.intp)
-    if dense[-1] == ordered.size:
-        ties = _self_ties(w_sorted)
+class _PooledBounds:
+    """The bootstrapped noise ceiling of Kendall's tau: the subjects' RDMs, prepared once.
+
+    In a resample with entry weights ``w``, the average rank of entry ``u`` in subject j's resampled
+    RDM is ``(weight of smaller values) + (W_run + 1) / 2`` over its run of tied values: twice that
+    is ``cs[s_u] + cs[e_u + 1] + 1`` with ``cs`` the cumulative weights along j's value order (0
+    first) and ``[s_u, e_u]`` the run's sorted positions. ``pool_rdm`` averages these ranks over the
+    subjects (all for the upper bound, all but j for the lower one); their integer sums order the
+    pooled entries exactly as rsatoolbox's means.
+    """
+
+    def __init__(self, ys: Sequence[_RankedRDM]):
+        self.ys = ys
+        m, p = len(ys), ys[0].dense.size
+        self.order = np.stack([y.order for y in ys])  # (m, P)
+        self.dense_flat = np.concatenate([y.dense for y in ys])  # (m P,)
+        starts, ends = [], []
+        for y in ys:
+            if y.run_starts is None:
+                starts.append(y.position)
+                ends.append(y.position + 1)
+            else:
+                run_ends = np.append(y.run_starts[1:], p)
+                starts.append(y.run_starts[y.dense - 1])
+                ends.append(run_ends[y.dense - 1])
+        # as indices into the flattened (m, P + 1) cumulative weights
+        offsets = np.arange(m)[:, None] * (p + 1)
+        self.run_start, self.run_end = np.stack(starts) + offsets, np.stack(ends) + offsets  # (m, P)
+        self.row_offsets = np.arange(m)[:, None] * p
+
+    def bounds(self, w: np.ndarray, self_ties: int, ties_y: Sequence[int], variant: str) -> tuple[float, float]:
+        """(lower, upper) noise ceiling of one resample: the subjects' mean tau with the pooled RDM of
+        the others and of all of them. ``w`` (P,) intp weights, ``ties_y`` each subject's tied pairs."""
+        m = len(self.ys)
+        n_total = int(w.sum())
+        tot = n_total * (n_total - 1) // 2
+        keep = np.flatnonzero(w)  # only the entries present in the resample are compared
+        w_keep = w[keep]
+        cs = np.zeros((m, w.size + 1), dtype=np.intp)
+        np.cumsum(w[self.order], axis=1, out=cs[:, 1:])
+        cs = cs.ravel()
+        twice = cs[self.run_start[:, keep]] + cs[self.run_end[:, keep]] + 1  # (m, P')
+        pooled_all = twice.sum(0)
+        pooled = np.vstack([pooled_all - twice, pooled_all])  # rows: all but subject j, then all
+        order, dense, w_sorted, ties_pooled = _sorted_rows(pooled, w_keep)
+        x_rep = np.repeat(dense.ravel(), w_sorted.ravel()).reshape(m + 1, n_total)
+        # subject j along "all but j" (lower) and every subject along "all" (upper): (2 m, P') dense ranks
+        entries = keep[np.vstack([order[:m], np.broadcast_to(order[m], (m, keep.size))])]
+        y_seq = self.dense_flat[entries + np.tile(self.row_offsets, (2, 1))]
+        y_rep = np.repeat(y_seq.ravel(), np.vstack([w_sorted[:m], np.broadcast_to(w_sorted[m], (m, keep.size))]).ravel())
+        y_rep = y_rep.reshape(2, m, n_total)
+        taus = np.empty((2, m))
+        for j, y in enumerate(self.ys):
+            # joint ties only among y's tied entries (absent ones weigh 0, so any kept position will do)
+            at = np.minimum(np.searchsorted(keep, y.ties.members), keep.size - 1)
+            for bound, row in ((0, j), (1, m)):
+                discordant = int(_kendall_dis(x_rep[row], y_rep[bound, j]))
+                joint = y.ties.count(w, self_ties, split=pooled[row, at])
+                taus[bound, j] = _tau_from_counts(tot - ties_pooled[row] - ties_y[j] + joint - 2 * discordant,
+                                                  tot, int(ties_pooled[row]), ties_y[j], variant)
+        lower, upper = taus.mean(1)
+        return float(lower), float(upper)
+
+
+def _sorted_rows(keys: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Non-negative integer ``keys`` (r, P') of entries with weights ``w`` (P',) -> per row, the
+    order by key, 1-based dense ranks and weights in that order (each (r, P')) and the tied pairs (r,)."""
+    # sort (key, position) packed in one int64: numpy's vectorised sort beats its stable argsort
+    bits = max(1, int(keys.shape[1] - 1).bit_length())
+    if int(keys.max()).bit_length() + bits < 63:
+        packed = np.sort((keys << bits) | np.arange(keys.shape[1]), axis=1)
+        order = packed & ((1 << bits) - 1)
+        ordered = packed >> bits
     else:
-        total = np.add.reduceat(w_sorted, np.flatnonzero(new))
-        ties = int((total * (total - 1)).sum()) // 2
-    return order, w_sorted, np.repeat(dense, w_sorted), ties
+        order = np.argsort(keys, axis=1, kind="stable")
+        ordered = np.take_along_axis(keys, order, 1)
+    new = np.ones(ordered.shape, dtype=bool)
+    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=new[:, 1:])
+    dense = np.cumsum(new, axis=1, dtype=np.intp)
+    w_sorted = w[order]
+    # total weight of every (row, value) group; float64 sums of integers are exact below 2**53
+    width = keys.shape[1] + 1
+    groups = (dense + np.arange(keys.shape[0])[:, None] * width).ravel()
+    total = np.bincount(groups, weights=w_sorted.ravel(), minlength=keys.shape[0] * width).reshape(-1, width)
+    ties = (total * (total - 1)).sum(1).astype(np.int64) // 2
+    return order, dense, w_sorted, ties
 
 
 def _bootstrap_kendall(models: torch.Tensor, brain: torch.Tensor, method: str, pat_idx: np.ndarray,
@@ -729,55 +839,49 @@ def _bootstrap_kendall(models: torch.Tensor, brain: torch.Tensor, method: str, p
     n_boot, n = pat_idx.shape
     xs = [_RankedRDM.of(v) for v in models.detach().cpu().to(torch.float64).numpy()]
     ys = [_RankedRDM.of(v) for v in brain.detach().cpu().to(torch.float64).numpy()]
-    pairs = [[_WeightedTauPair(x, y) for y in ys] for x in xs]
     ramp = np.arange(xs[0].dense.size, dtype=np.intp)
     evals = np.full((n_boot, k), np.nan)
     nc = np.full((2, n_boot), np.nan)
+    valid = np.array([len(np.unique(p)) >= 3 for p in pat_idx], dtype=bool)  # else NaN, as rsatoolbox
+    by_product = variant == "a" and ramp.size <= _TAU_A_PRODUCT_MAX_P
+    pooled = _PooledBounds(ys)
+    if by_product:
+        weights = _pair_weights(pat_idx, n)
+        n_total = weights.sum(1).numpy()
+        tot = n_total * (n_total - 1) / 2
+        sums = _tau_a_bootstrap_sums([x.dense for x in xs], [y.dense for y in ys], weights)
+        evals[valid] = (sums / (m * tot[:, None]))[valid]
+        if not boot_nc:
+            return evals, nc
+    else:
+        pairs = [[_WeightedTauPair(x, y) for y in ys] for x in xs]
 
     def one_resample(b: int, w: np.ndarray) -> None:
         n_total = int(w.sum())
         tot = n_total * (n_total - 1) // 2
         self_ties = _self_ties(w)
-        w_y = [w[y.order] for y in ys]
-        ties_x = [x.ties.count(w, self_ties) for x in xs]
         ties_y = [y.ties.count(w, self_ties) for y in ys]
-        taus = np.empty((k, m))
-        for i in range(k):
-            for j in range(m):
-                pair = pairs[i][j]
-                num = (tot - ties_x[i] - ties_y[j] + pair.joint.count(w, self_ties)
-                       - 2 * pair.discordant(w, w_y[j], ramp))
-                taus[i, j] = _tau_from_counts(num, tot, ties_x[i], ties_y[j], variant)
-        evals[b] = taus.mean(1)
+        if not by_product:
+            w_y = [w[y.order] for y in ys]
+            ties_x = [x.ties.count(w, self_ties) for x in xs]
+            taus = np.empty((k, m))
+            for i in range(k):
+                for j in range(m):
+                    pair = pairs[i][j]
+                    num = (tot - ties_x[i] - ties_y[j] + pair.joint.count(w, self_ties)
+                           - 2 * pair.discordant(w, w_y[j], ramp))
+                    taus[i, j] = _tau_from_counts(num, tot, ties_x[i], ties_y[j], variant)
+            evals[b] = taus.mean(1)
         if not boot_nc:
             return
-        # pool_rdm of the resampled subjects: rank-transform each and average them (all, or all but
-        # the held-out one); only the entries present in the resample (``keep``) are compared
-        keep = np.flatnonzero(w)
-        w_keep = w[keep]
-        twice = [y.twice_mean_ranks(wy)[y.position[keep]] for y, wy in zip(ys, w_y)]  # (P',) each
-        pooled_all = np.sum(twice, axis=0)
-        upper_sorted = _sorted_pooled(pooled_all, w_keep)
-        bounds = np.empty((2, m))
-        for j, y in enumerate(ys):
-            pooled_rest = pooled_all - twice[j]
-            y_keep = y.dense[keep]
-            # members of y's tie groups, located among the kept entries (absent ones weigh 0)
-            at = np.minimum(np.searchsorted(keep, y.ties.members), keep.size - 1)
-            for bound, pooled, (order, w_sorted, x_rep, ties_pooled) in (
-                    (0, pooled_rest, _sorted_pooled(pooled_rest, w_keep)), (1, pooled_all, upper_sorted)):
-                discordant = int(_kendall_dis(x_rep, np.repeat(y_keep[order], w_sorted)))
-                joint = y.ties.count(w, self_ties, split=pooled[at])
-                bounds[bound, j] = _tau_from_counts(tot - ties_pooled - ties_y[j] + joint - 2 * discordant,
-                                                    tot, ties_pooled, ties_y[j], variant)
-        nc[:, b] = bounds.mean(1)
+        nc[:, b] = pooled.bounds(w, self_ties, ties_y, variant)
 
     def run(start: int) -> None:
         stop = min(start + chunk, n_boot)
-        weights = _pair_weights(pat_idx[start:stop], n).numpy().astype(np.intp)
+        chunk_weights = _pair_weights(pat_idx[start:stop], n).numpy().astype(np.intp)
         for b in range(start, stop):
-            if len(np.unique(pat_idx[b])) >= 3:  # else NaN, as rsatoolbox
-                one_resample(b, weights[b - start])
+            if valid[b]:
+                one_resample(b, chunk_weights[b - start])
 
     starts = list(range(0, n_boot, chunk))
     n_threads = min(torch.get_num_threads(), len(starts))

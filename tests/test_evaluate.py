@@ -286,9 +286,14 @@ def test_kendall_pattern_bootstrap_with_ties_equals_rsatoolbox(rng, method):
 
 @pytest.mark.parametrize("method", ["tau-a", "kendall"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_kendall_weights_path_equals_general_path(rng, method, threads):
+@pytest.mark.parametrize("product", [True, False], ids=["tau-a-product", "fenwick-only"])
+def test_kendall_weights_path_equals_general_path(rng, method, threads, product, monkeypatch):
+    from rdl_neuro import evaluate
     from rdl_neuro.adapters import from_rsatoolbox
     from rdl_neuro.evaluate import _bootstrap_general, _bootstrap_kendall
+
+    if not product:  # tau-a through the Fenwick counts, as for RDMs too large for the product
+        monkeypatch.setattr(evaluate, "_TAU_A_PRODUCT_MAX_P", 0)
 
     models, brain = _tied_data(rng, n=12)
     x, _ = from_rsatoolbox(models, "stimulus")
@@ -305,6 +310,23 @@ def test_kendall_weights_path_equals_general_path(rng, method, threads):
         torch.set_num_threads(before)
     slow = _bootstrap_general(x, y, method, None, pat, True)
     assert np.isnan(fast[0][[3, 4]]).all() and np.isfinite(fast[0][5]).all()
+    np.testing.assert_allclose(fast[0], slow[0], atol=1e-12, rtol=0)
+    np.testing.assert_allclose(fast[1], slow[1], atol=1e-12, rtol=0)
+
+
+def test_tau_a_product_with_heavy_weights_equals_general_path(rng):
+    """Entry weights above 127 (two stimuli drawn 12 times) leave int8: the float64 product."""
+    from rdl_neuro.adapters import from_rsatoolbox
+    from rdl_neuro.evaluate import _bootstrap_general, _bootstrap_kendall
+
+    n = 26
+    models, brain = _tied_data(rng, n=n)
+    x, _ = from_rsatoolbox(models, "stimulus")
+    y, _ = from_rsatoolbox(brain, "stimulus")
+    pat = rng.integers(0, n, size=(6, n))
+    pat[0] = np.r_[[0] * 12, [1] * 12, 2, 3]  # weight 144 for the entry (0, 1)
+    fast = _bootstrap_kendall(x, y, "tau-a", pat, True)
+    slow = _bootstrap_general(x, y, "tau-a", None, pat, True)
     np.testing.assert_allclose(fast[0], slow[0], atol=1e-12, rtol=0)
     np.testing.assert_allclose(fast[1], slow[1], atol=1e-12, rtol=0)
 
