@@ -570,6 +570,23 @@ class _Ties:
     def none(cls) -> _Ties:
         return cls(np.zeros(0, np.intp), np.zeros(0, np.intp))
 
+    def pairs(self, limit: int = 100_000) -> tuple[np.ndarray, np.ndarray] | None:
+        """The tied entry pairs ``(u, v)`` (two (T,) arrays), or None when there are over ``limit``."""
+        sizes = np.bincount(self.group) if self.group.size else np.zeros(0, np.intp)
+        if int((sizes * (sizes - 1) // 2).sum()) > limit:
+            return None
+        by_group = np.argsort(self.group, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        us, vs = [], []
+        for g, size in enumerate(sizes):
+            members = self.members[by_group[starts[g]:starts[g + 1]]]
+            iu, iv = np.triu_indices(size, 1)
+            us.append(members[iu])
+            vs.append(members[iv])
+        if not us:
+            return np.zeros(0, np.intp), np.zeros(0, np.intp)
+        return np.concatenate(us), np.concatenate(vs)
+
     def count(self, w: np.ndarray, self_ties: int, split: np.ndarray | None = None) -> int:
         """Tied pairs under weights ``w`` (P,), given ``self_ties = _self_ties(w)``. ``split`` (M,),
         integer values at the members, refines the groups (joint ties with an RDM of those values)."""
@@ -687,11 +704,12 @@ def _weighted_tau_a_pairs(y_seq: np.ndarray, order: np.ndarray, w: np.ndarray, r
 _TAU_A_PRODUCT_MAX_P = 8192
 
 
-def _sign_matrix(ranks: np.ndarray) -> np.ndarray:
-    """``sign(r_u - r_v)`` as int8 ``(P, P)`` for integer ranks ``r`` ``(P,)`` below 2**15."""
+def _greater_matrix(ranks: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``r_u > r_v`` as 0/1 int8 ``(P, P)`` for integer ranks ``r`` ``(P,)`` below 2**15, into the
+    bool buffer ``out`` (reused: fresh 17 MB arrays cost more in page faults than the comparison)."""
     r = ranks.astype(np.int16)
-    # comparisons of int16 give bools whose bytes are 0/1 int8: no widening, no float temporaries
-    return np.greater.outer(r, r).view(np.int8) - np.less.outer(r, r).view(np.int8)
+    # the comparison's bools are 0/1 bytes: viewed as int8, no widening and no float temporaries
+    return np.greater.outer(r, r, out=out).view(np.int8)
 
 
 def _tau_a_bootstrap_sums(x_ranks: Sequence[np.ndarray], y_ranks: Sequence[np.ndarray], weights: torch.Tensor,
@@ -701,8 +719,9 @@ def _tau_a_bootstrap_sums(x_ranks: Sequence[np.ndarray], y_ranks: Sequence[np.nd
     The numerator of resampled RDMs x and y is ``sum_{u<v} w_u w_v sign(x_u - x_v) sign(y_u - y_v)
     = w^T (S_x * S_y) w / 2`` (``S`` the sign matrices of the original entries, ``w`` the entry
     weights; copies of one entry tie and add 0). Summed over the subjects, ``S_y`` becomes
-    ``sum_j S_yj``: one ``(B, P) @ (P, P)`` product per model, exact in integers (int8 inputs,
-    int32 sums, on oneDNN's VNNI kernels where the CPU has them).
+    ``Y = sum_j S_yj``, and as ``S_x = G_x - G_x^T`` with ``G_x = [x_u > x_v]`` and Y is
+    antisymmetric, the sum is ``w^T (G_x * Y) w``: one ``(B, P) @ (P, P)`` product per model,
+    exact in integers (int8 inputs and int32 sums, on oneDNN's VNNI kernels where the CPU has them).
 
     Parameters
     ----------
@@ -713,20 +732,29 @@ def _tau_a_bootstrap_sums(x_ranks: Sequence[np.ndarray], y_ranks: Sequence[np.nd
     -------
     ``(B, k)`` float64: ``sum_j (con - dis)(x_i, y_j)`` of resample b in row b.
     """
-    subjects = np.zeros((weights.shape[1],) * 2, dtype=np.int16 if len(y_ranks) > 127 else np.int8)
-    for y in y_ranks:
-        subjects += _sign_matrix(y)
-    # int8 products need |sum_j S_yj| and the weights below 128; otherwise float64 (exact below 2**53)
+    # int8 needs |Y| <= m and the weights below 128; otherwise float64 (exact below 2**53)
     small = len(y_ranks) <= 127 and float(weights.max()) <= 127
+    p = weights.shape[1]
+    greater = np.empty((p, p), dtype=bool)
+    subjects = np.zeros((p, p), dtype=np.int8 if small else np.int32)
+    for y in y_ranks:  # Y = sum_j (G_yj - G_yj^T); G^T is the "less" comparison (no slow transpose)
+        subjects += _greater_matrix(y, greater)
+        subjects -= _greater_matrix(-y, greater)
     dtype = torch.int8 if small else torch.float64
     w_all = weights.to(dtype)
+    w_exact = weights.to(torch.int32 if small else torch.float64)
     out = np.empty((weights.shape[0], len(x_ranks)))
+    product = np.empty((p, p), dtype=subjects.dtype)
     for i, x in enumerate(x_ranks):
-        product = torch.from_numpy(_sign_matrix(x) * subjects).to(dtype)  # (P, P)
+        np.multiply(_greater_matrix(x, greater), subjects, out=product)
+        product_t = torch.from_numpy(product).to(dtype)  # (P, P)
         for start in range(0, weights.shape[0], chunk):
-            w = w_all[start:start + chunk]
-            wg = torch._int_mm(w, product) if small else w @ product  # (b, P)
-            out[start:start + chunk, i] = 0.5 * (wg.to(torch.float64) * weights[start:start + chunk]).sum(1).numpy()
+            rows = slice(start, start + chunk)
+            if small:  # |w^T G| <= 127 m sum(w) and its products with w fit int32; the sums take int64
+                sums = (torch._int_mm(w_all[rows], product_t) * w_exact[rows]).sum(1, dtype=torch.int64)
+            else:
+                sums = ((w_all[rows] @ product_t) * w_exact[rows]).sum(1)
+            out[rows, i] = sums.numpy()
     return out
 
 
@@ -740,19 +768,20 @@ def _tau_from_counts(con_minus_dis: int, tot: int, ties_x: int, ties_y: int, var
 
 
 class _PooledBounds:
-    """The bootstrapped noise ceiling of Kendall's tau: the subjects' RDMs, prepared once.
+    """The bootstrapped noise ceiling of Kendall's tau, for chunks of resamples at once.
 
     In a resample with entry weights ``w``, the average rank of entry ``u`` in subject j's resampled
     RDM is ``(weight of smaller values) + (W_run + 1) / 2`` over its run of tied values: twice that
     is ``cs[s_u] + cs[e_u + 1] + 1`` with ``cs`` the cumulative weights along j's value order (0
     first) and ``[s_u, e_u]`` the run's sorted positions. ``pool_rdm`` averages these ranks over the
     subjects (all for the upper bound, all but j for the lower one); their integer sums order the
-    pooled entries exactly as rsatoolbox's means.
+    pooled entries exactly as rsatoolbox's means. Each (pooled, subject) comparison then needs one
+    sort of the kept entries and one Fenwick count of the resampled entries.
     """
 
     def __init__(self, ys: Sequence[_RankedRDM]):
         self.ys = ys
-        m, p = len(ys), ys[0].dense.size
+        p = ys[0].dense.size
         self.order = np.stack([y.order for y in ys])  # (m, P)
         self.dense_flat = np.concatenate([y.dense for y in ys])  # (m P,)
         starts, ends = [], []
@@ -764,47 +793,108 @@ class _PooledBounds:
                 run_ends = np.append(y.run_starts[1:], p)
                 starts.append(y.run_starts[y.dense - 1])
                 ends.append(run_ends[y.dense - 1])
-        # as indices into the flattened (m, P + 1) cumulative weights
-        offsets = np.arange(m)[:, None] * (p + 1)
-        self.run_start, self.run_end = np.stack(starts) + offsets, np.stack(ends) + offsets  # (m, P)
-        self.row_offsets = np.arange(m)[:, None] * p
+        self.run_start, self.run_end = np.stack(starts), np.stack(ends)  # (m, P), entry order
+        # each subject's tied entry pairs (None: too many to list, counted per resample instead)
+        self.tie_pairs = [y.ties.pairs() for y in ys]
 
-    def bounds(self, w: np.ndarray, self_ties: int, ties_y: Sequence[int], variant: str) -> tuple[float, float]:
-        """(lower, upper) noise ceiling of one resample: the subjects' mean tau with the pooled RDM of
-        the others and of all of them. ``w`` (P,) intp weights, ``ties_y`` each subject's tied pairs."""
+    def bounds(self, w: np.ndarray, variant: str) -> np.ndarray:
+        """``(2, R)`` lower and upper noise ceilings of R resamples with intp entry weights ``w (R, P)``."""
+        n_res, p = w.shape
         m = len(self.ys)
-        n_total = int(w.sum())
+        n_total = w.sum(1)
         tot = n_total * (n_total - 1) // 2
-        keep = np.flatnonzero(w)  # only the entries present in the resample are compared
-        w_keep = w[keep]
-        cs = np.zeros((m, w.size + 1), dtype=np.intp)
-        np.cumsum(w[self.order], axis=1, out=cs[:, 1:])
+        self_ties = (w * (w - 1)).sum(1) // 2
+        # the kept entries of each resample first, in entry order (K: the most kept; the rest of a
+        # shorter row are absent entries, which weigh 0 and so drop out of every count)
+        present = w > 0
+        n_keep = int(present.sum(1).max())
+        keep = np.argsort(~present, axis=1, kind="stable")[:, :n_keep]  # (R, K)
+        w_keep = np.take_along_axis(w, keep, 1)
+        cs = np.zeros((n_res, m, p + 1), dtype=np.intp)
+        np.cumsum(w[:, self.order], axis=2, out=cs[:, :, 1:])
+        base = (np.arange(n_res * m) * (p + 1)).reshape(n_res, m, 1)
         cs = cs.ravel()
-        twice = cs[self.run_start[:, keep]] + cs[self.run_end[:, keep]] + 1  # (m, P')
-        pooled_all = twice.sum(0)
-        pooled = np.vstack([pooled_all - twice, pooled_all])  # rows: all but subject j, then all
-        order, dense, w_sorted, ties_pooled = _sorted_rows(pooled, w_keep)
-        x_rep = np.repeat(dense.ravel(), w_sorted.ravel()).reshape(m + 1, n_total)
-        # subject j along "all but j" (lower) and every subject along "all" (upper): (2 m, P') dense ranks
-        entries = keep[np.vstack([order[:m], np.broadcast_to(order[m], (m, keep.size))])]
-        y_seq = self.dense_flat[entries + np.tile(self.row_offsets, (2, 1))]
-        y_rep = np.repeat(y_seq.ravel(), np.vstack([w_sorted[:m], np.broadcast_to(w_sorted[m], (m, keep.size))]).ravel())
-        y_rep = y_rep.reshape(2, m, n_total)
-        taus = np.empty((2, m))
-        for j, y in enumerate(self.ys):
-            # joint ties only among y's tied entries (absent ones weigh 0, so any kept position will do)
-            at = np.minimum(np.searchsorted(keep, y.ties.members), keep.size - 1)
-            for bound, row in ((0, j), (1, m)):
-                discordant = int(_kendall_dis(x_rep[row], y_rep[bound, j]))
-                joint = y.ties.count(w, self_ties, split=pooled[row, at])
-                taus[bound, j] = _tau_from_counts(tot - ties_pooled[row] - ties_y[j] + joint - 2 * discordant,
-                                                  tot, int(ties_pooled[row]), ties_y[j], variant)
-        lower, upper = taus.mean(1)
-        return float(lower), float(upper)
+        twice = (cs[base + self.run_start[:, keep].transpose(1, 0, 2)]
+                 + cs[base + self.run_end[:, keep].transpose(1, 0, 2)] + 1)  # (R, m, K)
+        pooled_all = twice.sum(1, keepdims=True)
+        pooled = np.concatenate([pooled_all - twice, pooled_all], axis=1)  # rows: all but j, then all
+        rows = n_res * (m + 1)
+        order, dense, w_sorted, ties_pooled = _sorted_rows(
+            pooled.reshape(rows, n_keep), np.broadcast_to(w_keep[:, None, :], pooled.shape).reshape(rows, n_keep))
+        order, dense, w_sorted = (a.reshape(n_res, m + 1, n_keep) for a in (order, dense, w_sorted))
+        ties_x = np.stack([ties_pooled.reshape(n_res, m + 1)[:, :m],
+                           np.repeat(ties_pooled.reshape(n_res, m + 1)[:, m:], m, axis=1)], axis=1)  # (R, 2, m)
+
+        # (R, 2, m, K) x (pooled ranks), y (subject ranks along the pooled order) and weights for
+        # bound 0 (subject j vs all but j) and bound 1 (subject j vs all); block j is shifted above
+        # block j - 1 in x and y, so that laid end to end no pair across two blocks is discordant
+        subject = np.arange(m)[None, None, :, None]
+        x = np.stack([dense[:, :m], np.broadcast_to(dense[:, m:], (n_res, m, n_keep))], axis=1)
+        x = x + subject * (n_keep + 1)
+        along = np.stack([order[:, :m], np.broadcast_to(order[:, m:], (n_res, m, n_keep))], axis=1)
+        entries = np.take_along_axis(keep[:, None, None, :], along, 3)
+        y = self.dense_flat[entries + subject * p] + subject * (p + 1)
+        weights = np.stack([w_sorted[:, :m], np.broadcast_to(w_sorted[:, m:], (n_res, m, n_keep))], axis=1)
+        x_rep = np.repeat(x.ravel(), weights.ravel())
+        y_rep = np.repeat(y.ravel(), weights.ravel())
+        size = n_total * m  # one bound of one resample: m blocks of n_total entries
+        discordant = np.empty((n_res, 2, m), dtype=np.int64)
+        at = 0
+        for r in range(n_res):
+            for bound in range(2):
+                if variant == "a":  # the mean tau-a needs only the blocks' summed discordant pairs
+                    discordant[r, bound] = 0
+                    discordant[r, bound, 0] = _kendall_dis(x_rep[at:at + size[r]], y_rep[at:at + size[r]])
+                else:
+                    for j in range(m):
+                        lo = at + j * n_total[r]
+                        discordant[r, bound, j] = _kendall_dis(x_rep[lo:lo + n_total[r]], y_rep[lo:lo + n_total[r]])
+                at += size[r]
+
+        ties_y, joint = self._tied_pairs(w, self_ties, keep, pooled)
+        con_minus_dis = tot[:, None, None] - ties_x - ties_y[:, None, :] + joint - 2 * discordant
+        if variant == "a":
+            return (con_minus_dis.sum(2) / (m * tot[:, None])).T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            taus = con_minus_dis / np.sqrt(tot[:, None, None] - ties_x) / np.sqrt(tot[:, None] - ties_y)[:, None, :]
+        constant = (ties_x == tot[:, None, None]) | (ties_y == tot[:, None])[:, None, :]
+        taus = np.where(constant, np.nan, np.clip(taus, -1.0, 1.0))  # scipy's NaN for a constant vector
+        return taus.mean(2).T
+
+    def _tied_pairs(self, w: np.ndarray, self_ties: np.ndarray, keep: np.ndarray,
+                    pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tied pairs of every resampled subject ``(R, m)`` and joint ties with its pooled RDMs
+        ``(R, 2, m)``: the copies' own ties plus ``w_u w_v`` for each pair of tied entries (u, v)
+        (that also tie in the pooled RDM, for the joint ties)."""
+        n_res, m = w.shape[0], len(self.ys)
+        ties_y = np.repeat(self_ties[:, None], m, axis=1)
+        joint = np.repeat(ties_y[:, None, :], 2, axis=1)
+        # position of every entry among the kept ones (absent entries weigh 0: any position will do)
+        position = np.zeros(w.shape, dtype=np.intp)
+        np.put_along_axis(position, keep, np.arange(keep.shape[1])[None, :], 1)
+        resamples = np.arange(n_res)[:, None]
+        for j, (y, pairs) in enumerate(zip(self.ys, self.tie_pairs)):
+            rows = (j, m)  # the pooled rows of bound 0 and 1
+            if pairs is None:  # too many tied pairs to list: count them per resample
+                for r in range(n_res):
+                    ties_y[r, j] = y.ties.count(w[r], int(self_ties[r]))
+                    at = position[r, y.ties.members]
+                    for bound, row in enumerate(rows):
+                        joint[r, bound, j] = y.ties.count(w[r], int(self_ties[r]), split=pooled[r, row, at])
+                continue
+            u, v = pairs
+            if not u.size:
+                continue
+            both = w[:, u] * w[:, v]  # (R, T)
+            ties_y[:, j] += both.sum(1)
+            for bound, row in enumerate(rows):
+                same = pooled[resamples, row, position[:, u]] == pooled[resamples, row, position[:, v]]
+                joint[:, bound, j] += (both * same).sum(1)
+        return ties_y, joint
 
 
 def _sorted_rows(keys: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Non-negative integer ``keys`` (r, P') of entries with weights ``w`` (P',) -> per row, the
+    """Non-negative integer ``keys`` (r, P') of entries with weights ``w`` (r, P') -> per row, the
     order by key, 1-based dense ranks and weights in that order (each (r, P')) and the tied pairs (r,)."""
     # sort (key, position) packed in one int64: numpy's vectorised sort beats its stable argsort
     bits = max(1, int(keys.shape[1] - 1).bit_length())
@@ -818,7 +908,7 @@ def _sorted_rows(keys: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarra
     new = np.ones(ordered.shape, dtype=bool)
     np.not_equal(ordered[:, 1:], ordered[:, :-1], out=new[:, 1:])
     dense = np.cumsum(new, axis=1, dtype=np.intp)
-    w_sorted = w[order]
+    w_sorted = np.take_along_axis(w, order, 1)
     # total weight of every (row, value) group; float64 sums of integers are exact below 2**53
     width = keys.shape[1] + 1
     groups = (dense + np.arange(keys.shape[0])[:, None] * width).ravel()
@@ -828,7 +918,7 @@ def _sorted_rows(keys: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def _bootstrap_kendall(models: torch.Tensor, brain: torch.Tensor, method: str, pat_idx: np.ndarray,
-                       boot_nc: bool, chunk: int = 25) -> tuple[np.ndarray, np.ndarray]:
+                       boot_nc: bool, chunk: int = 4) -> tuple[np.ndarray, np.ndarray]:
     """Kendall tau-a / tau-b pattern bootstrap from entry weights (see the section comment).
 
     Equal to ``_bootstrap_general`` resample by resample. Resamples run in chunks on
@@ -856,32 +946,34 @@ def _bootstrap_kendall(models: torch.Tensor, brain: torch.Tensor, method: str, p
     else:
         pairs = [[_WeightedTauPair(x, y) for y in ys] for x in xs]
 
-    def one_resample(b: int, w: np.ndarray) -> None:
+    def one_resample(w: np.ndarray) -> np.ndarray:
+        """The models' mean tau with the subjects ``(k,)`` in the resample of weights ``w (P,)``."""
         n_total = int(w.sum())
         tot = n_total * (n_total - 1) // 2
         self_ties = _self_ties(w)
         ties_y = [y.ties.count(w, self_ties) for y in ys]
-        if not by_product:
-            w_y = [w[y.order] for y in ys]
-            ties_x = [x.ties.count(w, self_ties) for x in xs]
-            taus = np.empty((k, m))
-            for i in range(k):
-                for j in range(m):
-                    pair = pairs[i][j]
-                    num = (tot - ties_x[i] - ties_y[j] + pair.joint.count(w, self_ties)
-                           - 2 * pair.discordant(w, w_y[j], ramp))
-                    taus[i, j] = _tau_from_counts(num, tot, ties_x[i], ties_y[j], variant)
-            evals[b] = taus.mean(1)
-        if not boot_nc:
-            return
-        nc[:, b] = pooled.bounds(w, self_ties, ties_y, variant)
+        w_y = [w[y.order] for y in ys]
+        ties_x = [x.ties.count(w, self_ties) for x in xs]
+        taus = np.empty((k, m))
+        for i in range(k):
+            for j in range(m):
+                pair = pairs[i][j]
+                num = (tot - ties_x[i] - ties_y[j] + pair.joint.count(w, self_ties)
+                       - 2 * pair.discordant(w, w_y[j], ramp))
+                taus[i, j] = _tau_from_counts(num, tot, ties_x[i], ties_y[j], variant)
+        return taus.mean(1)
 
     def run(start: int) -> None:
         stop = min(start + chunk, n_boot)
-        chunk_weights = _pair_weights(pat_idx[start:stop], n).numpy().astype(np.intp)
-        for b in range(start, stop):
-            if valid[b]:
-                one_resample(b, chunk_weights[b - start])
+        ok = np.flatnonzero(valid[start:stop]) + start
+        if not ok.size:
+            return
+        w = _pair_weights(pat_idx[ok], n).numpy().astype(np.intp)
+        if not by_product:
+            for b, w_b in zip(ok, w):
+                evals[b] = one_resample(w_b)
+        if boot_nc:
+            nc[:, ok] = pooled.bounds(w, variant)
 
     starts = list(range(0, n_boot, chunk))
     n_threads = min(torch.get_num_threads(), len(starts))
