@@ -10,6 +10,9 @@ resample) runs only the first ``--n-ref`` of the same draws (default 50) and its
 extrapolated linearly to ``--n-tau`` (its cost per resample is constant). The two timings
 alternate ``--repeats`` times and the fastest of each is reported (the machine is shared).
 
+Threads: rsatoolbox's bootstrap is a Python loop on one core; rdl_neuro runs on torch's thread
+count (by default one per core, as a user gets it). ``--threads 1`` compares single cores.
+
     python benchmarks/rsa_speed.py [--quick] [--n N] [--n-tau N] [--n-ref N] [--threads T]
                                    [--repeats R] [--data PATH]
 
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-tau", type=int, default=None, help="tau-a resamples for rdl_neuro (default 1000, quick 20)")
     parser.add_argument("--n-ref", type=int, default=None,
                         help="tau-a resamples run by rsatoolbox, extrapolated to --n-tau (default 50, quick 3)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for rdl_neuro (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for rdl_neuro (default: torch's default, one per core)")
     parser.add_argument("--repeats", type=int, default=1, help="alternating timing repeats, fastest kept")
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--seed", type=int, default=0)
@@ -56,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     import torch
 
-    # rsatoolbox runs single-threaded numpy here; rdl_neuro's bootstrap uses torch's thread count
-    torch.set_num_threads(args.threads)
+    # rsatoolbox's bootstrap is a Python loop on one core; rdl_neuro's uses torch's thread count
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     from rsatoolbox.inference import eval_bootstrap_pattern, eval_fixed
     from rsatoolbox.model import ModelFixed
 
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{task:<26} {n:>5} {n_theirs:>7} {t_ref:>12.3f}{mark} {t_ours:>12.3f} {t_ref / t_ours:>8.1f} "
               f"{diff:>11.2e}")
     print(f"(* rsatoolbox ran {n_ref} of the {n_tau} tau-a resamples; its time is extrapolated linearly per "
-          f"resample. rdl_neuro threads: {args.threads}; fastest of {args.repeats} alternating repeats; "
+          f"resample. rdl_neuro threads: {threads}; fastest of {args.repeats} alternating repeats; "
           f"max |diff| over every resample rsatoolbox ran, with the noise ceilings and p-values)")
     print(f"max_abs_diff_boot={max_boot:.2e}")
     print(f"RESULT boot_corr_speedup={speedups['corr']:.1f} boot_tau_a_speedup={speedups['tau-a']:.1f} "
