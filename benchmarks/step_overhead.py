@@ -8,6 +8,8 @@ on its own copy of the same initial student and on the same batches:
              precomputed ``RDMTeacher`` over all stimuli (the brain-RDM case)
 ``network``  + RDL on both hidden layers against a ``NetworkTeacher``
              (MLP 784-1200-1200-10, run on every batch, no cache)
+``products``  + only the two matrix products per hidden layer that any RDL step needs
+             (the Gram matrix ``X X^T`` forward, ``B X`` backward): the floor for ``fixed``
 
 The variants are interleaved (random order in every repeat) so that machine
 load drifts hit them alike; each repeat times a few consecutive steps, and the
@@ -46,6 +48,22 @@ def mlp(sizes: tuple[int, ...]) -> nn.Sequential:
         layers += [(f"fc{k}", nn.Linear(a, b)), (f"relu{k}", nn.ReLU())]
     layers.append(("out", nn.Linear(sizes[-2], sizes[-1])))
     return nn.Sequential(OrderedDict(layers))
+
+
+class _ProductsOnly(torch.autograd.Function):
+    """The matrix products of an RDL term and nothing else: ``sum(X X^T)`` forward, ``G X`` backward
+    (the shapes and cost of the Gram matrix and of RDL's ``S X`` gradient product)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        gram = x @ x.T
+        ctx.save_for_backward(x, gram)
+        return gram.sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x, gram = ctx.saved_tensors
+        return gram @ x * grad
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -99,6 +117,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             loss = F.cross_entropy(logits, y)
             if kind == "fixed":
                 loss = loss + rdl(recorder.features, sid)[0]
+            elif kind == "products":
+                feats = recorder.features
+                loss = loss + 1e-9 * sum(_ProductsOnly.apply(feats[layer]) for layer in HIDDEN_LAYERS)
             elif kind == "network":
                 _, t_feats = network_teacher(x, sid)
                 loss = loss + rdl(recorder.features, sid, t_feats)[0]
@@ -108,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
         return step
 
-    variants = {kind: make_variant(kind) for kind in ("ce", "fixed", "network")}
+    variants = {kind: make_variant(kind) for kind in ("ce", "fixed", "network", "products")}
     for step in variants.values():
         for _ in range(warmup):
             step()
@@ -140,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "process CPU time ratios (less sensitive to other load on the machine): "
         + ", ".join(f"{kind}={cpu_med[kind] / cpu_med['ce']:.3f}" for kind in cpu_med)
     )
+    print(f"floor: the matrix products alone cost {ratios['products']:.3f}x the CE step")
     print(f"RESULT rdl_fixed_overhead={ratios['fixed']:.3f} rdl_network_overhead={ratios['network']:.3f}")
     return ratios
 

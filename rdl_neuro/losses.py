@@ -21,6 +21,7 @@ single-process gradient.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Union
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 
 from rdl_neuro.compare import compare_rdms
 from rdl_neuro.distributed import gather_no_grad, gather_with_grad
-from rdl_neuro.rdm import check_method, compute_rdm, to_condensed
+from rdl_neuro.rdm import _check_features, _check_finite_rows, check_method, compute_rdm, to_condensed
 from rdl_neuro.teachers import NetworkTeacher, RDMTeacher
 
 __all__ = [
@@ -163,17 +164,62 @@ class _BatchTarget:
     def from_teacher(cls, teacher: RDMTeacher, stimulus_ids: Tensor, dtype: torch.dtype) -> _BatchTarget:
         target, mask = teacher.batch_target(stimulus_ids, dtype=dtype)
         n_ordered = int(mask.sum())
+        b = mask.shape[0]
         rows = None
-        if n_ordered:
+        if 0 < n_ordered < b * (b - 1):  # else every pair is usable or none is: nothing to drop
             keep = mask.any(dim=1)
             if not bool(keep.all()):
                 rows = torch.nonzero(keep).squeeze(1)
                 target, mask = target[rows][:, rows], mask[rows][:, rows]
-        weights = mask.to(dtype) / max(n_ordered, 1)
+        weights = mask.to(dtype).mul_(1.0 / max(n_ordered, 1))
         return cls(target, mask, weights, rows, n_ordered // 2)
 
     def to(self, dtype: torch.dtype) -> _BatchTarget:
         return _BatchTarget(self.square.to(dtype), self.mask, self.weights.to(dtype), self.rows, self.n_pairs)
+
+
+class _EuclideanRDMMSE(torch.autograd.Function):
+    """``sum W (D - T)^2``, ``D`` the euclidean RDM ``(n, n)`` of ``x (n, p)``, in one autograd node.
+
+    The loss the composed ops give (``compute_rdm(x, "euclidean", square=True)`` then
+    ``_weighted_mse``), with the backward written out: a training step's RDL term is a few
+    small elementwise ops around two matrix products, and the dispatch of the composed
+    version's ~50 ops and autograd nodes costs about as much as the products. With
+    ``B = dL/d(D^2) = W (D - T) / D`` (0 where ``D = 0``, the subgradient ``_safe_sqrt`` gives)
+    and ``S = B + B^T``, ``D_ij^2 = g_ii + g_jj - 2 g_ij`` and ``G = X X^T`` give
+    ``dL/dX = 2 (diag(S 1) - S) X``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, target: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
+        gram = x @ x.transpose(-1, -2)
+        sq_norms = torch.diagonal(gram)
+        d2 = torch.add(sq_norms.unsqueeze(-1) + sq_norms.unsqueeze(-2), gram, alpha=-2)
+        dist = d2.clamp_min_(0).sqrt_()  # rounding can make coinciding rows slightly negative
+        diff = dist - target
+        weighted_diff = weights * diff
+        loss = (weighted_diff * diff).sum()
+        # NaN/inf features or overflowing norms make the loss non-finite: only then name the rows
+        if not math.isfinite(loss.item()):
+            _check_finite_rows(x, sq_norms)
+        ctx.save_for_backward(x, dist, weighted_diff)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        x, dist, weighted_diff = ctx.saved_tensors
+        # dL/dD = 2 W (D - T) and dD/d(D^2) = 1 / (2 D); 0 where D = 0
+        b = torch.where(dist > 0, weighted_diff / dist, 0.0).mul_(2 * grad)
+        s = b + b.transpose(-1, -2)
+        return torch.addmm(s.sum(1, keepdim=True) * x, s, x, alpha=-1), None, None
+
+
+def _euclidean_rdm_mse(x: Tensor, target: Tensor, weights: Tensor) -> Tensor:
+    """``_weighted_mse(compute_rdm(x, "euclidean", square=True), target, weights, False)`` for
+    ``x (n, p)``, ``target`` and ``weights`` ``(n, n)`` (symmetric), in one autograd node."""
+    _check_features(x)
+    return _EuclideanRDMMSE.apply(x, target, weights)
 
 
 def _weighted_mse(student: Tensor, teacher: Tensor, weights: Tensor, scaled: bool) -> Tensor:
@@ -368,7 +414,7 @@ class RDLLoss(TransferLoss):
                 _check_finite(x, s, "student")  # a skipped term must not hide NaN features
                 term = x.sum() * 0.0  # exact 0 that keeps every parameter in the graph (DDP)
             terms[f"rdl/{s}"] = term.detach()
-            weighted = self.weights[s] * term
+            weighted = term if self.weights[s] == 1.0 else self.weights[s] * term
             total = weighted if total is None else total + weighted
         self.skipped_batches += int(skipped)
         assert total is not None
@@ -380,6 +426,12 @@ class RDLLoss(TransferLoss):
         except ValueError as err:
             raise ValueError(f"{side} layer {name!r}: {err}") from None
 
+    def _fused(self, x: Tensor, target: Tensor, weights: Tensor, name: str) -> Tensor:
+        try:
+            return _euclidean_rdm_mse(x, target, weights)
+        except ValueError as err:
+            raise ValueError(f"student layer {name!r}: {err}") from None
+
     def _fixed_term(self, x: Tensor, target: _BatchTarget, name: str) -> tuple[Tensor | None, int]:
         """Term against an RDMTeacher's batch target; only stimuli with a usable pair enter the RDM."""
         if target.n_pairs < self._min_pairs:
@@ -388,6 +440,8 @@ class RDLLoss(TransferLoss):
             x = x[target.rows]
         if self.criterion in ("mse", "scaled_mse"):
             # square form with pair weights: no triangle gathers/scatters in forward and backward
+            if self.method == "euclidean" and self.criterion == "mse" and x.ndim == 2:
+                return self._fused(x, target.square, target.weights, name), target.n_pairs
             student = self._rdm(x, name, "student", square=True)
             return _weighted_mse(student, target.square, target.weights, self.criterion == "scaled_mse"), target.n_pairs
         s_vec = self._rdm(x, name, "student", square=False)
@@ -400,10 +454,12 @@ class RDLLoss(TransferLoss):
             return None, n_pairs
         t = t.to(x.dtype)
         if self.criterion in ("mse", "scaled_mse"):
-            student = self._rdm(x, name, "student", square=True)
             teacher = self._rdm(t, teacher_layer, "teacher", square=True)
             # diagonal entries are 0 in both RDMs, so a plain mean over b^2 rescaled to the b(b-1) off-diagonal ones
             weights = x.new_full((b, b), 1.0 / (b * (b - 1)))
+            if self.method == "euclidean" and self.criterion == "mse" and x.ndim == 2:
+                return self._fused(x, teacher, weights, name), n_pairs
+            student = self._rdm(x, name, "student", square=True)
             return _weighted_mse(student, teacher, weights, self.criterion == "scaled_mse"), n_pairs
         s_vec = self._rdm(x, name, "student", square=False)
         t_vec = self._rdm(t, teacher_layer, "teacher", square=False)
