@@ -258,6 +258,24 @@ def test_gradcheck_all_losses():
     assert torch.autograd.gradcheck(lambda x: CKALoss("s", "t")(x, t), (s,))
 
 
+def test_fused_euclidean_mse_equals_the_composed_ops():
+    """RDLLoss's one-node euclidean/mse term = compute_rdm then the weighted squared error, values
+    and gradients, with coinciding patterns (D = 0) and asymmetric-looking but symmetric weights."""
+    from rdl_neuro.losses import _euclidean_rdm_mse, _weighted_mse
+
+    x = randn(9, 5, seed=40)
+    x[6] = x[2]  # two identical patterns: the subgradient 0, as _safe_sqrt gives
+    target = compute_rdm(randn(9, 3, seed=41), "euclidean", square=True)
+    w = torch.rand(9, 9, generator=torch.Generator().manual_seed(42), dtype=torch.float64)
+    w = (w + w.T).fill_diagonal_(0)
+    a_in, b_in = x.clone().requires_grad_(), x.clone().requires_grad_()
+    fused = _euclidean_rdm_mse(a_in, target, w)
+    composed = _weighted_mse(compute_rdm(b_in, "euclidean", square=True), target, w, False)
+    (grad_fused,), (grad_composed,) = torch.autograd.grad(fused, a_in), torch.autograd.grad(composed, b_in)
+    assert torch.allclose(fused, composed, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(grad_fused, grad_composed, rtol=1e-10, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------- skipping, interface
 
 

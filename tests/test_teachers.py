@@ -57,6 +57,21 @@ def test_batch_target_matches_loop(seed):
     assert torch.equal(teacher.covers(torch.tensor(batch)), torch.tensor([i in teacher_ids for i in batch]))
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_batch_target_matches_loop_for_covered_batches_without_nan(seed):
+    """The fast path (every sample covered, no NaN in the teacher), repeated stimuli included."""
+    g = np.random.default_rng(100 + seed)
+    n = int(g.integers(2, 12))
+    rdm = random_rdm(n, 100 + seed)
+    teacher_ids = [int(v) for v in g.choice(1000, n, replace=False)]
+    teacher = RDMTeacher.from_array(rdm, teacher_ids)
+    batch = [int(v) for v in g.choice(teacher_ids, int(g.integers(2, 20)))]
+    target, mask = teacher.batch_target(torch.tensor(batch))
+    ref_t, ref_m = loop_batch_target(rdm, teacher_ids, batch)
+    assert torch.equal(mask, ref_m)
+    assert torch.allclose(target, ref_t, atol=1e-12)
+
+
 def test_string_ids_and_sequence_lookup():
     rdm = random_rdm(4)
     teacher = RDMTeacher.from_array(rdm, ["cat", "dog", "car", "cup"])
