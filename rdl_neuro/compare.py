@@ -278,11 +278,16 @@ def _average_ranks_row(values: np.ndarray, out: np.ndarray | None = None, shift:
     return ranks
 
 
-def _map_rows(func, rows: list, n_threads: int | None = None) -> list:
-    """``[func(r) for r in rows]``, on torch's thread count: numpy's sorts and gathers
-    and scipy's discordance count release the GIL, so threads really run in parallel."""
+# below this many entries per row, starting threads costs more than it saves
+_PARALLEL_MIN_ENTRIES = 50_000
+
+
+def _map_rows(func, rows: list, entries: int, n_threads: int | None = None) -> list:
+    """``[func(r) for r in rows]``, on torch's thread count for rows of at least
+    ``_PARALLEL_MIN_ENTRIES`` ``entries``: numpy's sorts and gathers and scipy's discordance
+    count release the GIL, so threads really run in parallel."""
     n_threads = min(n_threads or torch.get_num_threads(), len(rows))
-    if n_threads <= 1:
+    if n_threads <= 1 or entries < _PARALLEL_MIN_ENTRIES:
         return [func(r) for r in rows]
     with ThreadPoolExecutor(max_workers=n_threads) as pool:
         return list(pool.map(func, rows))
@@ -305,7 +310,7 @@ def _centered_ranks(*row_blocks: np.ndarray) -> np.ndarray:
     def fill(i: int) -> None:
         _average_ranks_row(rows[i], out[i], middle)
 
-    _map_rows(fill, list(range(len(rows))))
+    _map_rows(fill, list(range(len(rows))), rows[0].size)
     return out
 
 
@@ -316,7 +321,7 @@ def rankdata(x: torch.Tensor) -> torch.Tensor:
     differentiable (the result is detached), same dtype and device as ``x``.
     """
     rows = _numpy_rows(x)
-    ranks = np.stack(_map_rows(_average_ranks_row, list(rows)))
+    ranks = np.stack(_map_rows(_average_ranks_row, list(rows), x.shape[-1]))
     return torch.from_numpy(ranks).to(device=x.device, dtype=x.dtype)
 
 
@@ -374,8 +379,8 @@ def kendall_tau(x: torch.Tensor, y: torch.Tensor, variant: str = "b", max_batch_
     if _kendall_dis is None:
         return _kendall_tau_torch(x, y, variant, max_batch_elements)
     k, p = x.shape
-    xs = _map_rows(_sorted_dense, list(_numpy_rows(x)))
-    ys = _map_rows(_sorted_dense, list(_numpy_rows(y)))
+    xs = _map_rows(_sorted_dense, list(_numpy_rows(x)), p)
+    ys = _map_rows(_sorted_dense, list(_numpy_rows(y)), p)
     # y's 1-based dense ranks in its original positions (what gets reordered by each x)
     y_dense = []
     for order, dense_sorted, _ in ys:
@@ -397,7 +402,7 @@ def kendall_tau(x: torch.Tensor, y: torch.Tensor, variant: str = "b", max_batch_
             return math.nan  # scipy's answer for a constant vector
         return min(1.0, max(-1.0, con_minus_dis / math.sqrt(tot - ties_x) / math.sqrt(tot - ties_y)))
 
-    taus = _map_rows(one_pair, [(i, j) for i in range(k) for j in range(y.shape[0])])
+    taus = _map_rows(one_pair, [(i, j) for i in range(k) for j in range(y.shape[0])], p)
     return torch.tensor(taus, dtype=torch.float64).reshape(k, y.shape[0]).to(device=x.device, dtype=x.dtype)
 
 
