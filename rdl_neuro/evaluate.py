@@ -803,66 +803,23 @@ class _PooledBounds:
 
     def bounds(self, w: np.ndarray, variant: str) -> np.ndarray:
         """``(2, R)`` lower and upper noise ceilings of R resamples with intp entry weights ``w (R, P)``."""
-        n_res, p = w.shape
-        m = len(self.ys)
+        n_res, m = w.shape[0], len(self.ys)
         n_total = w.sum(1)
         tot = n_total * (n_total - 1) // 2
         self_ties = (w * (w - 1)).sum(1) // 2
         # the kept entries of each resample first, in entry order (K: the most kept; the rest of a
         # shorter row are absent entries, which weigh 0 and so drop out of every count)
         present = w > 0
-        n_keep = int(present.sum(1).max())
-        keep = np.argsort(~present, axis=1, kind="stable")[:, :n_keep]  # (R, K)
-        w_keep = np.take_along_axis(w, keep, 1)
-        cs = np.zeros((n_res, m, p + 1), dtype=np.intp)
-        np.cumsum(w[:, self.order], axis=2, out=cs[:, :, 1:])
-        base = (np.arange(n_res * m) * (p + 1)).reshape(n_res, m, 1)
-        cs = cs.ravel()
-        twice = (cs[base + self.run_start[:, keep].transpose(1, 0, 2)]
-                 + cs[base + self.run_end[:, keep].transpose(1, 0, 2)] + 1)  # (R, m, K)
-        pooled_all = twice.sum(1, keepdims=True)
-        pooled = np.concatenate([pooled_all - twice, pooled_all], axis=1)  # rows: all but j, then all
-        rows = n_res * (m + 1)
-        order, dense, w_sorted, ties_pooled = _sorted_rows(
-            pooled.reshape(rows, n_keep), np.broadcast_to(w_keep[:, None, :], pooled.shape).reshape(rows, n_keep))
-        order, dense, w_sorted = (a.reshape(n_res, m + 1, n_keep) for a in (order, dense, w_sorted))
-        ties_x = np.stack([ties_pooled.reshape(n_res, m + 1)[:, :m],
-                           np.repeat(ties_pooled.reshape(n_res, m + 1)[:, m:], m, axis=1)], axis=1)  # (R, 2, m)
-
-        # (R, 2, m, K) x (pooled ranks), y (subject ranks along the pooled order) and weights for
-        # bound 0 (subject j vs all but j) and bound 1 (subject j vs all); block j is shifted above
-        # block j - 1 in x and y, so that laid end to end no pair across two blocks is discordant
-        subject = np.arange(m)[None, None, :, None]
-        x = np.empty((n_res, 2, m, n_keep), dtype=np.intp)
-        x[:, 0] = dense[:, :m]
-        x[:, 1] = dense[:, m:]
-        x += subject * (n_keep + 1)
-        entries = np.take_along_axis(keep[:, None, :], order, 2)  # (R, m + 1, K)
-        y = np.empty((n_res, 2, m, n_keep), dtype=np.intp)
-        y[:, 0] = entries[:, :m]
-        y[:, 1] = entries[:, m:]
-        y += subject * p
-        y = self.dense_flat[y] + subject * (p + 1)
-        weights = np.empty((n_res, 2, m, n_keep), dtype=np.intp)
-        weights[:, 0] = w_sorted[:, :m]
-        weights[:, 1] = w_sorted[:, m:]
-        x_rep = np.repeat(x.ravel(), weights.ravel())
-        y_rep = np.repeat(y.ravel(), weights.ravel())
-        size = n_total * m  # one bound of one resample: m blocks of n_total entries
-        discordant = np.empty((n_res, 2, m), dtype=np.int64)
-        at = 0
-        for r in range(n_res):
-            for bound in range(2):
-                if variant == "a":  # the mean tau-a needs only the blocks' summed discordant pairs
-                    discordant[r, bound] = 0
-                    discordant[r, bound, 0] = _kendall_dis(x_rep[at:at + size[r]], y_rep[at:at + size[r]])
-                else:
-                    for j in range(m):
-                        lo = at + j * n_total[r]
-                        discordant[r, bound, j] = _kendall_dis(x_rep[lo:lo + n_total[r]], y_rep[lo:lo + n_total[r]])
-                at += size[r]
-
-        ties_y, joint = self._tied_pairs(w, self_ties, keep, pooled)
+        keep = np.argsort(~present, axis=1, kind="stable")[:, :int(present.sum(1).max())]  # (R, K)
+        pooled = self._pooled(w, keep)
+        w_keep = np.broadcast_to(np.take_along_axis(w, keep, 1)[:, None, :], pooled.shape)
+        order, dense, w_sorted, ties_pooled = _sorted_rows(pooled.reshape(-1, keep.shape[1]),
+                                                           w_keep.reshape(-1, keep.shape[1]))
+        order, dense, w_sorted = (a.reshape(pooled.shape) for a in (order, dense, w_sorted))
+        ties_pooled = ties_pooled.reshape(n_res, m + 1)
+        ties_x = np.stack([ties_pooled[:, :m], np.repeat(ties_pooled[:, m:], m, axis=1)], axis=1)  # (R, 2, m)
+        discordant = self._discordant(keep, order, dense, w_sorted, n_total, variant)
+        ties_y, joint = self._subject_ties(w, self_ties, keep, pooled)
         con_minus_dis = tot[:, None, None] - ties_x - ties_y[:, None, :] + joint - 2 * discordant
         if variant == "a":
             return (con_minus_dis.sum(2) / (m * tot[:, None])).T
@@ -872,8 +829,61 @@ class _PooledBounds:
         taus = np.where(constant, np.nan, np.clip(taus, -1.0, 1.0))  # scipy's NaN for a constant vector
         return taus.mean(2).T
 
-    def _tied_pairs(self, w: np.ndarray, self_ties: np.ndarray, keep: np.ndarray,
-                    pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _pooled(self, w: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """Integer pooled RDMs ``(R, m + 1, K)`` on the kept entries: row j sums twice the average
+        ranks of all subjects but j, row m of all of them (see the class docstring)."""
+        n_res, p = w.shape
+        m = len(self.ys)
+        cs = np.zeros((n_res, m, p + 1), dtype=np.intp)
+        np.cumsum(w[:, self.order], axis=2, out=cs[:, :, 1:])
+        base = (np.arange(n_res * m) * (p + 1)).reshape(n_res, m, 1)
+        cs = cs.ravel()
+        twice = (cs[base + self.run_start[:, keep].transpose(1, 0, 2)]
+                 + cs[base + self.run_end[:, keep].transpose(1, 0, 2)] + 1)  # (R, m, K)
+        pooled_all = twice.sum(1, keepdims=True)
+        return np.concatenate([pooled_all - twice, pooled_all], axis=1)
+
+    def _discordant(self, keep: np.ndarray, order: np.ndarray, dense: np.ndarray, w_sorted: np.ndarray,
+                    n_total: np.ndarray, variant: str) -> np.ndarray:
+        """Discordant pairs ``(R, 2, m)`` of subject j with the pooled RDM of bound 0 (all but j) and
+        1 (all), from the pooled rows' ``order``, ``dense`` ranks and ``w_sorted`` weights ``(R, m + 1, K)``.
+
+        The resampled sequences, each entry repeated by its weight, are laid end to end, block j
+        shifted above block j - 1 in x and y so that no pair across two blocks is discordant: for
+        tau-a, whose subject mean needs only the sum, one Fenwick count per bound and resample
+        (returned in column 0, the others 0); for tau-b one per block.
+        """
+        n_res, n_keep = keep.shape
+        m, p = len(self.ys), self.order.shape[1]
+        subject = np.arange(m)[None, None, :, None]
+        x = np.empty((n_res, 2, m, n_keep), dtype=np.intp)  # pooled ranks, along the pooled order
+        x[:, 0], x[:, 1] = dense[:, :m], dense[:, m:]
+        x += subject * (n_keep + 1)
+        entries = np.take_along_axis(keep[:, None, :], order, 2)  # (R, m + 1, K)
+        y = np.empty((n_res, 2, m, n_keep), dtype=np.intp)  # subject j's dense ranks, along the same order
+        y[:, 0], y[:, 1] = entries[:, :m], entries[:, m:]
+        y = self.dense_flat[y + subject * p] + subject * (p + 1)
+        weights = np.empty((n_res, 2, m, n_keep), dtype=np.intp)
+        weights[:, 0], weights[:, 1] = w_sorted[:, :m], w_sorted[:, m:]
+        x_rep = np.repeat(x.ravel(), weights.ravel())
+        y_rep = np.repeat(y.ravel(), weights.ravel())
+        discordant = np.zeros((n_res, 2, m), dtype=np.int64)
+        at = 0
+        for r in range(n_res):
+            block = int(n_total[r])
+            for bound in range(2):
+                if variant == "a":
+                    span = slice(at, at + m * block)
+                    discordant[r, bound, 0] = _kendall_dis(x_rep[span], y_rep[span])
+                else:
+                    for j in range(m):
+                        span = slice(at + j * block, at + (j + 1) * block)
+                        discordant[r, bound, j] = _kendall_dis(x_rep[span], y_rep[span])
+                at += m * block
+        return discordant
+
+    def _subject_ties(self, w: np.ndarray, self_ties: np.ndarray, keep: np.ndarray,
+                      pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tied pairs of every resampled subject ``(R, m)`` and joint ties with its pooled RDMs
         ``(R, 2, m)``: the copies' own ties plus ``w_u w_v`` for each pair of tied entries (u, v)
         (that also tie in the pooled RDM, for the joint ties)."""

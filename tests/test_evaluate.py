@@ -314,6 +314,24 @@ def test_kendall_weights_path_equals_general_path(rng, method, threads, product,
     np.testing.assert_allclose(fast[1], slow[1], atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("method", ["tau-a", "kendall"])
+def test_kendall_noise_ceiling_without_listed_tie_pairs_equals_general_path(rng, method, monkeypatch):
+    """Subjects with too many tied pairs to list count their ties per resample: same numbers."""
+    from rdl_neuro import evaluate
+    from rdl_neuro.adapters import from_rsatoolbox
+    from rdl_neuro.evaluate import _bootstrap_general, _bootstrap_kendall
+
+    monkeypatch.setattr(evaluate._Ties, "pairs", lambda self, limit=0: None)
+    models, brain = _tied_data(rng, n=10)
+    x, _ = from_rsatoolbox(models, "stimulus")
+    y, _ = from_rsatoolbox(brain, "stimulus")
+    pat = rng.integers(0, 10, size=(9, 10))
+    fast = _bootstrap_kendall(x, y, method, pat, True)
+    slow = _bootstrap_general(x, y, method, None, pat, True)
+    np.testing.assert_allclose(fast[0], slow[0], atol=1e-12, rtol=0)
+    np.testing.assert_allclose(fast[1], slow[1], atol=1e-12, rtol=0)
+
+
 def test_tau_a_product_with_heavy_weights_equals_general_path(rng):
     """Entry weights above 127 (two stimuli drawn 12 times) leave int8: the float64 product."""
     from rdl_neuro.adapters import from_rsatoolbox
