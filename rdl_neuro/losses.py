@@ -282,6 +282,11 @@ class RDLLoss(TransferLoss):
     gather : bool
         Span the global batch under ``torch.distributed``.
 
+    The default ``euclidean`` / ``mse`` term runs as one autograd node with its
+    gradient written out (``_EuclideanRDMMSE``): first derivatives only, so it
+    cannot be differentiated twice (``create_graph=True``); the other methods
+    and criteria are composed of ordinary differentiable ops.
+
     Batches with too few usable pairs (fewer than 2 usable stimuli, i.e. no
     pair; ``corr``/``cosine`` also need 2 pairs) contribute an exact 0 that
     keeps the graph connected; they are counted in ``skipped_batches`` (forward
