@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from rdl_neuro.compare import compare_rdms
 from rdl_neuro.distributed import gather_no_grad, gather_with_grad
-from rdl_neuro.rdm import _check_features, _check_finite_rows, check_method, compute_rdm, to_condensed
+from rdl_neuro.rdm import _check_features, _check_finite_rows, _safe_sqrt, check_method, compute_rdm, to_condensed
 from rdl_neuro.teachers import NetworkTeacher, RDMTeacher
 
 __all__ = [
@@ -191,26 +191,38 @@ class _EuclideanRDMMSE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, target: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
+    def _distances(x: Tensor, differentiable: bool = False) -> tuple[Tensor, Tensor]:
+        """Euclidean RDM ``(n, n)`` of ``x`` and the squared norms ``(n,)``; ``differentiable``
+        keeps the derivatives finite where ``D = 0`` (``_safe_sqrt``), for a second derivative."""
         gram = x @ x.transpose(-1, -2)
         sq_norms = torch.diagonal(gram)
         d2 = torch.add(sq_norms.unsqueeze(-1) + sq_norms.unsqueeze(-2), gram, alpha=-2)
-        dist = d2.clamp_min_(0).sqrt_()  # rounding can make coinciding rows slightly negative
+        if differentiable:
+            return _safe_sqrt(d2), sq_norms
+        return d2.clamp_min(0).sqrt(), sq_norms  # rounding can make coinciding rows slightly negative
+
+    @staticmethod
+    def forward(ctx, x: Tensor, target: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
+        dist, sq_norms = _EuclideanRDMMSE._distances(x)
         diff = dist - target
         weighted_diff = weights * diff
         loss = (weighted_diff * diff).sum()
         # NaN/inf features or overflowing norms make the loss non-finite: only then name the rows
         if not math.isfinite(loss.item()):
             _check_finite_rows(x, sq_norms)
-        ctx.save_for_backward(x, dist, weighted_diff)
+        ctx.save_for_backward(x, target, weights, dist, weighted_diff)
         return loss
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        x, dist, weighted_diff = ctx.saved_tensors
-        # dL/dD = 2 W (D - T) and dD/d(D^2) = 1 / (2 D); 0 where D = 0
-        b = torch.where(dist > 0, weighted_diff / dist, 0.0).mul_(2 * grad)
+        x, target, weights, dist, weighted_diff = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the same formula, differentiable in x
+            dist = _EuclideanRDMMSE._distances(x, differentiable=True)[0]
+            weighted_diff = weights * (dist - target)
+        # dL/dD = 2 W (D - T) and dD/d(D^2) = 1 / (2 D); 0 where D = 0 (divided by 1 there, so
+        # that no inf enters a second derivative)
+        positive = dist > 0
+        b = torch.where(positive, weighted_diff / torch.where(positive, dist, 1.0), 0.0) * (2 * grad)
         s = b + b.transpose(-1, -2)
         return torch.addmm(s.sum(1, keepdim=True) * x, s, x, alpha=-1), None, None
 
@@ -283,9 +295,7 @@ class RDLLoss(TransferLoss):
         Span the global batch under ``torch.distributed``.
 
     The default ``euclidean`` / ``mse`` term runs as one autograd node with its
-    gradient written out (``_EuclideanRDMMSE``): first derivatives only, so it
-    cannot be differentiated twice (``create_graph=True``); the other methods
-    and criteria are composed of ordinary differentiable ops.
+    gradient written out (``_EuclideanRDMMSE``, which stays twice differentiable).
 
     Batches with too few usable pairs (fewer than 2 usable stimuli, i.e. no
     pair; ``corr``/``cosine`` also need 2 pairs) contribute an exact 0 that

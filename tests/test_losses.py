@@ -274,6 +274,9 @@ def test_fused_euclidean_mse_equals_the_composed_ops():
     (grad_fused,), (grad_composed,) = torch.autograd.grad(fused, a_in), torch.autograd.grad(composed, b_in)
     assert torch.allclose(fused, composed, rtol=1e-12, atol=1e-12)
     assert torch.allclose(grad_fused, grad_composed, rtol=1e-10, atol=1e-12)
+    # twice differentiable (create_graph=True), as the composed ops are
+    y = randn(7, 4, seed=43).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda z: _euclidean_rdm_mse(z, target[:7, :7], w[:7, :7]), (y,))
 
 
 # ----------------------------------------------------------------------------- skipping, interface
