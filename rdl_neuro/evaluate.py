@@ -716,6 +716,15 @@ def _greater_matrix(ranks: np.ndarray, out: np.ndarray) -> np.ndarray:
     return np.greater.outer(r, r, out=out).view(np.int8)
 
 
+def _exact_int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a (r, P) @ b (P, q)`` of int8 tensors as exact int32: oneDNN's int8 kernel, or float64
+    products (exact below 2**53) on a torch build without it."""
+    try:
+        return torch._int_mm(a, b)
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return (a.to(torch.float64) @ b.to(torch.float64)).to(torch.int32)
+
+
 def _tau_a_bootstrap_sums(x_ranks: Sequence[np.ndarray], y_ranks: Sequence[np.ndarray], weights: torch.Tensor,
                           chunk: int = 256) -> np.ndarray:
     """Sum over subjects of the tau-a numerators (concordant - discordant pairs) of every resample.
@@ -755,7 +764,7 @@ def _tau_a_bootstrap_sums(x_ranks: Sequence[np.ndarray], y_ranks: Sequence[np.nd
         for start in range(0, weights.shape[0], chunk):
             rows = slice(start, start + chunk)
             if small:  # |w^T G| <= 127 m sum(w) and its products with w fit int32; the sums take int64
-                sums = (torch._int_mm(w_all[rows], product_t) * w_exact[rows]).sum(1, dtype=torch.int64)
+                sums = (_exact_int_mm(w_all[rows], product_t) * w_exact[rows]).sum(1, dtype=torch.int64)
             else:
                 sums = ((w_all[rows] @ product_t) * w_exact[rows]).sum(1)
             out[rows, i] = sums.numpy()

@@ -332,6 +332,24 @@ def test_kendall_noise_ceiling_without_listed_tie_pairs_equals_general_path(rng,
     np.testing.assert_allclose(fast[1], slow[1], atol=1e-12, rtol=0)
 
 
+def test_tau_a_product_without_the_int8_kernel(rng, monkeypatch):
+    """A torch build without ``_int_mm`` on the CPU falls back to exact float64 products."""
+    from rdl_neuro.adapters import from_rsatoolbox
+    from rdl_neuro.evaluate import _bootstrap_general, _bootstrap_kendall
+
+    def missing(*args):
+        raise RuntimeError("no int8 kernel")
+
+    monkeypatch.setattr(torch, "_int_mm", missing)
+    models, brain = _tied_data(rng, n=12)
+    x, _ = from_rsatoolbox(models, "stimulus")
+    y, _ = from_rsatoolbox(brain, "stimulus")
+    pat = rng.integers(0, 12, size=(8, 12))
+    fast = _bootstrap_kendall(x, y, "tau-a", pat, False)
+    slow = _bootstrap_general(x, y, "tau-a", None, pat, False)
+    np.testing.assert_allclose(fast[0], slow[0], atol=1e-12, rtol=0)
+
+
 def test_tau_a_product_with_heavy_weights_equals_general_path(rng):
     """Entry weights above 127 (two stimuli drawn 12 times) leave int8: the float64 product."""
     from rdl_neuro.adapters import from_rsatoolbox
