@@ -158,6 +158,7 @@ SCHEMA: dict[str, Any] = {
         "lr": F(FLOAT, 1e-3, _positive),
         "momentum": F(FLOAT, 0.9, _non_negative),
         "weight_decay": F(FLOAT, 0.0, _non_negative),
+        "max_grad_norm": F(FLOAT, 0.0, _non_negative),
     },
     "scheduler": {
         "name": F(STR, "none", choices=SCHEDULERS),

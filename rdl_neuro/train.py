@@ -358,6 +358,10 @@ class Trainer:
         Default CUDA when available, else CPU (under torchrun with CUDA: ``cuda:LOCAL_RANK``).
     distributed : "auto", True or False
         "auto" joins torchrun when ``WORLD_SIZE > 1``.
+    max_grad_norm : float, optional
+        Clip the gradients' total 2-norm to this value before every optimizer
+        step (``torch.nn.utils.clip_grad_norm_``); the history then holds the
+        epoch's mean norm before clipping as ``grad_norm``.
     """
 
     def __init__(
@@ -384,6 +388,7 @@ class Trainer:
         device: str | torch.device | None = None,
         distributed: bool | str = "auto",
         eval_batch_size: int = 1024,
+        max_grad_norm: float | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -391,6 +396,8 @@ class Trainer:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not isinstance(epochs, int) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be positive (or None for no clipping), got {max_grad_norm!r}")
         if keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be at least 1, got {keep_checkpoints}")
         if len(train_data) == 0:  # type: ignore[arg-type]
@@ -410,6 +417,7 @@ class Trainer:
         self.coverage = coverage
         self.keep_checkpoints = keep_checkpoints
         self.eval_batch_size = eval_batch_size
+        self.max_grad_norm = max_grad_norm
         cfg = model_config if model_config is not None else getattr(model, "config", None)
         self.model_config = dict(cfg) if cfg is not None else None
 
@@ -700,6 +708,9 @@ class Trainer:
                         sums[col] = sums.get(col, 0.0) + float(v.detach()) * b
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
+            if self.max_grad_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm) * b
             self.optimizer.step()
             if recorder is not None:
                 recorder.clear()  # free the graph held by the recorded features

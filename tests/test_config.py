@@ -196,3 +196,9 @@ def test_cli_reports_config_errors_in_one_line(tmp_path: Path, capsys: pytest.Ca
 def test_parse_config_fills_defaults() -> None:
     cfg = parse_config({"data": {"source": "digits"}, "losses": {"ce": {}}})
     assert cfg["optimizer"]["name"] == "adam" and cfg["batch_size"] == 32 and cfg["teacher"]["kind"] == "none"
+    assert cfg["optimizer"]["max_grad_norm"] == 0.0  # no clipping unless asked
+
+
+def test_max_grad_norm_reaches_the_trainer(tmp_path: Path) -> None:
+    cfg = write(tmp_path, f'output = "{tmp_path / "out"}"\n' + BASE + "\n[optimizer]\nmax_grad_norm = 2.5\n")
+    assert train_cmd.build_run(load_config(cfg)).trainer.max_grad_norm == 2.5

@@ -175,6 +175,25 @@ def test_bad_arguments_fail_early(digits) -> None:
         Trainer(model, data, losses={"ce": (CELoss(), "heavy")})
     with pytest.raises(ValueError, match="batch_size"):
         Trainer(model, data, losses={"ce": CELoss()}, batch_size=0)
+    with pytest.raises(ValueError, match="max_grad_norm must be positive"):
+        Trainer(model, data, losses={"ce": CELoss()}, max_grad_norm=0.0)
+
+
+def test_max_grad_norm_clips_every_step_and_logs_the_norm(digits) -> None:
+    """Plain SGD with lr 1: each step moves the weights by exactly the clipped gradient."""
+    seed_everything(0)
+    model = build_model({"type": "mlp", "input_shape": [1, 8, 8], "n_classes": 10, "hidden": [16]})
+    data = TensorDataset(digits.images[:64], digits.labels[:64])
+    trainer = Trainer(model, data, losses={"ce": CELoss()}, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+                      batch_size=32, epochs=1, quiet=True, device="cpu", max_grad_norm=1e-3)
+    moves = []
+    before = torch.cat([q.detach().flatten().clone() for q in model.parameters()])
+    trainer.optimizer.register_step_post_hook(lambda opt, args, kwargs: moves.append(
+        torch.cat([q.detach().flatten() for q in model.parameters()])))
+    history = trainer.fit()
+    steps = torch.diff(torch.stack([before] + moves), dim=0).norm(dim=1)
+    assert len(moves) == 2 and torch.allclose(steps, torch.full((2,), 1e-3), rtol=1e-4)
+    assert history["grad_norm"].iloc[0] > 1e-3  # the norm before clipping, well above the cap
 
 
 def test_unlabelled_samples_are_ignored_by_ce_and_accuracy(digits) -> None:

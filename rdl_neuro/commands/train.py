@@ -381,7 +381,7 @@ def _build(cfg, L, UNCOVERED, StimulusDataset, build_model, NetworkTeacher, RDMP
                       teacher=teacher, batch_size=cfg["batch_size"], epochs=cfg["epochs"], seed=cfg["seed"],
                       out_dir=cfg["output"], resume=cfg["resume"], quiet=cfg["quiet"], rdm_probe=probe,
                       min_covered=data["min_covered"], coverage=rdm_teacher, model_config=student.config,
-                      device=device)
+                      device=device, max_grad_norm=cfg["optimizer"]["max_grad_norm"] or None)
     if teacher is not None:
         teacher.to(trainer.device)
     if trainer.is_main:
