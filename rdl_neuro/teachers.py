@@ -462,7 +462,21 @@ class NetworkTeacher:
     def clear_cache(self) -> None:
         self._cache.clear()
 
+    def close(self) -> None:
+        """Remove the recording hooks from the model and drop the cache (the model is left as it is,
+        frozen); a closed teacher cannot be run. Also on leaving a ``with`` block."""
+        self.recorder.close()
+        self._cache.clear()
+
+    def __enter__(self) -> NetworkTeacher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if not self.recorder.active:
+            raise RuntimeError("this NetworkTeacher was closed (its hooks are removed); make a new one")
         self.model.eval()  # a trainer's model.train() elsewhere must not switch the teacher back
         logits = self.model(x)
         return logits, self.recorder.features

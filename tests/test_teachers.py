@@ -218,6 +218,17 @@ def test_network_teacher_frozen_and_features():
     assert not model.training
 
 
+def test_network_teacher_close_removes_its_hooks():
+    model = small_net()
+    with NetworkTeacher(model, ["1", "3"]) as teacher:
+        teacher(torch.randn(4, 5))
+        assert len(model[1]._forward_hooks) == 1
+    assert not model[1]._forward_hooks and not model[3]._forward_hooks and not model._forward_pre_hooks
+    with pytest.raises(RuntimeError, match="NetworkTeacher was closed"):
+        teacher(torch.randn(4, 5))
+    teacher.close()  # idempotent
+
+
 def test_network_teacher_cache_runs_once_per_stimulus():
     model = small_net()
     calls = []
