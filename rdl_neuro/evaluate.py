@@ -287,6 +287,36 @@ def _match_stimuli(model_ids: list[Any], brain_ids: list[Any]) -> tuple[np.ndarr
     return model_pos, brain_pos
 
 
+def _stack_models(model_rdms: RDMs | Sequence[RDMs], brain_rdms: RDMs, brain_ids: list[Any], method: str,
+                  descriptor: str) -> tuple[torch.Tensor, list[str], np.ndarray]:
+    """Model RDMs from one ``RDMs`` or several (e.g. a network's layers and classic model RDMs),
+    restricted to and ordered by the brain's stimuli: ``(models (k, P'), names, brain positions)``.
+    Every object must cover the same stimuli, so that all models are compared on one set."""
+    objects = [model_rdms] if isinstance(model_rdms, RDMs) else list(model_rdms)
+    if not objects:
+        raise ValueError("model_rdms is an empty sequence; give an RDMs object or a sequence of them")
+    for i, obj in enumerate(objects):
+        if not isinstance(obj, RDMs):
+            where = "model_rdms" if isinstance(model_rdms, RDMs) else f"model_rdms[{i}]"
+            raise TypeError(f"{where} must be rsatoolbox.rdm.RDMs, got {type(obj).__name__}")
+    vectors, names, first_pos, first_ids = [], [], None, None
+    for i, obj in enumerate(objects):
+        _warn_measures(obj, brain_rdms, method)
+        tensor, ids = from_rsatoolbox(obj, descriptor)
+        model_pos, brain_pos = _match_stimuli(ids, brain_ids)
+        if first_pos is None:
+            first_pos, first_ids = brain_pos, set(ids)
+        elif not np.array_equal(brain_pos, first_pos):
+            only_here, only_first = sorted(set(ids) - first_ids, key=str), sorted(first_ids - set(ids), key=str)
+            raise ValueError(f"model_rdms[{i}] covers other stimuli than model_rdms[0]: "
+                             f"{len(only_here)} only in [{i}] (e.g. {only_here[:5]}), "
+                             f"{len(only_first)} only in [0] (e.g. {only_first[:5]}); "
+                             "subset them to the same stimuli")
+        vectors.append(_subset_vectors(tensor, model_pos).to(torch.float64))
+        names += _rdm_names(obj)
+    return torch.cat(vectors), names, first_pos
+
+
 def _subset_vectors(vectors: torch.Tensor, pos: np.ndarray) -> torch.Tensor:
     """Condensed RDMs ``(r, P)`` restricted/reordered to stimuli ``pos`` -> ``(r, P')``."""
     n = n_stimuli_from_length(vectors.shape[1])
@@ -1109,7 +1139,7 @@ class RSAResult:
 
 
 def rsa_evaluate(
-    model_rdms: RDMs,
+    model_rdms: RDMs | Sequence[RDMs],
     brain_rdms: RDMs,
     method: str = "corr",
     *,
@@ -1128,14 +1158,11 @@ def rsa_evaluate(
         raise ValueError(f"bootstrap must be one of {BOOTSTRAPS}, got {bootstrap!r}")
     if ci not in ("t", "percentile"):
         raise ValueError(f"ci must be 't' or 'percentile', got {ci!r}")
-    for name, obj in (("model_rdms", model_rdms), ("brain_rdms", brain_rdms)):
-        if not isinstance(obj, RDMs):
-            raise TypeError(f"{name} must be rsatoolbox.rdm.RDMs, got {type(obj).__name__}")
-    _warn_measures(model_rdms, brain_rdms, method)
-    models, model_ids = from_rsatoolbox(model_rdms, descriptor)
+    if not isinstance(brain_rdms, RDMs):
+        raise TypeError(f"brain_rdms must be rsatoolbox.rdm.RDMs, got {type(brain_rdms).__name__}")
     brain, brain_ids = from_rsatoolbox(brain_rdms, descriptor)
-    model_pos, brain_pos = _match_stimuli(model_ids, brain_ids)
-    models, brain = _subset_vectors(models, model_pos), _subset_vectors(brain, brain_pos)
+    models, names, brain_pos = _stack_models(model_rdms, brain_rdms, brain_ids, method, descriptor)
+    brain = _subset_vectors(brain, brain_pos)
     n_stim, k, m = len(brain_pos), models.shape[0], brain.shape[0]
     for name, v in (("model", models), ("brain", brain)):
         bad = torch.isnan(v).all(1)
@@ -1144,7 +1171,6 @@ def rsa_evaluate(
     if noise_ceiling and m < 2:
         raise ValueError("noise_ceiling=True needs at least 2 brain RDMs (the lower bound leaves one out); "
                          "got 1 -- pass noise_ceiling=False or more subjects/sessions")
-    names = _rdm_names(model_rdms)
     fixed_all = compare_rdms(models, brain, method).numpy()  # (k, m)
     fixed = fixed_all.mean(1)
     nc_point = _noise_ceiling(brain, np.arange(m), method) if noise_ceiling else (np.nan, np.nan)
@@ -1215,7 +1241,7 @@ def rsa_evaluate(
 
 
 def rsa_table(
-    model_rdms: RDMs,
+    model_rdms: RDMs | Sequence[RDMs],
     brain_rdms: RDMs,
     method: str = "corr",
     *,
@@ -1232,9 +1258,11 @@ def rsa_table(
 
     Parameters
     ----------
-    model_rdms : rsatoolbox RDMs
+    model_rdms : rsatoolbox RDMs, or a sequence of them
         ``k`` model RDMs (e.g. from ``layer_rdms``); names from
-        ``rdm_descriptors`` ``layer``, ``name`` or ``model``.
+        ``rdm_descriptors`` ``layer``, ``name`` or ``model``. A sequence
+        (a network's layers and classic model RDMs, say) gives one row per
+        RDM of each, in order; every object must cover the same stimuli.
     brain_rdms : rsatoolbox RDMs
         ``m`` brain RDMs (subjects/sessions). Stimuli are matched by
         ``pattern_descriptors[descriptor]``: the brain RDMs are cut to the

@@ -140,6 +140,29 @@ def test_stimuli_are_matched_by_id(rng):
     assert ours.n_stimuli == len(order)
 
 
+def test_several_model_rdms_objects_make_one_table(rng):
+    """A network's layers and classic model RDMs in one call: the rows of both, each object
+    matched to the brain by id (the second is reordered), equal to one concatenated object."""
+    models, brain = _data(rng, n=9)
+    first, second = models.subset("name", ["m0", "m1"]), models.subset("name", ["m2"])
+    perm = rng.permutation(9)
+    second_shuffled = second.copy()
+    second_shuffled.reorder(perm)
+    both = rsa_evaluate([first, second_shuffled], brain, "spearman", bootstrap="pattern", n_bootstrap=20, seed=3)
+    ref = rsa_evaluate(models, brain, "spearman", bootstrap="pattern", n_bootstrap=20, seed=3)
+    assert both.names == ref.names
+    np.testing.assert_allclose(both.evaluations, ref.evaluations, atol=1e-12)
+    np.testing.assert_allclose(both.p_noise, ref.p_noise, atol=1e-12)
+    table = rsa_table([first, second_shuffled], brain, "corr")
+    assert list(table["model"]) == ref.names
+    with pytest.raises(ValueError, match=r"model_rdms\[1\] covers other stimuli than model_rdms\[0\]"):
+        rsa_evaluate([first, second.subsample_pattern("stimulus", np.arange(8))], brain, "corr")
+    with pytest.raises(TypeError, match=r"model_rdms\[1\] must be rsatoolbox.rdm.RDMs"):
+        rsa_evaluate([first, np.zeros(36)], brain, "corr")
+    with pytest.raises(ValueError, match="empty sequence"):
+        rsa_evaluate([], brain, "corr")
+
+
 def test_bad_inputs(rng):
     models, brain = _data(rng, n=8)
     other = RDMs(models.get_vectors(), pattern_descriptors={"stimulus": np.arange(100, 108)})
