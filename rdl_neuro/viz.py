@@ -248,32 +248,60 @@ def plot_mds(rdms: RDMs, *, index: int = 0, color_by: str | None = None, ax: Axe
     return fig
 
 
+# plot_history's panels: (title, y label), in display order
+_HISTORY_PANELS = {
+    "loss": ("loss terms", "loss"),
+    "accuracy": ("accuracy", "accuracy"),
+    "rdm": ("student-teacher RDM correlation", "Pearson r"),
+    "schedule": ("learning rate and loss weights", "value (log scale)"),
+    "other": ("other metrics", "value"),
+}
+
+
+def _history_panel(column: str) -> str:
+    """Which ``plot_history`` panel a history column belongs to (see ``_HISTORY_PANELS``)."""
+    name = column.lower()
+    if "acc" in name:
+        return "accuracy"
+    if name.startswith("rdm_corr"):
+        return "rdm"
+    if name == "lr" or name.startswith("weight_"):
+        return "schedule"
+    # "loss", "loss_<term>", "val_loss", sub-terms such as "rdl/hidden1", "train_<term>"
+    if "loss" in name or "/" in name or name.startswith(("train_", "val_")):
+        return "loss"
+    return "other"
+
+
 def plot_history(history: pd.DataFrame, *, x: str = "epoch") -> Figure:
-    """Training curves from a per-epoch DataFrame: losses, accuracies and other metrics in separate panels."""
+    """Training curves from a per-epoch DataFrame (``Trainer.fit``'s history): loss terms,
+    accuracies, the student-teacher RDM correlation, the learning rate and loss weights, and any
+    other numeric columns, each kind in its own panel (up to three panels a row)."""
     if x not in history.columns:
         history = history.reset_index(drop=True).assign(**{x: np.arange(len(history))})
     numeric = [c for c in history.columns if c != x and pd.api.types.is_numeric_dtype(history[c])
                and not pd.api.types.is_bool_dtype(history[c]) and history[c].notna().any()]
     if not numeric:
         raise ValueError(f"history has no numeric columns to plot besides {x!r}: {list(history.columns)}")
-    groups: dict[str, list[str]] = {"loss": [], "accuracy": [], "other": []}
+    groups: dict[str, list[str]] = {kind: [] for kind in _HISTORY_PANELS}
     for c in numeric:
-        name = c.lower()
-        if "acc" in name:
-            groups["accuracy"].append(c)
-        elif "loss" in name or name.startswith(("train_", "val_")) and not any(k in name for k in ("corr", "rdm", "lr")):
-            groups["loss"].append(c)
-        else:
-            groups["other"].append(c)
+        groups[_history_panel(c)].append(c)
     panels = [(k, v) for k, v in groups.items() if v]
-    fig = Figure(figsize=(4.2 * len(panels), 3.4))
+    n_cols = min(3, len(panels))
+    n_rows = -(-len(panels) // n_cols)
+    fig = Figure(figsize=(4.2 * n_cols, 3.4 * n_rows))
     for i, (kind, cols) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax = fig.add_subplot(n_rows, n_cols, i + 1)
         for c in cols:
             ax.plot(history[x], history[c], marker="o", ms=3, label=c)
+        title, ylabel = _HISTORY_PANELS[kind]
+        if kind == "schedule" and bool((history[cols] > 0).all().all()):
+            ax.set_yscale("log")  # learning rates and weights span decades
+        else:
+            ylabel = ylabel.replace(" (log scale)", "")
         ax.set_xlabel(x)
-        ax.set_ylabel({"loss": "loss", "accuracy": "accuracy", "other": "value"}[kind])
-        ax.set_title({"loss": "loss terms", "accuracy": "accuracy", "other": "other metrics"}[kind])
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig

@@ -83,8 +83,20 @@ def test_history_groups_columns(tmp_path):
     fig = plot_history(history)
     _check_axes(fig)
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["loss terms", "accuracy", "other metrics"]
+    assert titles == ["loss terms", "accuracy", "student-teacher RDM correlation"]
     assert len(fig.axes[0].lines) == 3 and len(fig.axes[1].lines) == 2 and len(fig.axes[2].lines) == 1
+    # a Trainer history: sub-terms are losses; the schedule gets a log-scale panel; two rows
+    trainer_history = pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.8], "loss_rdl": [0.3, 0.2],
+                                    "rdl/hidden1": [0.3, 0.2], "train_acc": [0.5, 0.6], "rdm_corr_hidden1": [0.1, 0.4],
+                                    "lr": [0.01, 0.001], "weight_rdl": [0.5, 1.0], "grad_norm": [3.0, 2.0]})
+    fig = plot_history(trainer_history)
+    _check_axes(fig)
+    panels = {ax.get_title(): [line.get_label() for line in ax.lines] for ax in fig.axes}
+    assert panels == {"loss terms": ["loss", "loss_rdl", "rdl/hidden1"], "accuracy": ["train_acc"],
+                      "student-teacher RDM correlation": ["rdm_corr_hidden1"],
+                      "learning rate and loss weights": ["lr", "weight_rdl"], "other metrics": ["grad_norm"]}
+    assert fig.axes[3].get_yscale() == "log"
+    assert fig.get_size_inches()[1] > 6  # five panels: two rows
     save_figure(fig, tmp_path / "h.png")
     with pytest.raises(ValueError, match="no numeric columns"):
         plot_history(pd.DataFrame({"epoch": [1], "note": ["x"]}))
