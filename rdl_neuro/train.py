@@ -56,7 +56,6 @@ import math
 import os
 import random
 import re
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -340,7 +339,7 @@ class Trainer:
     resume : bool
         Continue from the newest checkpoint in ``out_dir`` (see the module docstring).
     quiet : bool
-        No progress bars (they are off anyway when stderr is not a terminal).
+        No progress bars (they are off anyway when stderr is neither a terminal nor a notebook's).
     rdm_probe : RDMProbe, optional
         Student-teacher RDM correlation logged per epoch.
     min_covered : int
@@ -652,10 +651,10 @@ class Trainer:
         return self.history
 
     def _progress(self, iterable: Any, total: int, desc: str) -> Any:
-        disable = self.quiet or not self.is_main or not sys.stderr.isatty()
-        if disable:
+        from rdl_neuro._progress import progress_bar, shows_progress
+
+        if self.quiet or not self.is_main or not shows_progress():  # no bars in logs of batch jobs
             return iterable
-        from rdl_neuro._progress import progress_bar
 
         return progress_bar(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 

@@ -179,6 +179,18 @@ def test_bad_arguments_fail_early(digits) -> None:
         Trainer(model, data, losses={"ce": CELoss()}, max_grad_norm=0.0)
 
 
+def test_progress_bars_in_notebooks_but_not_in_batch_logs(digits, capsys, monkeypatch) -> None:
+    """stderr of a Jupyter kernel is no terminal, yet shows bars; a batch job's log stays clean."""
+    import rdl_neuro._progress as progress
+
+    model = build_model({"type": "mlp", "input_shape": [1, 8, 8], "n_classes": 10, "hidden": [8]})
+    data = TensorDataset(digits.images[:64], digits.labels[:64])
+    for in_notebook, expect_bar in ((False, False), (True, True)):
+        monkeypatch.setattr(progress, "_in_notebook", lambda flag=in_notebook: flag)
+        Trainer(model, data, losses={"ce": CELoss()}, batch_size=32, epochs=1, device="cpu").fit()
+        assert ("epoch 1/1" in capsys.readouterr().err) == expect_bar
+
+
 def test_max_grad_norm_clips_every_step_and_logs_the_norm(digits) -> None:
     """Plain SGD with lr 1: each step moves the weights by exactly the clipped gradient."""
     seed_everything(0)
