@@ -20,9 +20,8 @@ Nothing here re-implements an RDM, a comparison or a loss: those come from
 from __future__ import annotations
 
 import argparse
+import shlex
 import concurrent.futures as cf
-import copy
-import json
 import math
 import multiprocessing as mp
 import os
@@ -559,6 +558,20 @@ def plot_method_errors(final: pd.DataFrame, path: Path, title: str) -> Path:
     save_figure(fig, path, dpi=130)
     plt.close(fig)
     return path
+
+
+def run_paper_script(cfg: TransferConfig, train: Any, test: Any, standardise: Callable[[torch.Tensor], torch.Tensor], *,
+                     stem: str, argv: list[str] | None, out_dir: Path, workers: int, data_note: str, t0: float) -> int:
+    """The paper scripts' last step: ``run_transfer_benchmark`` on the standardised splits (datasets
+    with ``images``, ``labels``, ``stimulus``), then the wall time and the RESULT line."""
+    args = argv if argv is not None else sys.argv[1:]
+    command = f"python benchmarks/{stem}.py " + " ".join(shlex.quote(a) for a in args)
+    out = run_transfer_benchmark(cfg, standardise(train.images), train.labels, train.stimulus, standardise(test.images),
+                                 test.labels, out_dir=out_dir, stem=stem, workers=workers, command=command.strip(),
+                                 data_note=data_note)
+    print(f"total wall time {time.perf_counter() - t0:.0f} s")
+    print(out["result_line"])
+    return 0
 
 
 def run_transfer_benchmark(cfg: TransferConfig, train_x: torch.Tensor, train_y: torch.Tensor,

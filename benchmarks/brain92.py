@@ -361,7 +361,6 @@ def main(argv: list[str] | None = None) -> int:
     nc_units: list[dict[str, np.ndarray]] = []
     model_names = list(data.models.rdm_descriptors["name"])
     model_mats = data.models.get_matrices()
-    acc_rows = []
     for f, (_, test_pos) in enumerate(folds):
         n = len(test_pos)
         held_sq = np.stack([subj[k][np.ix_(test_pos, test_pos)] for k in range(H)])

@@ -31,17 +31,14 @@ Usage::
 """
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _experiments import (TrainSpec, TransferConfig, base_parser, configure_threads, default_grids,  # noqa: E402
-                          default_workers, run_transfer_benchmark)
+                          default_workers, run_paper_script)
 
 from rdl_neuro.datasets import load_cifar100  # noqa: E402
 
@@ -101,13 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     note = (f"{data.name}: {len(train)} training and {len(test)} test images from {args.cifar100}, "
             f"{len(data.classes)} classes, channels standardised with the training mean and sd")
     cfg = make_config(args, len(data.classes))
-    command = "python benchmarks/paper_cifar100.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    out = run_transfer_benchmark(cfg, norm(train.images), train.labels, train.stimulus, norm(test.images), test.labels,
-                                 out_dir=args.out, stem="paper_cifar100", workers=workers, command=command.strip(),
-                                 data_note=note)
-    print(f"total wall time {time.perf_counter() - t0:.0f} s")
-    print(out["result_line"])
-    return 0
+    return run_paper_script(cfg, train, test, norm, stem="paper_cifar100", argv=argv, out_dir=args.out, workers=workers,
+                            data_note=note, t0=t0)
 
 
 if __name__ == "__main__":

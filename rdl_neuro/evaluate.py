@@ -43,9 +43,9 @@ import torch
 from rsatoolbox.rdm import RDMs
 from scipy import stats
 
-from rdl_neuro.adapters import from_rsatoolbox, stimulus_ids_of, to_rsatoolbox
+from rdl_neuro.adapters import from_rsatoolbox, to_rsatoolbox
 from rdl_neuro.compare import COMPARE_METHODS, _kendall_dis, _sorted_dense, compare_rdms, rankdata
-from rdl_neuro.rdm import METHODS, check_method, n_stimuli_from_length, triu_indices
+from rdl_neuro.rdm import check_method, n_stimuli_from_length, triu_indices
 
 __all__ = ["layer_rdms", "gram_to_rdm", "rsa_table", "rsa_evaluate", "RSAResult", "BOOTSTRAPS"]
 
@@ -994,15 +994,17 @@ def _bootstrap_kendall(models: torch.Tensor, brain: torch.Tensor, method: str, p
     nc = np.full((2, n_boot), np.nan)
     valid = np.array([len(np.unique(p)) >= 3 for p in pat_idx], dtype=bool)  # else NaN, as rsatoolbox
     by_product = variant == "a" and ramp.size <= _TAU_A_PRODUCT_MAX_P
-    pooled = _PooledBounds(ys)
+    ceiling = _PooledBounds(ys) if boot_nc else None
+    # the product needs every resample's weights at once (at most B x 8192 entries); the
+    # per-resample paths make them chunk by chunk (an RDM of n stimuli has n^2 / 2 entries)
+    all_weights = _pair_weights(pat_idx, n) if by_product else None
     if not by_product:
         pairs = [[_WeightedTauPair(x, y) for y in ys] for x in xs]
 
     def product_evals() -> None:
-        weights = _pair_weights(pat_idx, n)
-        n_total = weights.sum(1).numpy()
+        n_total = all_weights.sum(1).numpy()
         tot = n_total * (n_total - 1) / 2
-        sums = _tau_a_bootstrap_sums([x.dense for x in xs], [y.dense for y in ys], weights)
+        sums = _tau_a_bootstrap_sums([x.dense for x in xs], [y.dense for y in ys], all_weights)
         evals[valid] = (sums / (m * tot[:, None]))[valid]
 
     def one_resample(w: np.ndarray) -> np.ndarray:
@@ -1027,12 +1029,12 @@ def _bootstrap_kendall(models: torch.Tensor, brain: torch.Tensor, method: str, p
         ok = np.flatnonzero(valid[start:stop]) + start
         if not ok.size:
             return
-        w = _pair_weights(pat_idx[ok], n).numpy().astype(np.intp)
+        w = (all_weights[ok] if by_product else _pair_weights(pat_idx[ok], n)).numpy().astype(np.intp)
         if not by_product:
             for b, w_b in zip(ok, w):
                 evals[b] = one_resample(w_b)
-        if boot_nc:
-            nc[:, ok] = pooled.bounds(w, variant)
+        if ceiling is not None:
+            nc[:, ok] = ceiling.bounds(w, variant)
 
     starts = list(range(0, n_boot, chunk)) if boot_nc or not by_product else []
     n_threads = min(torch.get_num_threads(), len(starts) + by_product)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Union
 
@@ -32,7 +32,8 @@ from torch import Tensor, nn
 
 from rdl_neuro.compare import compare_rdms
 from rdl_neuro.distributed import gather_no_grad, gather_with_grad
-from rdl_neuro.rdm import _check_features, _check_finite_rows, _safe_sqrt, check_method, compute_rdm, to_condensed
+from rdl_neuro.rdm import (_check_features, _check_finite_rows, _safe_sqrt, _squared_distances, check_method,
+                           compute_rdm, to_condensed)
 from rdl_neuro.teachers import NetworkTeacher, RDMTeacher
 
 __all__ = [
@@ -194,9 +195,7 @@ class _EuclideanRDMMSE(torch.autograd.Function):
     def _distances(x: Tensor, differentiable: bool = False) -> tuple[Tensor, Tensor]:
         """Euclidean RDM ``(n, n)`` of ``x`` and the squared norms ``(n,)``; ``differentiable``
         keeps the derivatives finite where ``D = 0`` (``_safe_sqrt``), for a second derivative."""
-        gram = x @ x.transpose(-1, -2)
-        sq_norms = torch.diagonal(gram)
-        d2 = torch.add(sq_norms.unsqueeze(-1) + sq_norms.unsqueeze(-2), gram, alpha=-2)
+        d2, sq_norms = _squared_distances(x @ x.transpose(-1, -2))
         if differentiable:
             return _safe_sqrt(d2), sq_norms
         return d2.clamp_min(0).sqrt(), sq_norms  # rounding can make coinciding rows slightly negative
@@ -346,6 +345,8 @@ class RDLLoss(TransferLoss):
         self.teacher_layers = tuple(dict.fromkeys(t for t in self.pairs.values() if isinstance(t, str)))
         self.needs_teacher_logits = False
         self._min_pairs = 2 if criterion in ("corr", "cosine") else 1
+        # the default term has a hand-written one-node version (``_EuclideanRDMMSE``)
+        self._fused_term = self.method == "euclidean" and self.criterion == "mse"
         self.skipped_batches = 0
         self.skipped_terms = {s: 0 for s in self.pairs}
         self.last_usable_pairs: dict[str, int] = {}
@@ -435,17 +436,19 @@ class RDLLoss(TransferLoss):
         assert total is not None
         return total, terms
 
-    def _rdm(self, x: Tensor, name: str, side: str, square: bool) -> Tensor:
+    @staticmethod
+    def _naming_layer(side: str, name: str, compute: Callable[[], Tensor]) -> Tensor:
+        """``compute()``, with the layer named in its ValueErrors (bad features)."""
         try:
-            return compute_rdm(x, self.method, square=square, eps=RDM_EPS)
+            return compute()
         except ValueError as err:
             raise ValueError(f"{side} layer {name!r}: {err}") from None
 
+    def _rdm(self, x: Tensor, name: str, side: str, square: bool) -> Tensor:
+        return self._naming_layer(side, name, lambda: compute_rdm(x, self.method, square=square, eps=RDM_EPS))
+
     def _fused(self, x: Tensor, target: Tensor, weights: Tensor, name: str) -> Tensor:
-        try:
-            return _euclidean_rdm_mse(x, target, weights)
-        except ValueError as err:
-            raise ValueError(f"student layer {name!r}: {err}") from None
+        return self._naming_layer("student", name, lambda: _euclidean_rdm_mse(x, target, weights))
 
     def _fixed_term(self, x: Tensor, target: _BatchTarget, name: str) -> tuple[Tensor | None, int]:
         """Term against an RDMTeacher's batch target; only stimuli with a usable pair enter the RDM."""
@@ -455,7 +458,7 @@ class RDLLoss(TransferLoss):
             x = x[target.rows]
         if self.criterion in ("mse", "scaled_mse"):
             # square form with pair weights: no triangle gathers/scatters in forward and backward
-            if self.method == "euclidean" and self.criterion == "mse" and x.ndim == 2:
+            if self._fused_term:
                 return self._fused(x, target.square, target.weights, name), target.n_pairs
             student = self._rdm(x, name, "student", square=True)
             return _weighted_mse(student, target.square, target.weights, self.criterion == "scaled_mse"), target.n_pairs
@@ -472,7 +475,7 @@ class RDLLoss(TransferLoss):
             teacher = self._rdm(t, teacher_layer, "teacher", square=True)
             # diagonal entries are 0 in both RDMs, so a plain mean over b^2 rescaled to the b(b-1) off-diagonal ones
             weights = x.new_full((b, b), 1.0 / (b * (b - 1)))
-            if self.method == "euclidean" and self.criterion == "mse" and x.ndim == 2:
+            if self._fused_term:
                 return self._fused(x, teacher, weights, name), n_pairs
             student = self._rdm(x, name, "student", square=True)
             return _weighted_mse(student, teacher, weights, self.criterion == "scaled_mse"), n_pairs

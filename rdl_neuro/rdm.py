@@ -189,6 +189,13 @@ class _SymmetricGram(torch.autograd.Function):
         return (grad + grad.transpose(-1, -2)) @ x
 
 
+def _squared_distances(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared euclidean distances ``(..., n, n)`` from a Gram matrix, and its diagonal ``(..., n)``
+    (the squared norms). ``g_ii + g_ii - 2 g_ii`` is exactly 0: the diagonal needs no masking."""
+    sq_norms = torch.diagonal(gram, dim1=-2, dim2=-1)
+    return torch.add(sq_norms.unsqueeze(-1) + sq_norms.unsqueeze(-2), gram, alpha=-2), sq_norms
+
+
 def _square_rdm(x: torch.Tensor, method: str, n_channels: int) -> torch.Tensor:
     """Square RDMs ``(..., n, n)`` from prepared rows ``x`` (unit rows for correlation/cosine)."""
     gram = _SymmetricGram.apply(x)
@@ -196,10 +203,8 @@ def _square_rdm(x: torch.Tensor, method: str, n_channels: int) -> torch.Tensor:
         # 1 - g_ii is only zero up to rounding: set the diagonal exactly
         n = x.shape[-2]
         return (1 - gram).masked_fill(torch.eye(n, dtype=torch.bool, device=x.device), 0)
-    sq_norms = torch.diagonal(gram, dim1=-2, dim2=-1)
+    d2, sq_norms = _squared_distances(gram)
     _check_finite_rows(x, sq_norms)
-    # g_ii + g_ii - 2 g_ii is exactly 0, so the diagonal needs no masking
-    d2 = torch.add(sq_norms.unsqueeze(-1) + sq_norms.unsqueeze(-2), gram, alpha=-2)
     if method == "sqeuclidean":
         # rounding can make coinciding rows slightly negative
         return d2.clamp_min(0) / n_channels

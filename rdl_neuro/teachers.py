@@ -17,7 +17,7 @@ the batch (RDMs are then built by the loss), optionally cached per stimulus.
 """
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 import numpy as np

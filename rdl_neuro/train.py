@@ -73,7 +73,6 @@ from torch.utils.data import DataLoader, Dataset
 from rdl_neuro.io import atomic_torch_save, atomic_write_csv, remove_stale_temporaries
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rdl_neuro.losses import TransferLoss
     from rdl_neuro.teachers import NetworkTeacher, RDMTeacher
 
 __all__ = [

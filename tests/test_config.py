@@ -70,13 +70,13 @@ def test_example_config_runs_as_is(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_network_teacher_from_checkpoint_and_kd(tmp_path: Path) -> None:
     teacher_cfg = write(tmp_path, f'output = "{tmp_path / "t"}"\n' + BASE, "teacher.toml")
     assert run_cli(teacher_cfg) == 0
-    student = write(tmp_path, f'output = "{tmp_path / "s"}"\n' + BASE + f"""
+    student = write(tmp_path, f'output = "{tmp_path / "s"}"\n' + BASE + """
 [teacher]
 kind = "network"
 checkpoint = "t/final.pt"
 [losses.rdl]
 weight = 0.1
-layers = {{ hidden2 = "hidden2" }}
+layers = { hidden2 = "hidden2" }
 [losses.kd]
 temperature = 2.0
 """)
