@@ -305,6 +305,23 @@ def base_parser(description: str, default_out: Path = DEFAULT_OUT) -> argparse.A
     return p
 
 
+def transfer_parser(description: str, *, subsets: list[int], epochs: int, teacher_epochs: int) -> argparse.ArgumentParser:
+    """``base_parser`` with the options of the paper's transfer benchmark (its defaults per dataset)."""
+    p = base_parser(description)
+    p.add_argument("--subsets", type=int, nargs="+", default=subsets, help="labelled subset sizes")
+    p.add_argument("--epochs", type=int, default=epochs, help="student epochs")
+    p.add_argument("--teacher-epochs", type=int, default=teacher_epochs)
+    p.add_argument("--search-seeds", type=int, default=2)
+    return p
+
+
+def start_run(args: argparse.Namespace, threads: int | None) -> tuple[int, float]:
+    """Line-buffered stdout, torch threads, worker count: ``(workers, start time)``."""
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows up in logs as it happens
+    configure_threads(threads)
+    return default_workers(args), time.perf_counter()
+
+
 def default_workers(args: argparse.Namespace) -> int:
     if args.workers is not None:
         return max(1, int(args.workers))

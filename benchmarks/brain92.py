@@ -65,7 +65,7 @@ from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _experiments import (_WORKER_STATE, TrainSpec, base_parser, configure_threads, default_workers,  # noqa: E402
+from _experiments import (_WORKER_STATE, TrainSpec, base_parser, start_run,  # noqa: E402
                           machine_info, markdown_table, paired_tests, result_line, run_jobs, seed_of,
                           stratified_holdout, train_model, write_text)
 
@@ -307,10 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.set_defaults(threads=1)  # one thread is fastest for this small CNN on full batches of 69 images
     args = p.parse_args(argv)
-    sys.stdout.reconfigure(line_buffering=True)  # progress shows up in logs as it happens
-    configure_threads(args.threads)
-    workers = default_workers(args)
-    t_start = time.perf_counter()
+    workers, t_start = start_run(args, args.threads)
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = args.seeds or (1 if args.quick else 2)

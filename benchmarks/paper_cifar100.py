@@ -32,13 +32,12 @@ Usage::
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _experiments import (TrainSpec, TransferConfig, base_parser, configure_threads, default_grids,  # noqa: E402
-                          default_workers, run_paper_script)
+from _experiments import (TrainSpec, TransferConfig, default_grids, run_paper_script, start_run,  # noqa: E402
+                          transfer_parser)
 
 from rdl_neuro.datasets import load_cifar100  # noqa: E402
 
@@ -76,19 +75,12 @@ def make_config(args, n_classes: int) -> TransferConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = transfer_parser(__doc__.splitlines()[0], subsets=[5000, 10000], epochs=40, teacher_epochs=30)
     p.add_argument("--cifar100", type=Path, required=True,
                    help="the cifar-100-python folder (train, test, meta), its parent, or cifar-100-python.tar.gz")
     p.add_argument("--label", choices=["fine", "coarse"], default="fine", help="100 fine classes or 20 superclasses")
-    p.add_argument("--subsets", type=int, nargs="+", default=[5000, 10000], help="labelled subset sizes")
-    p.add_argument("--epochs", type=int, default=40, help="student epochs")
-    p.add_argument("--teacher-epochs", type=int, default=30)
-    p.add_argument("--search-seeds", type=int, default=2)
     args = p.parse_args(argv)
-    sys.stdout.reconfigure(line_buffering=True)  # progress shows up in logs as it happens
-    configure_threads(args.threads or (1 if args.quick else None))
-    workers = default_workers(args)
-    t0 = time.perf_counter()
+    workers, t0 = start_run(args, args.threads or (1 if args.quick else None))
 
     data = load_cifar100(args.cifar100, label=args.label)
     train, test = data.train, data.test

