@@ -4,7 +4,7 @@ What lives here:
 
 - seeding and thread set-up, deterministic stratified subsets and splits;
 - ``train_model``: one training run through ``rdl_neuro.train.Trainer`` (loss
-  terms from ``rdl_neuro.losses``, teachers from ``rdl_neuro.teachers``);
+  terms from ``rdl_neuro.train.losses``, teachers from ``rdl_neuro.train.teachers``);
 - ``run_jobs``: a list of independent jobs run in order or on a process pool
   (every job seeds itself from its own keys, so the results do not depend on
   the number of workers);
@@ -15,7 +15,7 @@ What lives here:
 - paired tests (scipy.stats), markdown tables and the per-method error figure.
 
 Nothing here re-implements an RDM, a comparison or a loss: those come from
-``rdl_neuro.rdm``, ``rdl_neuro.compare`` and ``rdl_neuro.losses``.
+``rdl_neuro.rdm``, ``rdl_neuro.rdm.compare`` and ``rdl_neuro.train.losses``.
 """
 from __future__ import annotations
 
@@ -39,13 +39,13 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from rdl_neuro.datasets.stimulus import StimulusDataset
+from rdl_neuro.data.stimulus import StimulusDataset
 from rdl_neuro.io import atomic_write_csv, atomic_write_text
-from rdl_neuro.losses import CELoss, KDLoss, RDLLoss, RKDLoss, SPLoss
-from rdl_neuro.models import build_model
-from rdl_neuro.teachers import NetworkTeacher
+from rdl_neuro.train.losses import CELoss, KDLoss, RDLLoss, RKDLoss, SPLoss
+from rdl_neuro.model.networks import build_model
+from rdl_neuro.train.teachers import NetworkTeacher
 from rdl_neuro.train import Trainer, derive_seed, seed_everything
-from rdl_neuro.viz import save_figure
+from rdl_neuro.vis import save_figure
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "results"

@@ -69,14 +69,14 @@ from _experiments import (_WORKER_STATE, TrainSpec, base_parser, start_run,  # n
                           machine_info, markdown_table, paired_tests, result_line, run_jobs, seed_of,
                           stratified_holdout, train_model, write_text)
 
-from rdl_neuro.compare import compare_rdms  # noqa: E402
+from rdl_neuro.rdm.compare import compare_rdms  # noqa: E402
 from rdl_neuro.io import atomic_write_csv  # noqa: E402
-from rdl_neuro.datasets import StimulusDataset, load_kriegeskorte92  # noqa: E402
-from rdl_neuro.features import LayerRecorder  # noqa: E402
-from rdl_neuro.losses import CELoss, RDLLoss  # noqa: E402
-from rdl_neuro.models import build_model  # noqa: E402
+from rdl_neuro.data import StimulusDataset, load_kriegeskorte92  # noqa: E402
+from rdl_neuro.model.recorder import LayerRecorder  # noqa: E402
+from rdl_neuro.train.losses import CELoss, RDLLoss  # noqa: E402
+from rdl_neuro.model.networks import build_model  # noqa: E402
 from rdl_neuro.rdm import compute_rdm, to_condensed  # noqa: E402
-from rdl_neuro.teachers import RDMTeacher  # noqa: E402
+from rdl_neuro.train.teachers import RDMTeacher  # noqa: E402
 from rdl_neuro.train import seed_everything  # noqa: E402
 
 PULLED = "hidden1"  # fixed a priori (see the module docstring)
@@ -503,8 +503,8 @@ def make_figures(summary, cands, helds, final, folds, data, names, out_dir: Path
     """Layer profile per method with the noise-ceiling band, and held-out human IT vs baseline vs RDL (fold 0, subject 0)."""
     from matplotlib.figure import Figure
 
-    from rdl_neuro import viz
-    from rdl_neuro.adapters import to_rsatoolbox
+    from rdl_neuro import vis as viz
+    from rdl_neuro.rdm.interop import to_rsatoolbox
 
     prof = summary[summary["kind"] == "student"]
     fig = Figure(figsize=(3.3 * len(METHODS), 3.6))

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _experiments import (TrainSpec, TransferConfig, default_grids, run_paper_script, start_run,  # noqa: E402
                           transfer_parser)
 
-from rdl_neuro.datasets import load_cifar100  # noqa: E402
+from rdl_neuro.data import load_cifar100  # noqa: E402
 
 PAIRS = {"pool3": "pool3", "hidden1": "hidden1"}
 PEER = ("hidden1", "hidden1")

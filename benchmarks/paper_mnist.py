@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _experiments import (TrainSpec, TransferConfig, default_grids, run_paper_script, start_run,  # noqa: E402
                           transfer_parser)
 
-from rdl_neuro.datasets import load_mnist  # noqa: E402
+from rdl_neuro.data import load_mnist  # noqa: E402
 
 INPUT = [1, 28, 28]
 PAIRS = {"hidden1": "hidden1", "hidden2": "hidden2"}  # the paper: both hidden layers

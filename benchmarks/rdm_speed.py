@@ -28,7 +28,7 @@ import numpy as np
 import rsatoolbox
 import torch
 
-from rdl_neuro.compare import compare_rdms
+from rdl_neuro.rdm.compare import compare_rdms
 from rdl_neuro.rdm import compute_rdm
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)

@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     from rsatoolbox.inference import eval_bootstrap_pattern, eval_fixed
     from rsatoolbox.model import ModelFixed
 
-    from rdl_neuro.datasets.loaders import load_kriegeskorte92
-    from rdl_neuro.evaluate import rsa_evaluate
+    from rdl_neuro.data.loaders import load_kriegeskorte92
+    from rdl_neuro.inference import rsa_evaluate
 
     k92 = load_kriegeskorte92(args.data)
     brain, models_rdms = k92.human_it, k92.models

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rdl_neuro.features import LayerRecorder
-from rdl_neuro.losses import RDLLoss
+from rdl_neuro.model.recorder import LayerRecorder
+from rdl_neuro.train.losses import RDLLoss
 from rdl_neuro.rdm import compute_rdm
-from rdl_neuro.teachers import NetworkTeacher, RDMTeacher
+from rdl_neuro.train.teachers import NetworkTeacher, RDMTeacher
 
 HIDDEN_LAYERS = ("relu1", "relu2")
 

@@ -1,8 +1,11 @@
 """rdl_neuro: Representational Distance Learning (RDL) in PyTorch and model-brain RSA.
 
-The core pieces are importable from their modules (``rdl_neuro.rdm``,
-``rdl_neuro.compare``, ``rdl_neuro.adapters``, ...); the most used names are
-re-exported here lazily so ``import rdl_neuro`` stays fast.
+The package follows the stages of the field's pipeline (see docs/architecture.md):
+``rdl_neuro.data`` (stimuli, loaders, fMRI), ``rdl_neuro.rdm`` (RDMs and their
+comparisons), ``rdl_neuro.model`` (networks' layers and their RDMs),
+``rdl_neuro.inference`` (statistics), ``rdl_neuro.vis`` (figures),
+``rdl_neuro.train`` (teachers, losses, the Trainer) and ``rdl_neuro.cli``.
+The most used names are re-exported here lazily so ``import rdl_neuro`` stays fast.
 """
 from __future__ import annotations
 
@@ -16,21 +19,23 @@ _EXPORTS = {
     "compute_rdm": "rdm",
     "to_square": "rdm",
     "to_condensed": "rdm",
-    "compare_rdms": "compare",
-    "from_rsatoolbox": "adapters",
-    "to_rsatoolbox": "adapters",
-    "rdms_from_nifti": "adapters",
-    "LayerRecorder": "features",
-    "RDMTeacher": "teachers",
-    "NetworkTeacher": "teachers",
-    "RDLLoss": "losses",
-    "KDLoss": "losses",
-    "RKDLoss": "losses",
-    "SPLoss": "losses",
-    "CKALoss": "losses",
+    "compare_rdms": "rdm",
+    "from_rsatoolbox": "rdm",
+    "to_rsatoolbox": "rdm",
+    "rdms_from_nifti": "data",
+    "StimulusDataset": "data",
+    "LayerRecorder": "model",
+    "layer_rdms": "model",
+    "RDMTeacher": "train",
+    "NetworkTeacher": "train",
+    "RDLLoss": "train",
+    "KDLoss": "train",
+    "RKDLoss": "train",
+    "SPLoss": "train",
+    "CKALoss": "train",
     "Trainer": "train",
-    "layer_rdms": "evaluate",
-    "rsa_table": "evaluate",
+    "rsa_table": "inference",
+    "rsa_evaluate": "inference",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -29,11 +29,11 @@ from torch.utils.data import TensorDataset
 torch.set_num_threads(1)
 
 import rdl_neuro.io as rio  # noqa: E402
-from rdl_neuro.datasets.loaders import load_digits  # noqa: E402
-from rdl_neuro.datasets.stimulus import StimulusDataset  # noqa: E402
-from rdl_neuro.losses import CELoss, RDLLoss  # noqa: E402
-from rdl_neuro.models import build_model  # noqa: E402
-from rdl_neuro.teachers import NetworkTeacher  # noqa: E402
+from rdl_neuro.data.loaders import load_digits  # noqa: E402
+from rdl_neuro.data.stimulus import StimulusDataset  # noqa: E402
+from rdl_neuro.train.losses import CELoss, RDLLoss  # noqa: E402
+from rdl_neuro.model.networks import build_model  # noqa: E402
+from rdl_neuro.train.teachers import NetworkTeacher  # noqa: E402
 from rdl_neuro.train import Trainer, linear_warmup, seed_everything  # noqa: E402
 
 

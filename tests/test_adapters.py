@@ -6,7 +6,7 @@ import pytest
 import torch
 from rsatoolbox.rdm import RDMs
 
-from rdl_neuro.adapters import from_rsatoolbox, stimulus_ids_of, to_rsatoolbox
+from rdl_neuro.rdm.interop import from_rsatoolbox, stimulus_ids_of, to_rsatoolbox
 from rdl_neuro.rdm import METHODS, RSATOOLBOX_MEASURE, compute_rdm, to_square
 
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from rdl_neuro.commands import train as train_cmd
-from rdl_neuro.config import ConfigError, example_config_path, load_config, parse_config
+from rdl_neuro.cli import train as train_cmd
+from rdl_neuro.cli.config import ConfigError, example_config_path, load_config, parse_config
 
 BASE = """
 seed = 0
@@ -61,7 +61,7 @@ def test_example_config_runs_as_is(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     ckpt = torch.load(out / "final.pt", weights_only=True)
     for key in ("model_state", "model_config", "optimizer_state", "scheduler_state", "rng_state", "history", "epoch"):
         assert key in ckpt
-    from rdl_neuro.models import build_model
+    from rdl_neuro.model.networks import build_model
 
     build_model(ckpt["model_config"]).load_state_dict(ckpt["model_state"])
     assert (out / "teacher" / "final.pt").is_file()
@@ -87,7 +87,7 @@ temperature = 2.0
 
 @pytest.mark.parametrize("suffix", [".npz", ".npy", ".csv"])
 def test_rdm_teacher_files(tmp_path: Path, suffix: str) -> None:
-    from rdl_neuro.datasets.loaders import load_digits
+    from rdl_neuro.data.loaders import load_digits
     from rdl_neuro.rdm import compute_rdm
 
     digits = load_digits()

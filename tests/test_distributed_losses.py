@@ -17,10 +17,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from rdl_neuro.features import LayerRecorder
-from rdl_neuro.losses import RDLLoss, RKDLoss, SPLoss
+from rdl_neuro.model.recorder import LayerRecorder
+from rdl_neuro.train.losses import RDLLoss, RKDLoss, SPLoss
 from rdl_neuro.rdm import compute_rdm
-from rdl_neuro.teachers import RDMTeacher
+from rdl_neuro.train.teachers import RDMTeacher
 
 WORLD = 2
 SPLIT = [5, 3]  # per-rank batch sizes (unequal on purpose)
@@ -106,7 +106,7 @@ def test_gather_equals_single_process():
 
 
 def test_gather_is_identity_without_process_group():
-    from rdl_neuro.distributed import gather_no_grad, gather_with_grad, world_size_and_rank
+    from rdl_neuro.train.distributed import gather_no_grad, gather_with_grad, world_size_and_rank
 
     x = torch.randn(3, 2, requires_grad=True)
     assert gather_with_grad(x) is x and gather_no_grad(x) is x

@@ -1,4 +1,4 @@
-"""rdl_neuro.evaluate against rsatoolbox itself: fixed evaluation, bootstraps, noise ceilings, p-values."""
+"""rdl_neuro.inference (and layer_rdms) against rsatoolbox itself: fixed evaluation, bootstraps, noise ceilings, p-values."""
 from __future__ import annotations
 
 import warnings
@@ -10,8 +10,10 @@ from rsatoolbox.inference import eval_bootstrap, eval_bootstrap_pattern, eval_bo
 from rsatoolbox.model import ModelFixed
 from rsatoolbox.rdm import RDMs
 
-from rdl_neuro.compare import COMPARE_METHODS
-from rdl_neuro.evaluate import gram_to_rdm, layer_rdms, rsa_evaluate, rsa_table
+from rdl_neuro.rdm.compare import COMPARE_METHODS
+from rdl_neuro.inference import rsa_evaluate, rsa_table
+from rdl_neuro.model import layer_rdms
+from rdl_neuro.rdm import gram_to_rdm
 from rdl_neuro.rdm import METHODS, compute_rdm
 
 ALL = [m for m in COMPARE_METHODS if m != "tau-b"]
@@ -93,7 +95,7 @@ def test_bootstrap_equals_rsatoolbox_with_its_draws(rng, method, kind):
 @pytest.mark.parametrize("method", ["corr", "cosine", "tau-a", "kendall"])
 def test_fast_pattern_bootstraps_on_the_92_images(kriegeskorte_dir, method):
     """The moment (corr, cosine) and weights (tau-a, kendall) bootstraps on the real data."""
-    from rdl_neuro.datasets.loaders import load_kriegeskorte92
+    from rdl_neuro.data.loaders import load_kriegeskorte92
 
     k92 = load_kriegeskorte92(kriegeskorte_dir)
     n_boot = 4
@@ -312,12 +314,13 @@ def test_kendall_pattern_bootstrap_with_ties_equals_rsatoolbox(rng, method):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("product", [True, False], ids=["tau-a-product", "fenwick-only"])
 def test_kendall_weights_path_equals_general_path(rng, method, threads, product, monkeypatch):
-    from rdl_neuro import evaluate
-    from rdl_neuro.adapters import from_rsatoolbox
-    from rdl_neuro.evaluate import _bootstrap_general, _bootstrap_kendall
+    from rdl_neuro.inference import kendall
+    from rdl_neuro.rdm.interop import from_rsatoolbox
+    from rdl_neuro.inference.bootstrap import bootstrap_general
+    from rdl_neuro.inference.kendall import bootstrap_kendall
 
     if not product:  # tau-a through the Fenwick counts, as for RDMs too large for the product
-        monkeypatch.setattr(evaluate, "_TAU_A_PRODUCT_MAX_P", 0)
+        monkeypatch.setattr(kendall, "_TAU_A_PRODUCT_MAX_P", 0)
 
     models, brain = _tied_data(rng, n=12)
     x, _ = from_rsatoolbox(models, "stimulus")
@@ -329,10 +332,10 @@ def test_kendall_weights_path_equals_general_path(rng, method, threads, product,
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        fast = _bootstrap_kendall(x, y, method, pat, True, chunk=7)
+        fast = bootstrap_kendall(x, y, method, pat, True, chunk=7)
     finally:
         torch.set_num_threads(before)
-    slow = _bootstrap_general(x, y, method, None, pat, True)
+    slow = bootstrap_general(x, y, method, None, pat, True)
     assert np.isnan(fast[0][[3, 4]]).all() and np.isfinite(fast[0][5]).all()
     np.testing.assert_allclose(fast[0], slow[0], atol=1e-12, rtol=0)
     np.testing.assert_allclose(fast[1], slow[1], atol=1e-12, rtol=0)
@@ -341,25 +344,27 @@ def test_kendall_weights_path_equals_general_path(rng, method, threads, product,
 @pytest.mark.parametrize("method", ["tau-a", "kendall"])
 def test_kendall_noise_ceiling_without_listed_tie_pairs_equals_general_path(rng, method, monkeypatch):
     """Subjects with too many tied pairs to list count their ties per resample: same numbers."""
-    from rdl_neuro import evaluate
-    from rdl_neuro.adapters import from_rsatoolbox
-    from rdl_neuro.evaluate import _bootstrap_general, _bootstrap_kendall
+    from rdl_neuro.inference import kendall
+    from rdl_neuro.rdm.interop import from_rsatoolbox
+    from rdl_neuro.inference.bootstrap import bootstrap_general
+    from rdl_neuro.inference.kendall import bootstrap_kendall
 
-    monkeypatch.setattr(evaluate._Ties, "pairs", lambda self, limit=0: None)
+    monkeypatch.setattr(kendall._Ties, "pairs", lambda self, limit=0: None)
     models, brain = _tied_data(rng, n=10)
     x, _ = from_rsatoolbox(models, "stimulus")
     y, _ = from_rsatoolbox(brain, "stimulus")
     pat = rng.integers(0, 10, size=(9, 10))
-    fast = _bootstrap_kendall(x, y, method, pat, True)
-    slow = _bootstrap_general(x, y, method, None, pat, True)
+    fast = bootstrap_kendall(x, y, method, pat, True)
+    slow = bootstrap_general(x, y, method, None, pat, True)
     np.testing.assert_allclose(fast[0], slow[0], atol=1e-12, rtol=0)
     np.testing.assert_allclose(fast[1], slow[1], atol=1e-12, rtol=0)
 
 
 def test_tau_a_product_without_the_int8_kernel(rng, monkeypatch):
     """A torch build without ``_int_mm`` on the CPU falls back to exact float64 products."""
-    from rdl_neuro.adapters import from_rsatoolbox
-    from rdl_neuro.evaluate import _bootstrap_general, _bootstrap_kendall
+    from rdl_neuro.rdm.interop import from_rsatoolbox
+    from rdl_neuro.inference.bootstrap import bootstrap_general
+    from rdl_neuro.inference.kendall import bootstrap_kendall
 
     def missing(*args):
         raise RuntimeError("no int8 kernel")
@@ -369,15 +374,16 @@ def test_tau_a_product_without_the_int8_kernel(rng, monkeypatch):
     x, _ = from_rsatoolbox(models, "stimulus")
     y, _ = from_rsatoolbox(brain, "stimulus")
     pat = rng.integers(0, 12, size=(8, 12))
-    fast = _bootstrap_kendall(x, y, "tau-a", pat, False)
-    slow = _bootstrap_general(x, y, "tau-a", None, pat, False)
+    fast = bootstrap_kendall(x, y, "tau-a", pat, False)
+    slow = bootstrap_general(x, y, "tau-a", None, pat, False)
     np.testing.assert_allclose(fast[0], slow[0], atol=1e-12, rtol=0)
 
 
 def test_tau_a_product_with_heavy_weights_equals_general_path(rng):
     """Entry weights above 127 (two stimuli drawn 12 times) leave int8: the float64 product."""
-    from rdl_neuro.adapters import from_rsatoolbox
-    from rdl_neuro.evaluate import _bootstrap_general, _bootstrap_kendall
+    from rdl_neuro.rdm.interop import from_rsatoolbox
+    from rdl_neuro.inference.bootstrap import bootstrap_general
+    from rdl_neuro.inference.kendall import bootstrap_kendall
 
     n = 26
     models, brain = _tied_data(rng, n=n)
@@ -385,7 +391,7 @@ def test_tau_a_product_with_heavy_weights_equals_general_path(rng):
     y, _ = from_rsatoolbox(brain, "stimulus")
     pat = rng.integers(0, n, size=(6, n))
     pat[0] = np.r_[[0] * 12, [1] * 12, 2, 3]  # weight 144 for the entry (0, 1)
-    fast = _bootstrap_kendall(x, y, "tau-a", pat, True)
-    slow = _bootstrap_general(x, y, "tau-a", None, pat, True)
+    fast = bootstrap_kendall(x, y, "tau-a", pat, True)
+    slow = bootstrap_general(x, y, "tau-a", None, pat, True)
     np.testing.assert_allclose(fast[0], slow[0], atol=1e-12, rtol=0)
     np.testing.assert_allclose(fast[1], slow[1], atol=1e-12, rtol=0)

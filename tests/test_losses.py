@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from rdl_neuro.losses import (
+from rdl_neuro.train.losses import (
     CELoss,
     CKALoss,
     KDLoss,
@@ -18,7 +18,7 @@ from rdl_neuro.losses import (
     TransferLoss,
 )
 from rdl_neuro.rdm import compute_rdm
-from rdl_neuro.teachers import NetworkTeacher, RDMTeacher
+from rdl_neuro.train.teachers import NetworkTeacher, RDMTeacher
 
 D = torch.float64
 
@@ -261,7 +261,7 @@ def test_gradcheck_all_losses():
 def test_fused_euclidean_mse_equals_the_composed_ops():
     """RDLLoss's one-node euclidean/mse term = compute_rdm then the weighted squared error, values
     and gradients, with coinciding patterns (D = 0) and asymmetric-looking but symmetric weights."""
-    from rdl_neuro.losses import _euclidean_rdm_mse, _weighted_mse
+    from rdl_neuro.train.losses import _euclidean_rdm_mse, _weighted_mse
 
     x = randn(9, 5, seed=40)
     x[6] = x[2]  # two identical patterns: the subgradient 0, as _safe_sqrt gives

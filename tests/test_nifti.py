@@ -1,4 +1,4 @@
-"""Tests of rdl_neuro.nifti.rdms_from_nifti: NIfTI betas + mask/atlas -> rsatoolbox RDMs.
+"""Tests of rdl_neuro.data.nifti.rdms_from_nifti: NIfTI betas + mask/atlas -> rsatoolbox RDMs.
 
 Every number is checked against rsatoolbox's own calc_rdm / prec_from_residuals
 (or scipy) on the same masked array; the images are written with nibabel.
@@ -15,7 +15,7 @@ from rsatoolbox.data.noise import prec_from_residuals
 from rsatoolbox.rdm import calc_rdm
 from scipy.spatial.distance import pdist, squareform
 
-from rdl_neuro.nifti import DroppedVoxelsWarning, rdms_from_nifti
+from rdl_neuro.data.nifti import DroppedVoxelsWarning, rdms_from_nifti
 
 # rsatoolbox's calc_rdm, called directly below as the reference, warns when it averages
 # observations whose int descriptors (run) differ, and when np.nan * np.empty(...) meets

@@ -5,12 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from rdl_neuro.compare import compare_rdms
-from rdl_neuro.datasets import UNCOVERED
-from rdl_neuro.features import LayerRecorder
-from rdl_neuro.losses import RDLLoss
+from rdl_neuro.rdm.compare import compare_rdms
+from rdl_neuro.data import UNCOVERED
+from rdl_neuro.model.recorder import LayerRecorder
+from rdl_neuro.train.losses import RDLLoss
 from rdl_neuro.rdm import compute_rdm
-from rdl_neuro.teachers import NetworkTeacher, RDMTeacher
+from rdl_neuro.train.teachers import NetworkTeacher, RDMTeacher
 
 N_STIM, DIM = 24, 10
 

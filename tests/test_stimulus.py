@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from rdl_neuro.datasets import UNCOVERED, CoverageBatchSampler, StimulusDataset
+from rdl_neuro.data import UNCOVERED, CoverageBatchSampler, StimulusDataset
 
 
 def make_dataset(n: int = 50, n_covered: int = 12) -> StimulusDataset:

@@ -11,7 +11,7 @@ from rsatoolbox.rdm import RDMs
 from torch import nn
 
 from rdl_neuro.rdm import compute_rdm, to_condensed
-from rdl_neuro.teachers import NetworkTeacher, RDMTeacher
+from rdl_neuro.train.teachers import NetworkTeacher, RDMTeacher
 
 
 def random_rdm(n: int, seed: int = 0, p: int = 4) -> torch.Tensor:

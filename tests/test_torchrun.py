@@ -51,7 +51,7 @@ def test_two_ranks_equal_each_other_and_single_process(tmp_path: Path) -> None:
 def test_train_command_with_example_config_under_torchrun(tmp_path: Path) -> None:
     """The README's ``torchrun ... -m rdl_neuro train example.toml``: the teacher is trained by every
     rank but written by rank 0 only (no two processes renaming into the same file)."""
-    from rdl_neuro.config import example_config_path
+    from rdl_neuro.cli.config import example_config_path
 
     out = tmp_path / "run"
     res = subprocess.run([*torchrun(), "--standalone", "--nproc_per_node=2", "-m", "rdl_neuro", "train",

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from rdl_neuro.datasets.loaders import load_digits
-from rdl_neuro.datasets.stimulus import StimulusDataset
-from rdl_neuro.losses import CELoss, KDLoss, RDLLoss
-from rdl_neuro.models import build_model
+from rdl_neuro.data.loaders import load_digits
+from rdl_neuro.data.stimulus import StimulusDataset
+from rdl_neuro.train.losses import CELoss, KDLoss, RDLLoss
+from rdl_neuro.model.networks import build_model
 from rdl_neuro.rdm import compute_rdm, to_condensed
-from rdl_neuro.teachers import NetworkTeacher, RDMTeacher
+from rdl_neuro.train.teachers import NetworkTeacher, RDMTeacher
 from rdl_neuro.train import (CheckpointError, CorruptCheckpointWarning, RDMProbe, Trainer, find_checkpoints,
                              linear_warmup, load_checkpoint, seed_everything)
 
@@ -156,7 +156,7 @@ def test_probe_uses_every_subject_rdm_and_leaves_the_draws_alone(digits) -> None
     t = Trainer(model, data, losses={"ce": CELoss()}, rdm_probe=RDMProbe(images, ids, teacher, "hidden1"),
                 epochs=1, quiet=True, batch_size=20, device="cpu")
     state = teacher.generator.get_state()
-    probe_rdms = t._probe_teacher()["hidden1"]
+    probe_rdms = t.rdm_probe.teacher_rdms(t.device)["hidden1"]
     assert torch.equal(teacher.generator.get_state(), state)
     assert probe_rdms.shape == (3, 30 * 29 // 2)
     assert torch.allclose(probe_rdms, to_condensed(rdms))

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from rsatoolbox.rdm import RDMs
 
-from rdl_neuro.viz import (figure_to_array, plot_history, plot_layer_profile, plot_mds, plot_rdm_comparison,
+from rdl_neuro.vis import (figure_to_array, plot_history, plot_layer_profile, plot_mds, plot_rdm_comparison,
                            save_figure)
 
 
@@ -22,7 +22,7 @@ def _check_axes(fig):
 
 @pytest.fixture
 def k92(kriegeskorte_dir):
-    from rdl_neuro.datasets.loaders import load_kriegeskorte92
+    from rdl_neuro.data.loaders import load_kriegeskorte92
 
     return load_kriegeskorte92(kriegeskorte_dir)
 

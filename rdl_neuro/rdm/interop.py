@@ -1,10 +1,10 @@
-"""rsatoolbox ``RDMs`` <-> torch tensors with stimulus ids (and, re-exported, NIfTI -> RDMs).
+"""rsatoolbox ``RDMs`` <-> torch tensors with stimulus ids.
 
 ``from_rsatoolbox`` gives condensed tensors plus the stimulus ids that name
 their rows and columns; ``to_rsatoolbox`` goes back, writing the method name
 into ``dissimilarity_measure`` and the ids into ``pattern_descriptors``.
-``rdms_from_nifti`` (fMRI betas + mask/atlas -> RDMs) lives in
-``rdl_neuro.nifti`` and is re-exported here.
+``rdm_names`` is the one rule for labelling the RDMs of an ``RDMs`` object
+(table rows, figure titles).
 """
 from __future__ import annotations
 
@@ -15,10 +15,21 @@ import numpy as np
 import torch
 from rsatoolbox.rdm import RDMs
 
-from rdl_neuro.nifti import rdms_from_nifti
-from rdl_neuro.rdm import RSATOOLBOX_MEASURE, n_stimuli_from_length, to_condensed
+from rdl_neuro.data.ids import duplicate_ids, plain_id
+from rdl_neuro.rdm.calc import RSATOOLBOX_MEASURE, n_stimuli_from_length, to_condensed
 
-__all__ = ["from_rsatoolbox", "to_rsatoolbox", "stimulus_ids_of", "rdms_from_nifti"]
+__all__ = ["from_rsatoolbox", "to_rsatoolbox", "stimulus_ids_of", "rdm_names"]
+
+# rdm_descriptors that name RDMs, in order of preference
+NAME_DESCRIPTORS = ("layer", "name", "model", "role", "subject")
+
+
+def rdm_names(rdms: RDMs) -> list[str]:
+    """A label per RDM: the first of ``NAME_DESCRIPTORS`` present, else ``RDM 0, RDM 1, ...``."""
+    for key in NAME_DESCRIPTORS:
+        if key in rdms.rdm_descriptors:
+            return [str(v) for v in rdms.rdm_descriptors[key]]
+    return [f"RDM {i}" for i in range(rdms.n_rdm)]
 
 
 def stimulus_ids_of(rdms: RDMs, descriptor: str = "stimulus") -> list[Any]:
@@ -30,10 +41,9 @@ def stimulus_ids_of(rdms: RDMs, descriptor: str = "stimulus") -> list[Any]:
         ids = descriptors["index"]
     else:
         ids = range(rdms.n_cond)
-    ids = [i.item() if isinstance(i, np.generic) else i for i in ids]
+    ids = [plain_id(i) for i in ids]
     if len(set(ids)) != len(ids):
-        seen: set[Any] = set()
-        dup = [i for i in ids if i in seen or seen.add(i)]
+        dup = duplicate_ids(ids)
         raise ValueError(f"duplicate stimulus ids in pattern_descriptors[{descriptor!r}]: {dup[:5]}")
     return ids
 

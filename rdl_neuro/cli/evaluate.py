@@ -4,7 +4,7 @@
         --data ../shared/data/kriegeskorte2008 --out results/
 
 The checkpoint is the Trainer's: a ``torch.save``d dict with ``model_state``
-and ``model_config`` (for ``rdl_neuro.models.build_model``). ``--model
+and ``model_config`` (for ``rdl_neuro.model.networks.build_model``). ``--model
 module:callable`` builds the network instead (the callable returns an
 ``nn.Module``; ``model_config`` is passed to it when it accepts an argument).
 """
@@ -85,7 +85,7 @@ def load_model(checkpoint: str | Path, model_spec: str | None = None) -> torch.n
         takes_arg = bool(inspect.signature(factory).parameters)
         model = factory(config) if takes_arg and config is not None else factory()
     elif config is not None:
-        from rdl_neuro.models import build_model
+        from rdl_neuro.model.networks import build_model
 
         model = build_model(config)
     else:
@@ -101,10 +101,11 @@ def load_model(checkpoint: str | Path, model_spec: str | None = None) -> torch.n
 
 def run(args: argparse.Namespace) -> int:
     """Compute layer RDMs, the RSA table and figures; returns 0."""
-    from rdl_neuro.datasets.loaders import load_kriegeskorte92
-    from rdl_neuro.evaluate import layer_rdms, rsa_evaluate
+    from rdl_neuro.data.loaders import load_kriegeskorte92
+    from rdl_neuro.model import layer_rdms
+    from rdl_neuro.inference import rsa_evaluate
     from rdl_neuro.io import atomic_write_csv
-    from rdl_neuro.viz import plot_layer_profile, plot_mds, plot_rdm_comparison, save_figure
+    from rdl_neuro.vis import plot_layer_profile, plot_mds, plot_rdm_comparison, save_figure
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

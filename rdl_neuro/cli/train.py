@@ -2,7 +2,7 @@
 
 Everything is built and checked -- including the layer names against the
 built models -- before the first training step, so a bad config fails in a
-second with the key and the problem named. See ``rdl_neuro.config`` for the
+second with the key and the problem named. See ``rdl_neuro.cli.config`` for the
 keys and ``rdl_neuro/configs/example.toml`` for an example that runs as is.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from rdl_neuro.config import ConfigError, load_config
+from rdl_neuro.cli.config import ConfigError, load_config
 
 __all__ = ["register", "run", "build_run", "Run", "load_rdm_file"]
 
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 # data
 # --------------------------------------------------------------------------- #
 def _load_images(data: Mapping[str, Any]) -> Any:
-    from rdl_neuro.datasets import loaders
+    from rdl_neuro.data import loaders
 
     source, path = data["source"], data["path"]
     if source == "digits":
@@ -169,7 +169,7 @@ def load_rdm_file(path: str | Path, key: str | None = None) -> tuple[np.ndarray,
 
 
 def _rdm_teacher(cfg: dict[str, Any]) -> Any:
-    from rdl_neuro.teachers import RDMTeacher
+    from rdl_neuro.train.teachers import RDMTeacher
 
     t = cfg["teacher"]
     try:
@@ -209,8 +209,8 @@ def _teacher_layers(cfg: dict[str, Any]) -> list[str]:
 
 def _network_teacher_model(cfg: dict[str, Any], train: Any, val: Any, input_shape: list[int], n_classes: int,
                            name: str) -> torch.nn.Module:
-    from rdl_neuro.losses import CELoss
-    from rdl_neuro.models import build_model
+    from rdl_neuro.train.losses import CELoss
+    from rdl_neuro.model.networks import build_model
     from rdl_neuro.train import CheckpointError, Trainer, load_checkpoint
 
     t = cfg["teacher"]
@@ -258,7 +258,7 @@ def _network_teacher_model(cfg: dict[str, Any], train: Any, val: Any, input_shap
 # the whole run
 # --------------------------------------------------------------------------- #
 def _check_layers(model: torch.nn.Module, layers: list[str], key: str) -> None:
-    from rdl_neuro.features import resolve_layers
+    from rdl_neuro.model.recorder import resolve_layers
 
     try:
         resolve_layers(model, layers)
@@ -268,10 +268,10 @@ def _check_layers(model: torch.nn.Module, layers: list[str], key: str) -> None:
 
 def build_run(cfg: dict[str, Any], name: str | None = None) -> Run:
     """Assemble the Trainer of a checked config (from ``load_config``); raises ConfigError on problems."""
-    from rdl_neuro import losses as L
-    from rdl_neuro.datasets.stimulus import UNCOVERED, StimulusDataset
-    from rdl_neuro.models import build_model
-    from rdl_neuro.teachers import NetworkTeacher
+    from rdl_neuro.train import losses as L
+    from rdl_neuro.data.stimulus import UNCOVERED, StimulusDataset
+    from rdl_neuro.model.networks import build_model
+    from rdl_neuro.train.teachers import NetworkTeacher
     from rdl_neuro.train import RDMProbe, Trainer, linear_warmup, seed_everything
 
     try:

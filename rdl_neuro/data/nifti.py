@@ -1,6 +1,6 @@
 """fMRI to RDMs: NIfTI beta images + ROI mask or atlas -> rsatoolbox Dataset -> rsatoolbox RDMs.
 
-Owns :func:`rdms_from_nifti` (re-exported by ``rdl_neuro.adapters``). Images
+Owns :func:`rdms_from_nifti` (re-exported by ``rdl_neuro.rdm.interop``). Images
 are read with nibabel; the RDMs are computed by rsatoolbox's ``calc_rdm``
 (and noise precisions by ``rsatoolbox.data.noise.prec_from_residuals``), so
 the numbers are rsatoolbox's own.

@@ -1,4 +1,4 @@
-"""All-gather helpers for losses whose RDM spans the global batch under ``torch.distributed``.
+"""Several processes: joining torchrun's process group, and all-gather helpers for losses whose RDM spans the global batch under ``torch.distributed``.
 
 ``gather_with_grad`` concatenates every rank's ``(b_r, ...)`` tensor into the
 global ``(sum_r b_r, ...)`` tensor in rank order, keeping the graph only for
@@ -14,10 +14,12 @@ collective and trimmed afterwards.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "world_size_and_rank", "gather_with_grad", "gather_no_grad"]
+__all__ = ["is_distributed", "world_size_and_rank", "gather_with_grad", "gather_no_grad", "setup_process_group"]
 
 
 def is_distributed() -> bool:
@@ -81,3 +83,22 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
         return x
     with torch.no_grad():
         return _all_gather_padded(x.detach())[0]
+
+
+def setup_process_group(mode: bool | str) -> tuple[int, int, bool]:
+    """``(world size, rank, whether this call created the process group)`` for the trainer's ``distributed``
+    argument: ``"auto"`` joins torchrun's group when ``WORLD_SIZE > 1``, ``True`` requires it, ``False`` never.
+    NCCL where CUDA exists, gloo otherwise."""
+    if mode not in ("auto", True, False):
+        raise ValueError(f"distributed must be 'auto', True or False, got {mode!r}")
+    if mode is False or not dist.is_available():
+        return 1, 0, False
+    if dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank(), False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or mode is True:
+        if "MASTER_ADDR" not in os.environ:
+            raise ValueError("distributed training needs torchrun's environment (MASTER_ADDR, RANK, WORLD_SIZE)")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+        return dist.get_world_size(), dist.get_rank(), True
+    return 1, 0, False

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 # the experiment
 # --------------------------------------------------------------------------- #
 def _model(hidden: tuple[int, ...]) -> torch.nn.Module:
-    from rdl_neuro.models import build_model
+    from rdl_neuro.model.networks import build_model
 
     return build_model({"type": "mlp", "input_shape": [1, 8, 8], "n_classes": 10, "hidden": list(hidden)})
 
@@ -122,7 +122,7 @@ def _stratified(labels: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.n
 
 
 def _splits(settings: DemoSettings) -> dict[str, Any]:
-    from rdl_neuro.datasets.loaders import load_digits
+    from rdl_neuro.data.loaders import load_digits
 
     digits = load_digits(test_size=0.2, seed=0)
     train, test = digits.train, digits.test
@@ -131,7 +131,7 @@ def _splits(settings: DemoSettings) -> dict[str, Any]:
 
 
 def _train_teacher(pool: Any, val: Any, settings: DemoSettings) -> torch.nn.Module:
-    from rdl_neuro.losses import CELoss
+    from rdl_neuro.train.losses import CELoss
     from rdl_neuro.train import Trainer, seed_everything
 
     seed_everything(0)
@@ -146,9 +146,9 @@ def _train_teacher(pool: Any, val: Any, settings: DemoSettings) -> torch.nn.Modu
 def train_student(method: str, seed: int, data: dict[str, Any], teacher_model: torch.nn.Module,
                   settings: DemoSettings, eval_on: str = "val") -> tuple[torch.nn.Module, pd.DataFrame]:
     """One student of ``method`` on the seed's labelled subset; history with val (or test) accuracy per epoch."""
-    from rdl_neuro.datasets.stimulus import StimulusDataset
-    from rdl_neuro.losses import CELoss, KDLoss, RDLLoss
-    from rdl_neuro.teachers import NetworkTeacher
+    from rdl_neuro.data.stimulus import StimulusDataset
+    from rdl_neuro.train.losses import CELoss, KDLoss, RDLLoss
+    from rdl_neuro.train.teachers import NetworkTeacher
     from rdl_neuro.train import Trainer, linear_warmup, seed_everything
 
     pool = data["pool"]
@@ -261,9 +261,9 @@ def _figures(out: Path, test: Any, teacher: torch.nn.Module, students: dict[str,
              table: pd.DataFrame, histories: pd.DataFrame, settings: DemoSettings) -> None:
     from matplotlib.figure import Figure
 
-    from rdl_neuro.compare import compare_rdms
-    from rdl_neuro.evaluate import layer_rdms
-    from rdl_neuro.viz import plot_rdm_comparison, save_figure
+    from rdl_neuro.rdm.compare import compare_rdms
+    from rdl_neuro.model import layer_rdms
+    from rdl_neuro.vis import plot_rdm_comparison, save_figure
 
     # RDMs of the same test digits; sorted by class so the block structure shows
     chosen, _ = _stratified(test.labels.numpy(), settings.rdm_stimuli, 0)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 METHODS = ("euclidean", "sqeuclidean", "correlation", "cosine")
@@ -102,7 +103,7 @@ def _describe_position(index: tuple[int, ...]) -> str:
     return f"row {row}" + (f" of batch element {tuple(batch)}" if batch else "")
 
 
-def _check_features(features: torch.Tensor) -> None:
+def check_features(features: torch.Tensor) -> None:
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
     if not features.is_floating_point():
@@ -115,7 +116,7 @@ def _check_features(features: torch.Tensor) -> None:
         raise ValueError(f"features have no channels (columns): shape {tuple(features.shape)}")
 
 
-def _check_finite_rows(features: torch.Tensor, row_stat: torch.Tensor) -> None:
+def check_finite_rows(features: torch.Tensor, row_stat: torch.Tensor) -> None:
     """Raise naming the rows of ``features`` with NaN/inf, given a per-row statistic ``(..., n)``.
 
     The statistic (squared norms or norms, computed anyway) is non-finite for
@@ -143,7 +144,7 @@ def _unit_rows(x: torch.Tensor, what: str, eps: float | None = None) -> torch.Te
     row becomes (close to) the zero vector: similarity 0, dissimilarity 1.
     """
     norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    _check_finite_rows(x, norms.squeeze(-1))
+    check_finite_rows(x, norms.squeeze(-1))
     if eps is not None:
         return x / norms.clamp_min(eps)
     scale = x.detach().abs().amax(dim=-1, keepdim=True)
@@ -159,7 +160,7 @@ def _unit_rows(x: torch.Tensor, what: str, eps: float | None = None) -> torch.Te
     return x / norms
 
 
-def _safe_sqrt(d2: torch.Tensor) -> torch.Tensor:
+def safe_sqrt(d2: torch.Tensor) -> torch.Tensor:
     """sqrt of squared distances ``d2 >= 0`` with finite gradients where two patterns coincide.
 
     Clamping at the smallest normal number keeps ``sqrt``'s derivative finite
@@ -189,11 +190,18 @@ class _SymmetricGram(torch.autograd.Function):
         return (grad + grad.transpose(-1, -2)) @ x
 
 
-def _squared_distances(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def squared_distances(sq_norms_a: torch.Tensor, sq_norms_b: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """``||a||^2 + ||b||^2 - 2 a.b`` elementwise (broadcasting): the one place squared distances
+    are formed from inner products (square RDMs, condensed RDMs, ``gram_to_rdm``, the fused RDL
+    term). Not clamped: rounding can leave coinciding patterns slightly negative."""
+    return torch.add(sq_norms_a + sq_norms_b, inner, alpha=-2)
+
+
+def square_squared_distances(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared euclidean distances ``(..., n, n)`` from a Gram matrix, and its diagonal ``(..., n)``
     (the squared norms). ``g_ii + g_ii - 2 g_ii`` is exactly 0: the diagonal needs no masking."""
     sq_norms = torch.diagonal(gram, dim1=-2, dim2=-1)
-    return torch.add(sq_norms.unsqueeze(-1) + sq_norms.unsqueeze(-2), gram, alpha=-2), sq_norms
+    return squared_distances(sq_norms.unsqueeze(-1), sq_norms.unsqueeze(-2), gram), sq_norms
 
 
 def _square_rdm(x: torch.Tensor, method: str, n_channels: int) -> torch.Tensor:
@@ -203,12 +211,12 @@ def _square_rdm(x: torch.Tensor, method: str, n_channels: int) -> torch.Tensor:
         # 1 - g_ii is only zero up to rounding: set the diagonal exactly
         n = x.shape[-2]
         return (1 - gram).masked_fill(torch.eye(n, dtype=torch.bool, device=x.device), 0)
-    d2, sq_norms = _squared_distances(gram)
-    _check_finite_rows(x, sq_norms)
+    d2, sq_norms = square_squared_distances(gram)
+    check_finite_rows(x, sq_norms)
     if method == "sqeuclidean":
         # rounding can make coinciding rows slightly negative
         return d2.clamp_min(0) / n_channels
-    return _safe_sqrt(d2)
+    return safe_sqrt(d2)
 
 
 def _row_blocks(n: int) -> list[tuple[int, int]]:
@@ -274,7 +282,7 @@ def compute_rdm(
     Tensor ``(..., n(n-1)/2)`` (condensed, scipy ``squareform`` order) or ``(..., n, n)``.
     """
     check_method(method)
-    _check_features(features)
+    check_features(features)
     n = features.shape[-2]
     if method == "correlation":
         centered = features - features.mean(dim=-1, keepdim=True)
@@ -293,9 +301,74 @@ def compute_rdm(
     if method in ("correlation", "cosine"):
         rdm = 1 - gram
     else:
-        _check_finite_rows(x, diag)
+        check_finite_rows(x, diag)
         rows, cols = triu_indices(n, x.device)
-        d2 = torch.add(diag[..., rows] + diag[..., cols], gram, alpha=-2)
-        # rounding can make coinciding rows slightly negative (_safe_sqrt clamps them too)
-        rdm = _safe_sqrt(d2) if method == "euclidean" else d2.clamp_min(0) / features.shape[-1]
+        d2 = squared_distances(diag[..., rows], diag[..., cols], gram)
+        # rounding can make coinciding rows slightly negative (safe_sqrt clamps them too)
+        rdm = safe_sqrt(d2) if method == "euclidean" else d2.clamp_min(0) / features.shape[-1]
     return rdm
+
+
+def gram_to_rdm(gram: torch.Tensor, sums: torch.Tensor, n_channels: int, method: str = "correlation") -> torch.Tensor:
+    """Condensed RDM from a Gram matrix and per-stimulus feature sums.
+
+    Parameters
+    ----------
+    gram : Tensor ``(n, n)``
+        ``X @ X.T`` of the features ``X (n, p)``.
+    sums : Tensor ``(n,)``
+        ``X.sum(1)``; needed by ``correlation`` (centring), ignored otherwise.
+    n_channels : int
+        ``p``, the number of features.
+    method : str
+        One of ``METHODS``; the result equals
+        ``compute_rdm(X, method)`` up to rounding.
+
+    Returns
+    -------
+    Tensor ``(n (n - 1) / 2,)``
+    """
+    check_method(method)
+    n = gram.shape[-1]
+    rows, cols = triu_indices(n, gram.device)
+    if method in ("euclidean", "sqeuclidean"):
+        diag = torch.diagonal(gram)
+        d2 = squared_distances(diag[rows], diag[cols], gram[rows, cols]).clamp_min(0)
+        return d2.sqrt() if method == "euclidean" else d2 / n_channels
+    if method == "correlation":
+        # centring each pattern across channels: G_c = G - s s^T / p
+        gram = gram - torch.outer(sums, sums) / n_channels
+        what = "zero variance across channels (constant pattern) under 'correlation'"
+    else:
+        what = "zero norm (all-zero pattern) under 'cosine'"
+    diag = torch.diagonal(gram).clamp_min(0)
+    norms = diag.sqrt()
+    # a looser test than compute_rdm's: centring inside the Gram matrix cancels G_ii - s_i^2 / p,
+    # which leaves rounding noise of order eps * max G_ii where compute_rdm leaves exact zeros
+    scale = torch.diagonal(gram).abs().max().sqrt().clamp_min(torch.finfo(gram.dtype).tiny)
+    bad = norms <= 1e3 * torch.finfo(gram.dtype).eps * scale
+    if bool(bad.any()):
+        raise ValueError(f"{what} for stimuli at rows {torch.nonzero(bad).squeeze(1)[:5].tolist()}: "
+                         "the dissimilarity is undefined there")
+    return 1 - gram[rows, cols] / (norms[rows] * norms[cols])
+
+
+def subset_rdms(vectors: torch.Tensor, positions) -> torch.Tensor:
+    """Condensed RDMs ``(r, P)`` over the stimuli at ``positions`` (in that order) -> ``(r, P')``.
+
+    ``positions`` may repeat a stimulus: the pairs of two copies are NaN, as in
+    rsatoolbox's ``subsample_pattern`` (a bootstrap resample is
+    ``subset_rdms(v, np.sort(idx))``).
+    """
+    n = n_stimuli_from_length(vectors.shape[1])
+    pos = np.asarray(positions, dtype=np.int64)
+    if len(pos) == n and np.array_equal(pos, np.arange(n)):
+        return vectors
+    rows, cols = triu_indices(n)
+    square = torch.full((vectors.shape[0], n, n), float("nan"), dtype=vectors.dtype)
+    square[:, rows, cols] = vectors
+    square[:, cols, rows] = vectors
+    idx = torch.as_tensor(pos)
+    sub = square[:, idx][:, :, idx]
+    rows, cols = triu_indices(len(pos))
+    return sub[:, rows, cols]

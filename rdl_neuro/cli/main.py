@@ -1,4 +1,4 @@
-"""The ``rdl-neuro`` command: one sub-command per module in ``rdl_neuro.commands``.
+"""The ``rdl-neuro`` command: one sub-command per module in ``rdl_neuro.cli``.
 
 Each command module defines ``register(subparsers)``, which adds its parser
 and sets ``func`` (called with the parsed arguments, returning an exit code).
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMANDS:
-        importlib.import_module(f"rdl_neuro.commands.{name}").register(subparsers)
+        importlib.import_module(f"rdl_neuro.cli.{name}").register(subparsers)
     return parser
 
 

@@ -16,7 +16,7 @@ Checking is strict and happens before any data is loaded: an unknown key, a
 value of the wrong type or out of range, a missing file or an inconsistent
 combination raises :class:`ConfigError` whose message starts with the file
 and the dotted key (``example.toml: losses.rdl.layers: ...``). Layer names are
-checked against the built model just before training (``rdl_neuro.commands.train``).
+checked against the built model just before training (``rdl_neuro.cli.train``).
 
 Relative paths of *input* files (teacher checkpoint, RDM, stimulus ids, data)
 are relative to the config file's folder, so a config travels with its data;
@@ -354,4 +354,4 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def example_config_path() -> Path:
     """The packaged example config (``rdl_neuro/configs/example.toml``)."""
-    return Path(__file__).resolve().parent / "configs" / "example.toml"
+    return Path(__file__).resolve().parent.parent / "configs" / "example.toml"

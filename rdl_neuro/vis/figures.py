@@ -19,6 +19,7 @@ from rsatoolbox.rdm import RDMs
 from scipy.stats import rankdata
 
 from rdl_neuro.io import atomic_write_bytes
+from rdl_neuro.rdm.interop import rdm_names
 
 __all__ = ["save_figure", "plot_rdm_comparison", "plot_layer_profile", "plot_mds", "plot_history", "figure_to_array"]
 
@@ -54,10 +55,7 @@ def _rdm_titles(rdms: RDMs, titles: Sequence[str] | None) -> list[str]:
         if len(titles) != rdms.n_rdm:
             raise ValueError(f"{len(titles)} titles for {rdms.n_rdm} RDMs")
         return list(titles)
-    for key in ("name", "layer", "role", "model", "subject"):
-        if key in rdms.rdm_descriptors:
-            return [str(v) for v in rdms.rdm_descriptors[key]]
-    return [f"RDM {i}" for i in range(rdms.n_rdm)]
+    return rdm_names(rdms)
 
 
 def plot_rdm_comparison(

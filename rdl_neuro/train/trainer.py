@@ -2,8 +2,8 @@
 
 The loss is ``sum_name weight_name(epoch) * term_name(step)`` over the terms
 given as ``{name: loss}`` or ``{name: (loss, weight)}``, each a
-``rdl_neuro.losses.TransferLoss`` (cross-entropy, RDL, KD, RKD, SP, CKA) that
-reads a :class:`~rdl_neuro.losses.StepOutputs`. A weight is a float or a
+``rdl_neuro.train.losses.TransferLoss`` (cross-entropy, RDL, KD, RKD, SP, CKA) that
+reads a :class:`~rdl_neuro.train.losses.StepOutputs`. A weight is a float or a
 callable ``epoch -> float`` (epochs count from 0; see :func:`linear_warmup`).
 
 Reproducibility
@@ -25,7 +25,7 @@ Files (``out_dir``; only rank 0 writes)
     hidden ``.name.tmp-*`` file that the next run removes).
 
 Checkpoint format (``torch.load(path, weights_only=True)`` reads it)
-    ``model_state``, ``model_config`` (dict for ``rdl_neuro.models.build_model``
+    ``model_state``, ``model_config`` (dict for ``rdl_neuro.model.networks.build_model``
     or None), ``optimizer_state``, ``scheduler_state`` (None without a
     scheduler), ``rng_state``, ``history`` (list of per-epoch records),
     ``epoch`` (number of completed epochs), ``seed``, ``format``.
@@ -54,16 +54,12 @@ from __future__ import annotations
 
 import math
 import os
-import random
-import re
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
@@ -71,56 +67,22 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from rdl_neuro.io import atomic_torch_save, atomic_write_csv, remove_stale_temporaries
+from rdl_neuro.train.checkpoints import (CHECKPOINT_FORMAT, CheckpointError, CorruptCheckpointWarning,
+                                         find_checkpoints, load_checkpoint, rng_state, set_rng_state)
+from rdl_neuro.train.distributed import setup_process_group
+from rdl_neuro.train.probe import RDMProbe
+from rdl_neuro.train.seeds import derive_seed
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rdl_neuro.teachers import NetworkTeacher, RDMTeacher
+    from rdl_neuro.train.teachers import NetworkTeacher, RDMTeacher
 
-__all__ = [
-    "Trainer",
-    "RDMProbe",
-    "Schedule",
-    "linear_warmup",
-    "seed_everything",
-    "derive_seed",
-    "load_checkpoint",
-    "find_checkpoints",
-    "CheckpointError",
-    "CorruptCheckpointWarning",
-    "CHECKPOINT_KEYS",
-]
+__all__ = ["Trainer", "Schedule", "linear_warmup"]
 
 Schedule = Union[float, Callable[[int], float]]
-
-CHECKPOINT_FORMAT = 1
-CHECKPOINT_KEYS = ("model_state", "model_config", "optimizer_state", "scheduler_state", "rng_state",
-                   "history", "epoch")
-_CKPT_RE = re.compile(r"^epoch-(\d+)\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read or lacks what a resume needs."""
-
-
-class CorruptCheckpointWarning(UserWarning):
-    """The newest checkpoint was unreadable; training resumed from an older one."""
-
 
 # --------------------------------------------------------------------------- #
 # seeds and schedules
 # --------------------------------------------------------------------------- #
-def derive_seed(seed: int, *keys: int) -> int:
-    """A 63-bit seed derived from ``seed`` and ``keys`` (e.g. epoch, rank) -- stable across runs and platforms."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, *[int(k) for k in keys]]).generate_state(2)
-    return int((int(state[0]) << 32 | int(state[1])) & 0x7FFFFFFFFFFFFFFF)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, numpy's global generator and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def linear_warmup(weight: float, epochs: int, start: float = 0.0) -> Callable[[int], float]:
     """Schedule rising linearly from ``start`` to ``weight`` over the first ``epochs`` epochs.
 
@@ -146,106 +108,6 @@ def _weight_at(schedule: Schedule, epoch: int, name: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"weight of loss term {name!r} at epoch {epoch} is {value}")
     return value
-
-
-# --------------------------------------------------------------------------- #
-# RNG state (kept to plain types so torch.load(weights_only=True) reads it)
-# --------------------------------------------------------------------------- #
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    if "python" in state:
-        version, internal, gauss = state["python"]
-        random.setstate((version, tuple(internal), gauss))
-    if "numpy" in state:
-        name, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if "torch" in state:
-        torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --------------------------------------------------------------------------- #
-# checkpoints
-# --------------------------------------------------------------------------- #
-def find_checkpoints(folder: str | os.PathLike[str]) -> list[Path]:
-    """The ``epoch-XXXX.pt`` files of ``folder``, oldest epoch first."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a trainer checkpoint; raises :class:`CheckpointError` naming the file if it is unreadable or incomplete."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors... for damaged files
-        raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {type(err).__name__}: {err}") from err
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a trainer checkpoint dict")
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks the entries {missing}")
-    return ckpt
-
-
-# --------------------------------------------------------------------------- #
-# the RDM probe
-# --------------------------------------------------------------------------- #
-@dataclass
-class RDMProbe:
-    """Student-teacher RDM correlation on a fixed stimulus set, logged every epoch.
-
-    Attributes
-    ----------
-    stimuli : Tensor ``(n, ...)``
-        The teacher's stimuli, in the order of ``stimulus_ids``.
-    stimulus_ids : Tensor or sequence ``(n,)``
-    teacher : Tensor, RDMTeacher or NetworkTeacher
-        Condensed teacher RDMs ``(n(n-1)/2,)`` or ``(k, n(n-1)/2)`` (or a square
-        ``(n, n)``) over the stimuli in this order; an ``RDMTeacher`` (its RDMs
-        over these ids, missing pairs as NaN); or a ``NetworkTeacher`` whose
-        layer RDMs are computed on the stimuli.
-    layers : str, sequence of str, or mapping student layer -> teacher layer
-        The mapping form is needed with a ``NetworkTeacher``; a fixed RDM is
-        compared with every listed student layer.
-    method : str
-        RDM method for the student (and network teacher) features (``rdl_neuro.rdm``).
-    compare : str
-        ``compare_rdms`` method; the history holds the mean over teacher RDMs
-        in column ``rdm_<compare>_<student layer>``.
-    """
-
-    stimuli: torch.Tensor
-    stimulus_ids: Any
-    teacher: Any
-    layers: str | Sequence[str] | Mapping[str, str]
-    method: str = "euclidean"
-    compare: str = "corr"
-
-    def layer_map(self) -> dict[str, str | None]:
-        if isinstance(self.layers, str):
-            return {self.layers: None}
-        if isinstance(self.layers, Mapping):
-            return dict(self.layers)
-        return {layer: None for layer in self.layers}
 
 
 # --------------------------------------------------------------------------- #
@@ -419,7 +281,7 @@ class Trainer:
         cfg = model_config if model_config is not None else getattr(model, "config", None)
         self.model_config = dict(cfg) if cfg is not None else None
 
-        self.world, self.rank, self._owns_group = self._setup_distributed(distributed)
+        self.world, self.rank, self._owns_group = setup_process_group(distributed)
         if self.world > 1 and batch_size % self.world:
             raise ValueError(f"batch_size {batch_size} is not a multiple of the world size {self.world}")
         self.device = self._pick_device(device)
@@ -441,7 +303,6 @@ class Trainer:
         self.scheduler = scheduler
         self._records: list[dict[str, Any]] = []
         self.epoch = 0  # completed epochs
-        self._probe_teacher_rdms: dict[str, torch.Tensor] | None = None
 
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -452,22 +313,6 @@ class Trainer:
             self.ddp_model = self.model
 
     # ----------------------------------------------------------------- setup
-    @staticmethod
-    def _setup_distributed(mode: bool | str) -> tuple[int, int, bool]:
-        if mode not in ("auto", True, False):
-            raise ValueError(f"distributed must be 'auto', True or False, got {mode!r}")
-        if mode is False or not dist.is_available():
-            return 1, 0, False
-        if dist.is_initialized():
-            return dist.get_world_size(), dist.get_rank(), False
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 or mode is True:
-            if "MASTER_ADDR" not in os.environ:
-                raise ValueError("distributed training needs torchrun's environment (MASTER_ADDR, RANK, WORLD_SIZE)")
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend=backend)
-            return dist.get_world_size(), dist.get_rank(), True
-        return 1, 0, False
-
     def _pick_device(self, device: str | torch.device | None) -> torch.device:
         if device is not None:
             return torch.device(device)
@@ -482,7 +327,7 @@ class Trainer:
     def _parse_losses(self, losses: Mapping[str, Any]) -> dict[str, tuple[Any, Schedule]]:
         if not isinstance(losses, Mapping) or not losses:
             raise ValueError("losses must be a non-empty mapping {name: loss or (loss, weight)}")
-        from rdl_neuro.features import resolve_layers
+        from rdl_neuro.model.recorder import resolve_layers
 
         terms: dict[str, tuple[Any, Schedule]] = {}
         for name, spec in losses.items():
@@ -506,7 +351,7 @@ class Trainer:
     def _train_loader(self) -> DataLoader:
         n = len(self.train_data)  # type: ignore[arg-type]
         if self.min_covered > 0:
-            from rdl_neuro.datasets.stimulus import CoverageBatchSampler
+            from rdl_neuro.data.stimulus import CoverageBatchSampler
 
             ids = _stimulus_ids_of(self.train_data)
             coverage = self.coverage
@@ -550,7 +395,7 @@ class Trainer:
             "model_config": self.model_config,
             "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "rng_state": _rng_state(),
+            "rng_state": rng_state(),
             "history": [dict(r) for r in self._records],
             "epoch": self.epoch,
             "seed": self.seed,
@@ -562,7 +407,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
         if self.scheduler is not None and ckpt.get("scheduler_state") is not None:
             self.scheduler.load_state_dict(ckpt["scheduler_state"])
-        _set_rng_state(ckpt["rng_state"])
+        set_rng_state(ckpt["rng_state"])
         self._records = [dict(r) for r in ckpt["history"]]
         self.epoch = int(ckpt["epoch"])
 
@@ -622,7 +467,7 @@ class Trainer:
     # --------------------------------------------------------------- training
     def fit(self) -> pd.DataFrame:
         """Train up to ``epochs`` epochs (continuing after a resume); returns the history."""
-        from rdl_neuro.features import LayerRecorder
+        from rdl_neuro.model.recorder import LayerRecorder
 
         self._prepare_out_dir()
         loader = self._train_loader()
@@ -631,7 +476,7 @@ class Trainer:
             while self.epoch < self.epochs:
                 record = self._train_epoch(loader, recorder)
                 record.update(self._validate())
-                record.update(self._probe())
+                record.update(self.rdm_probe.measure(self.model, self.device) if self.rdm_probe else {})
                 if self.scheduler is not None:
                     self.scheduler.step()
                 self._records.append(record)
@@ -661,7 +506,7 @@ class Trainer:
         """Hook called after every optimiser step (subclasses: logging, tests that kill mid-epoch)."""
 
     def _train_epoch(self, loader: DataLoader, recorder: Any) -> dict[str, Any]:
-        from rdl_neuro.losses import StepOutputs
+        from rdl_neuro.train.losses import StepOutputs
 
         epoch = self.epoch
         start = time.perf_counter()
@@ -758,67 +603,3 @@ class Trainer:
             correct += int((logits.argmax(1) == y).sum())
             count += int(y.shape[0])
         return {"val_loss": loss_sum / count, "val_acc": correct / count}
-
-    def _probe_teacher(self) -> dict[str, torch.Tensor]:
-        """Condensed teacher RDMs ``(k, n_pairs)`` per student layer of the probe."""
-        probe = self.rdm_probe
-        assert probe is not None
-        from rdl_neuro.rdm import compute_rdm, to_condensed
-
-        ids = torch.as_tensor(probe.stimulus_ids).long()
-        layers = probe.layer_map()
-        teacher = probe.teacher
-        n = int(ids.shape[0])
-        if isinstance(teacher, (torch.Tensor, np.ndarray)):
-            t = torch.as_tensor(teacher, dtype=torch.float64)
-            if t.ndim == 2 and t.shape == (n, n) and n * (n - 1) // 2 != n:
-                t = to_condensed(t)
-            t = t.reshape(-1, t.shape[-1])
-            if t.shape[-1] != n * (n - 1) // 2:
-                raise ValueError(f"rdm_probe: teacher RDMs have {t.shape[-1]} entries, but {n} stimuli "
-                                 f"need {n * (n - 1) // 2}")
-            return {s: t for s in layers}
-        if hasattr(teacher, "batch_target"):  # RDMTeacher
-            # every stored RDM (all subjects with combine="per_rdm"), named explicitly so the
-            # probe neither draws one at random nor advances the generator the loss draws from
-            conds = []
-            for k in range(teacher.n_rdms):
-                target, mask = teacher.batch_target(ids, rdm_index=k)
-                cond = to_condensed(torch.as_tensor(target, dtype=torch.float64))
-                conds.append(cond.masked_fill(~to_condensed(torch.as_tensor(mask).to(torch.bool)), float("nan")))
-            cond = torch.stack(conds)
-            return {s: cond for s in layers}
-        # NetworkTeacher
-        if any(t is None for t in layers.values()):
-            raise ValueError("rdm_probe: with a network teacher, layers must map student layer -> teacher layer")
-        with torch.no_grad():
-            _, feats = teacher(probe.stimuli.to(self.device), stimulus_ids=ids.to(self.device))
-        return {s: compute_rdm(feats[t].flatten(1).double().cpu(), probe.method).unsqueeze(0)
-                for s, t in layers.items()}
-
-    @torch.no_grad()
-    def _probe(self) -> dict[str, float]:
-        if self.rdm_probe is None:
-            return {}
-        from rdl_neuro.compare import compare_rdms
-        from rdl_neuro.features import LayerRecorder
-        from rdl_neuro.losses import RDM_EPS
-        from rdl_neuro.rdm import compute_rdm
-
-        probe = self.rdm_probe
-        if self._probe_teacher_rdms is None:
-            # teachers are fixed (a NetworkTeacher is frozen): their RDMs are computed once
-            self._probe_teacher_rdms = self._probe_teacher()
-        teacher_rdms = self._probe_teacher_rdms
-        self.model.eval()
-        layers = list(probe.layer_map())
-        with LayerRecorder(self.model, layers, detach=True) as rec:
-            self.model(probe.stimuli.to(self.device))
-            feats = rec.features
-        out = {}
-        for layer in layers:
-            # eps: a probe stimulus with an all-zero layer must not stop training (see compute_rdm)
-            student = compute_rdm(feats[layer].double().cpu(), probe.method, eps=RDM_EPS)
-            r = compare_rdms(student, teacher_rdms[layer], probe.compare)
-            out[f"rdm_{probe.compare}_{layer}"] = float(torch.nanmean(r))
-        return out

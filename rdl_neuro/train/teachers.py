@@ -24,23 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from rdl_neuro.datasets.stimulus import UNCOVERED
-from rdl_neuro.features import LayerRecorder
-from rdl_neuro.rdm import RSATOOLBOX_MEASURE, n_stimuli_from_length, to_condensed, to_square
+from rdl_neuro.data.ids import duplicate_ids, plain_id
+from rdl_neuro.data.stimulus import UNCOVERED
+from rdl_neuro.model.recorder import LayerRecorder
+from rdl_neuro.rdm.calc import RSATOOLBOX_MEASURE, n_stimuli_from_length, to_condensed, to_square
 
 __all__ = ["RDMTeacher", "NetworkTeacher", "UNCOVERED"]
 
 COMBINE = ("mean", "per_rdm")
 _MEASURE_TO_METHOD = {v: k for k, v in RSATOOLBOX_MEASURE.items()}
-
-
-def _plain_id(i: Any) -> Hashable:
-    """numpy scalars -> Python scalars so that ``np.int64(3)`` and ``3`` name the same stimulus."""
-    if isinstance(i, np.generic):
-        return i.item()
-    if isinstance(i, torch.Tensor) and i.ndim == 0:
-        return i.item()
-    return i
 
 
 def _is_int_id(i: Any) -> bool:
@@ -98,7 +90,7 @@ class RDMTeacher:
             )
         if rdms_t.shape[0] == 0:
             raise ValueError("no teacher RDMs given (n_rdm = 0)")
-        ids = [_plain_id(i) for i in ids]
+        ids = [plain_id(i) for i in ids]
         n = rdms_t.shape[-1]
         if len(ids) != n:
             raise ValueError(f"{len(ids)} stimulus ids given for teacher RDMs over {n} stimuli")
@@ -147,9 +139,7 @@ class RDMTeacher:
         except TypeError as err:
             raise TypeError(f"stimulus ids must be hashable: {err}") from None
         if len(unique) != len(ids):
-            seen: set[Hashable] = set()
-            dup = [i for i in ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
-            raise ValueError(f"duplicate stimulus ids in the teacher: {dup[:5]}")
+            raise ValueError(f"duplicate stimulus ids in the teacher: {duplicate_ids(ids)[:5]}")
         if UNCOVERED in unique:
             raise ValueError(f"stimulus id {UNCOVERED} is reserved for uncovered samples (UNCOVERED)")
 
@@ -238,7 +228,7 @@ class RDMTeacher:
         atol: float = 1e-8,
     ) -> RDMTeacher:
         """From rsatoolbox ``RDMs`` (one or several subjects/sessions); ids from ``pattern_descriptors``."""
-        from rdl_neuro.adapters import from_rsatoolbox
+        from rdl_neuro.rdm.interop import from_rsatoolbox
 
         vectors, ids = from_rsatoolbox(rdms, descriptor=stimulus_descriptor)
         # rsatoolbox stores NaN for missing pairs; to_square keeps them (symmetrically)
@@ -272,13 +262,13 @@ class RDMTeacher:
         for col in (stimulus_a, stimulus_b, dissimilarity) + ((rdm,) if rdm else ()):
             if col not in df.columns:
                 raise KeyError(f"column {col!r} not in the DataFrame (columns: {list(df.columns)})")
-        a = [_plain_id(v) for v in df[stimulus_a].tolist()]
-        b = [_plain_id(v) for v in df[stimulus_b].tolist()]
+        a = [plain_id(v) for v in df[stimulus_a].tolist()]
+        b = [plain_id(v) for v in df[stimulus_b].tolist()]
         values = torch.from_numpy(df[dissimilarity].to_numpy(dtype=np.float64, copy=True))
         if ids is None:
             ids = list(dict.fromkeys(a + b))
         else:
-            ids = [_plain_id(i) for i in ids]
+            ids = [plain_id(i) for i in ids]
             cls._check_ids(ids)
             unknown = sorted({str(i) for i in a + b} - {str(i) for i in ids})
             if unknown:
@@ -353,7 +343,7 @@ class RDMTeacher:
             pos = torch.searchsorted(values, ids).clamp_max(values.numel() - 1)
             found = values[pos] == ids
             return torch.where(found, rows[pos], torch.full_like(ids, -1))
-        return torch.tensor([self._index.get(_plain_id(i), -1) for i in stimulus_ids], dtype=torch.long)
+        return torch.tensor([self._index.get(plain_id(i), -1) for i in stimulus_ids], dtype=torch.long)
 
     def covers(self, stimulus_ids: torch.Tensor | Sequence[Hashable]) -> torch.Tensor:
         """Boolean ``(b,)``: which samples show a stimulus the teacher has an RDM row for."""
@@ -410,7 +400,7 @@ class RDMTeacher:
 
     def to_rsatoolbox(self, descriptor: str = "stimulus") -> Any:
         """All stored RDMs as rsatoolbox ``RDMs`` (ids in ``pattern_descriptors[descriptor]``)."""
-        from rdl_neuro.adapters import to_rsatoolbox
+        from rdl_neuro.rdm.interop import to_rsatoolbox
 
         return to_rsatoolbox(to_condensed(self.rdms), self.ids, method=self.method, descriptor=descriptor)
 

@@ -10,10 +10,10 @@ Log names: ``ce``, ``kd``, ``rdl/<student layer>``, ``rkd/<student layer>``,
 ``sp/<student layer>``, ``cka/<student layer>``.
 
 RDMs come from ``rdl_neuro.rdm.compute_rdm`` and RDM correlations from
-``rdl_neuro.compare.compare_rdms``; nothing here re-implements them.
+``rdl_neuro.rdm.compare.compare_rdms``; nothing here re-implements them.
 
 ``gather=True`` (``RDLLoss``, ``RKDLoss``, ``SPLoss``) builds the RDM over the
-global batch under ``torch.distributed`` (see ``rdl_neuro.distributed``): the
+global batch under ``torch.distributed`` (see ``rdl_neuro.train.distributed``): the
 loss value equals a single process on the concatenated batch on every rank,
 and the all-reduce *mean* of the ranks' gradients (what DDP does) equals the
 single-process gradient.
@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rdl_neuro.compare import compare_rdms
-from rdl_neuro.distributed import gather_no_grad, gather_with_grad
-from rdl_neuro.rdm import (_check_features, _check_finite_rows, _safe_sqrt, _squared_distances, check_method,
-                           compute_rdm, to_condensed)
-from rdl_neuro.teachers import NetworkTeacher, RDMTeacher
+from rdl_neuro.rdm.calc import (check_features, check_finite_rows, check_method, compute_rdm, safe_sqrt,
+                                square_squared_distances, to_condensed)
+from rdl_neuro.rdm.compare import compare_rdms
+from rdl_neuro.train.distributed import gather_no_grad, gather_with_grad
+from rdl_neuro.train.teachers import NetworkTeacher, RDMTeacher
 
 __all__ = [
     "StepOutputs",
@@ -186,7 +186,7 @@ class _EuclideanRDMMSE(torch.autograd.Function):
     ``_weighted_mse``), with the backward written out: a training step's RDL term is a few
     small elementwise ops around two matrix products, and the dispatch of the composed
     version's ~50 ops and autograd nodes costs about as much as the products. With
-    ``B = dL/d(D^2) = W (D - T) / D`` (0 where ``D = 0``, the subgradient ``_safe_sqrt`` gives)
+    ``B = dL/d(D^2) = W (D - T) / D`` (0 where ``D = 0``, the subgradient ``safe_sqrt`` gives)
     and ``S = B + B^T``, ``D_ij^2 = g_ii + g_jj - 2 g_ij`` and ``G = X X^T`` give
     ``dL/dX = 2 (diag(S 1) - S) X``.
     """
@@ -194,10 +194,10 @@ class _EuclideanRDMMSE(torch.autograd.Function):
     @staticmethod
     def _distances(x: Tensor, differentiable: bool = False) -> tuple[Tensor, Tensor]:
         """Euclidean RDM ``(n, n)`` of ``x`` and the squared norms ``(n,)``; ``differentiable``
-        keeps the derivatives finite where ``D = 0`` (``_safe_sqrt``), for a second derivative."""
-        d2, sq_norms = _squared_distances(x @ x.transpose(-1, -2))
+        keeps the derivatives finite where ``D = 0`` (``safe_sqrt``), for a second derivative."""
+        d2, sq_norms = square_squared_distances(x @ x.transpose(-1, -2))
         if differentiable:
-            return _safe_sqrt(d2), sq_norms
+            return safe_sqrt(d2), sq_norms
         return d2.clamp_min(0).sqrt(), sq_norms  # rounding can make coinciding rows slightly negative
 
     @staticmethod
@@ -208,7 +208,7 @@ class _EuclideanRDMMSE(torch.autograd.Function):
         loss = (weighted_diff * diff).sum()
         # NaN/inf features or overflowing norms make the loss non-finite: only then name the rows
         if not math.isfinite(loss.item()):
-            _check_finite_rows(x, sq_norms)
+            check_finite_rows(x, sq_norms)
         ctx.save_for_backward(x, target, weights, dist, weighted_diff)
         return loss
 
@@ -229,7 +229,7 @@ class _EuclideanRDMMSE(torch.autograd.Function):
 def _euclidean_rdm_mse(x: Tensor, target: Tensor, weights: Tensor) -> Tensor:
     """``_weighted_mse(compute_rdm(x, "euclidean", square=True), target, weights, False)`` for
     ``x (n, p)``, ``target`` and ``weights`` ``(n, n)`` (symmetric), in one autograd node."""
-    _check_features(x)
+    check_features(x)
     return _EuclideanRDMMSE.apply(x, target, weights)
 
 

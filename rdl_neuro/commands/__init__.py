@@ -1,1 +1,0 @@
-"""Sub-commands of ``rdl-neuro``; each module defines ``register(subparsers)``."""

@@ -1,0 +1,14 @@
+"""Networks as RSA models: recording named layers, their RDMs, small reference networks.
+
+==============================  ===============================================
+``rdl_neuro.model.recorder``    ``LayerRecorder``, ``available_layers``, ``resolve_layers``
+``rdl_neuro.model.layer_rdms``  ``layer_rdms``: a model's layer RDMs over a stimulus set
+``rdl_neuro.model.networks``    ``build_model`` (MLP / CNN from a config), ``RDLNet``
+==============================  ===============================================
+"""
+from rdl_neuro.model.layer_rdms import layer_rdms
+from rdl_neuro.model.networks import MODEL_TYPES, RDLNet, build_model
+from rdl_neuro.model.recorder import LayerRecorder, available_layers, resolve_layers
+
+__all__ = ["layer_rdms", "MODEL_TYPES", "RDLNet", "build_model", "LayerRecorder", "available_layers",
+           "resolve_layers"]

@@ -1,0 +1,201 @@
+"""Torch RDM comparisons, batched over many RDMs: ``compare_rdms``.
+
+The methods and their numbers are rsatoolbox's (``rsatoolbox.rdm.compare``):
+
+``cosine``      cosine similarity of the dissimilarity vectors
+``corr``        Pearson correlation
+``spearman``    Spearman correlation (average ranks for ties)
+``rho-a``       Spearman's rho-a (no tie correction), ``12 / (N^3 - N) * sum(r_a r_b)``
+``kendall``     Kendall's tau-b (``tau-b`` is accepted too)
+``tau-a``       Kendall's tau-a
+``corr_cov``    Pearson correlation after whitening with the RDM covariance
+``cosine_cov``  cosine similarity after whitening (the unbiased distance correlation)
+
+The whitened comparisons use rsatoolbox's default covariance for ``n``
+stimuli (independent, equal-variance patterns): the RDM vectors are mapped to
+double-centred second-moment matrices, as rsatoolbox's ``_cov_weighting``
+does, and compared there.
+
+NaN entries mark missing dissimilarities. Each pair of RDMs is compared on
+the entries that are valid in both; RDMs are grouped by their NaN pattern so
+the work stays vectorised (one block per pair of patterns). Where all RDMs
+share one NaN pattern this is exactly rsatoolbox's rule.
+
+``cosine``, ``corr``, ``corr_cov`` and ``cosine_cov`` are differentiable; the
+rank methods are not (ranks are piecewise constant), so they run in numpy on
+the CPU (any device in, the same device out): every RDM is sorted once per
+call with a radix sort of integer keys (see ``rdl_neuro.rdm.ranks``), and tau counts discordant
+pairs with scipy's compiled Fenwick-tree routine, pairs spread over
+``torch.get_num_threads()`` threads.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from rdl_neuro.rdm.calc import check_method, n_stimuli_from_length, triu_indices
+from rdl_neuro.rdm.ranks import centered_ranks, kendall_tau, numpy_rows
+
+COMPARE_METHODS = ("cosine", "corr", "spearman", "rho-a", "kendall", "tau-b", "tau-a", "corr_cov", "cosine_cov")
+DIFFERENTIABLE_METHODS = ("cosine", "corr", "corr_cov", "cosine_cov")
+# comparison methods that only see the order of the dissimilarities
+RANK_METHODS = ("spearman", "rho-a", "kendall", "tau-b", "tau-a")
+
+
+def _as_rdm_matrix(x: torch.Tensor | np.ndarray, name: str) -> tuple[torch.Tensor, bool]:
+    """Condensed RDMs as a 2-D floating tensor ``(n_rdms, n_pairs)``, and whether any entry is NaN."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array of condensed RDMs, got {type(x).__name__}")
+    if not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
+    if x.ndim == 1:
+        x = x.unsqueeze(0)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have shape (n_rdms, n_pairs) or (n_pairs,), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} holds no RDMs (shape {tuple(x.shape)})")
+    n_stimuli_from_length(x.shape[1])
+    # the sum is finite when every entry is (one cheap reduction in the common case); an
+    # overflowing sum falls through to the full check; the slower search only names the culprit
+    if bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all()):
+        return x, False
+    if bool(torch.isinf(x).any()):
+        rdm, entry = torch.nonzero(torch.isinf(x))[0].tolist()
+        raise ValueError(f"{name} contains an infinite dissimilarity (RDM {rdm}, condensed entry {entry})")
+    return x, True
+
+
+def compare_rdms(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, method: str = "corr") -> torch.Tensor:
+    """Compare every RDM in ``a`` with every RDM in ``b``.
+
+    Parameters
+    ----------
+    a : Tensor ``(k, n_pairs)`` or ``(n_pairs,)``
+        Condensed RDMs (scipy ``squareform`` order); NaN marks missing entries.
+    b : Tensor ``(m, n_pairs)`` or ``(n_pairs,)``
+    method : str
+        One of ``COMPARE_METHODS`` (see the module docstring).
+
+    Returns
+    -------
+    Tensor ``(k, m)``: similarity of ``a[i]`` and ``b[j]``, in the promoted dtype of the inputs.
+    """
+    check_method(method, COMPARE_METHODS, "comparison method")
+    a, a_has_nan = _as_rdm_matrix(a, "a")
+    b, b_has_nan = _as_rdm_matrix(b, "b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"RDMs of different lengths: a has {a.shape[1]} entries per RDM "
+            f"({n_stimuli_from_length(a.shape[1])} stimuli), b has {b.shape[1]} "
+            f"({n_stimuli_from_length(b.shape[1])} stimuli)"
+        )
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    a, b = a.to(dtype), b.to(device=a.device, dtype=dtype)
+
+    if not (a_has_nan or b_has_nan):
+        return _compare_on_mask(a, b, None, method)
+    valid_a, valid_b = ~torch.isnan(a), ~torch.isnan(b)
+    # the usual case, one NaN pattern per side (often none), needs no grouping (torch.unique
+    # over rows of 500k entries alone costs more than a whole rank comparison)
+    if bool((valid_a == valid_a[0]).all()) and bool((valid_b == valid_b[0]).all()):
+        return _compare_on_mask(a, b, valid_a[0] & valid_b[0], method)
+    patterns_a, group_a = torch.unique(valid_a, dim=0, return_inverse=True)
+    patterns_b, group_b = torch.unique(valid_b, dim=0, return_inverse=True)
+
+    out = a.new_empty(a.shape[0], b.shape[0])
+    for i, pattern_a in enumerate(patterns_a):
+        rows_a = torch.nonzero(group_a == i).squeeze(1)
+        for j, pattern_b in enumerate(patterns_b):
+            rows_b = torch.nonzero(group_b == j).squeeze(1)
+            block = _compare_on_mask(a[rows_a], b[rows_b], pattern_a & pattern_b, method)
+            out = out.index_put((rows_a[:, None], rows_b[None, :]), block)
+    return out
+
+
+def _compare_on_mask(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None, method: str) -> torch.Tensor:
+    """Compare ``a (k, P)`` with ``b (m, P)`` on the entries where ``mask (P,)`` is True (None: all)."""
+    full = mask is None or bool(mask.all())
+    if mask is None:
+        mask = torch.ones(a.shape[1], dtype=torch.bool, device=a.device)
+    x = a if full else a[:, mask]
+    y = b if full else b[:, mask]
+    if x.shape[1] < 2:
+        raise ValueError(f"fewer than 2 dissimilarities are valid (not NaN) in both RDMs: {x.shape[1]}")
+    if method == "cosine":
+        return _cosine(x, y)
+    if method == "corr":
+        return _cosine(_center(x), _center(y))
+    if method in ("spearman", "rho-a"):
+        # every RDM is ranked once (k + m rankings, in parallel), not once per pair
+        ranks = torch.from_numpy(centered_ranks(numpy_rows(x), numpy_rows(y))).to(device=x.device, dtype=x.dtype)
+        rank_x, rank_y = ranks[: x.shape[0]], ranks[x.shape[0] :]
+        if method == "spearman":
+            return _cosine(rank_x, rank_y)
+        n = x.shape[1]
+        return rank_x @ rank_y.T * (12.0 / (n**3 - n))
+    if method in ("kendall", "tau-b", "tau-a"):
+        return kendall_tau(x, y, variant="a" if method == "tau-a" else "b")
+    if method == "corr_cov":
+        x, y = _center(x), _center(y)
+    n_stim = n_stimuli_from_length(mask.shape[0])
+    return _cosine(_whiten(x, mask, n_stim, full), _whiten(y, mask, n_stim, full))
+
+
+def _center(x: torch.Tensor) -> torch.Tensor:
+    return x - x.mean(dim=1, keepdim=True)
+
+
+def _cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity ``(k, m)`` of rows; 0 where either row is all zeros (rsatoolbox's rule)."""
+    norm_x = torch.linalg.vector_norm(x, dim=1)
+    norm_y = torch.linalg.vector_norm(y, dim=1)
+    ok_x, ok_y = norm_x > 0, norm_y > 0
+    safe_x = torch.where(ok_x, norm_x, torch.ones_like(norm_x))
+    safe_y = torch.where(ok_y, norm_y, torch.ones_like(norm_y))
+    # divide the small (k, m) product rather than the long rows (as rsatoolbox does)
+    cos = (x @ y.T) / safe_x[:, None] / safe_y[None, :]
+    return torch.where(ok_x[:, None] & ok_y[None, :], cos, torch.zeros_like(cos))
+
+
+# ----------------------------------------------------------------------------- whitening
+
+
+def _whiten(vectors: torch.Tensor, mask: torch.Tensor, n: int, full: bool) -> torch.Tensor:
+    """RDM vectors ``(k, P_valid)`` -> whitened vectors ``(k, P_valid + n)``.
+
+    rsatoolbox's ``_cov_weighting`` without ``sigma_k``: the dissimilarities
+    become the entries of ``G = -D / 2``, which is double-centred (least-squares
+    projection on the valid entries when some are missing), the diagonal is
+    appended and the off-diagonal part weighted by ``sqrt(2)`` so that plain
+    cosines of these vectors are Frobenius cosines of the centred matrices.
+    """
+    rows, cols = triu_indices(n, vectors.device)
+    if not full:
+        rows, cols = rows[mask], cols[mask]
+    k = vectors.shape[0]
+    w_pairs = -0.5 * vectors
+    # vector_w @ sumI: each pair value is added to both of its stimuli (the diagonal part is 0)
+    per_stimulus = vectors.new_zeros(k, n)
+    per_stimulus = per_stimulus.index_add(1, rows, w_pairs).index_add(1, cols, w_pairs)
+    if full:
+        # G - row means - column means + grand mean, written on the pair and diagonal entries
+        row_mean = per_stimulus / n
+        grand_mean = 2 * w_pairs.sum(dim=1, keepdim=True) / (n * n)
+        pairs = w_pairs - row_mean[:, rows] - row_mean[:, cols] + grand_mean
+        diag = -2 * row_mean + grand_mean
+    else:
+        # vector_w - vector_w @ S @ inv(S' W S) @ (W S)', with S the stimulus indicator of every
+        # entry (pairs touch two stimuli, diagonal entries one) and W = 1/2 on pairs, 1 on the diagonal.
+        gram = torch.eye(n, dtype=vectors.dtype, device=vectors.device)
+        ones = torch.full_like(rows, 1, dtype=vectors.dtype)
+        degree = vectors.new_zeros(n).index_add(0, rows, ones).index_add(0, cols, ones)
+        gram = gram + 0.5 * torch.diag(degree)
+        gram = gram.index_put((rows, cols), 0.5 * ones, accumulate=True).index_put((cols, rows), 0.5 * ones, accumulate=True)
+        coef = torch.linalg.solve(gram, per_stimulus.T).T  # (k, n)
+        pairs = w_pairs - 0.5 * (coef[:, rows] + coef[:, cols])
+        diag = -coef
+    return torch.cat([pairs * math.sqrt(2), diag], dim=1)
