@@ -47,6 +47,8 @@ from rdl_neuro.train.teachers import NetworkTeacher
 from rdl_neuro.train import Trainer, derive_seed, seed_everything
 from rdl_neuro.vis import save_figure
 
+from _provenance import TRANSFER_DEPENDS, add_arguments, start_record
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "results"
 
@@ -302,7 +304,7 @@ def base_parser(description: str, default_out: Path = DEFAULT_OUT) -> argparse.A
                    help="parallel worker processes (default: 2 on >= 2 cores, 1 with --quick)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of the main process (default: all cores); workers get cores // workers")
-    return p
+    return add_arguments(p)
 
 
 def transfer_parser(description: str, *, subsets: list[int], epochs: int, teacher_epochs: int) -> argparse.ArgumentParser:
@@ -578,17 +580,84 @@ def plot_method_errors(final: pd.DataFrame, path: Path, title: str) -> Path:
 
 
 def run_paper_script(cfg: TransferConfig, train: Any, test: Any, standardise: Callable[[torch.Tensor], torch.Tensor], *,
-                     stem: str, argv: list[str] | None, out_dir: Path, workers: int, data_note: str, t0: float) -> int:
+                     stem: str, argv: list[str] | None, out_dir: Path, workers: int, data_note: str, t0: float,
+                     args: argparse.Namespace | None = None) -> int:
     """The paper scripts' last step: ``run_transfer_benchmark`` on the standardised splits (datasets
-    with ``images``, ``labels``, ``stimulus``), then the wall time and the RESULT line."""
-    args = argv if argv is not None else sys.argv[1:]
-    command = f"python benchmarks/{stem}.py " + " ".join(shlex.quote(a) for a in args)
+    with ``images``, ``labels``, ``stimulus``), the result record (``benchmarks/_provenance.py``; in
+    ``benchmarks/results/`` with ``--publish``), then the wall time and the RESULT line."""
+    argv = list(argv if argv is not None else sys.argv[1:])
+    command = f"python benchmarks/{stem}.py " + " ".join(shlex.quote(a) for a in argv)
+    rec = start_record(stem, args if args is not None else argparse.Namespace(out=out_dir), argv,
+                       seeds=list(range(cfg.seeds)), depends_on=TRANSFER_DEPENDS + [f"benchmarks/{stem}.py"],
+                       quick_args=["--quick"])
+    rec.t0 = t0
     out = run_transfer_benchmark(cfg, standardise(train.images), train.labels, train.stimulus, standardise(test.images),
                                  test.labels, out_dir=out_dir, stem=stem, workers=workers, command=command.strip(),
                                  data_note=data_note)
+    table, values = transfer_publication(out["summary"], out["teacher"])
+    rec.finish(table, result_line=out["result_line"], values=values, exact=out["runs"].drop(columns="train_s"),
+               title=f"{cfg.name}: test error % (mean ± sd over {cfg.seeds} seeds)",
+               notes=f"{data_note}. Full tables, chosen hyperparameters and search grids: `{stem}.md` in the "
+                     f"script's --out folder.")
     print(f"total wall time {time.perf_counter() - t0:.0f} s")
     print(out["result_line"])
     return 0
+
+
+def _p(p: float) -> str:
+    """A p-value as quoted in prose: 2 decimals' worth of precision, scientific below 0.001."""
+    return "nan" if p != p else (f"{p:.0e}" if p < 1e-3 else f"{p:.3f}")
+
+
+def _signed(x: float, digits: int = 2) -> str:
+    return f"{x:+.{digits}f}".replace("-", "\u2212")
+
+
+def transfer_publication(summary: pd.DataFrame, teacher: Mapping[str, Any]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The README's table of a transfer benchmark and the values its text quotes.
+
+    Table: one row per (student, labelled subset), test error ``mean ± sd`` per
+    method and the best method. Values (strings, ``\u2212`` for minus): for every
+    setting ``<cmp>.<student>.<n>`` = "difference in points (p = paired t-test)" for
+    ``rdl_vs_base``, ``rdl_vs_kd``, ``rdlkd_vs_kd`` and ``best.<student>.<n>``;
+    over the settings ``rdl_gain_range`` (points RDL is better than the baseline,
+    min–max), ``rdl_vs_base_max_p``, ``rdl_beats_base`` ("k of n"),
+    ``rdl_vs_kd_range``, ``best_counts``; and ``teacher_error``.
+    """
+    rows, values = [], {}
+    gains, p_base, vs_kd, best = [], [], [], []
+    for (label, n), g in summary.groupby(["student", "n_labelled"], sort=False):
+        g = g.set_index("method")
+        student = str(label).removeprefix("MLP ").removeprefix("CNN ")
+        row = {"student": student, "labels": int(n)}
+        for m in METHODS:
+            if m in g.index:
+                row[m] = f"{g.loc[m, 'test_err_mean']:.2f} ± {g.loc[m, 'test_err_sd']:.2f}"
+        row["best"] = str(g["test_err_mean"].idxmin())
+        rows.append(row)
+        key = f"{student}.{int(n)}"
+        for name, method, ref in (("rdl_vs_base", "RDL", "baseline"), ("rdl_vs_kd", "RDL", "KD"),
+                                  ("rdlkd_vs_kd", "RDL+KD", "KD")):
+            if method in g.index and ref in g.index:
+                values[f"{name}.{key}"] = (f"{_signed(g.loc[method, f'diff_vs_{ref}'])} points "
+                                           f"(p = {_p(g.loc[method, f'p_t_vs_{ref}'])})")
+        values[f"best.{key}"] = row["best"]
+        if "RDL" in g.index:
+            gains.append(-g.loc["RDL", "diff_vs_baseline"])
+            p_base.append(g.loc["RDL", "p_t_vs_baseline"])
+            if "KD" in g.index:
+                vs_kd.append(g.loc["RDL", "diff_vs_KD"])
+        best.append(row["best"])
+    if gains:
+        values["rdl_gain_range"] = f"{min(gains):.1f}\u2013{max(gains):.1f}"
+        values["rdl_vs_base_max_p"] = _p(max(p_base))
+        values["rdl_beats_base"] = f"{sum(x > 0 for x in gains)} of {len(gains)}"
+    if vs_kd:
+        values["rdl_vs_kd_range"] = f"{_signed(min(vs_kd), 1)} to {_signed(max(vs_kd), 1)}"
+    counts = pd.Series(best).value_counts()
+    values["best_counts"] = ", ".join(f"{m} in {k}" for m, k in counts.items()) + f" of {len(best)}"
+    values["teacher_error"] = f"{teacher['test_error_pct']:.1f}%"
+    return pd.DataFrame(rows), values
 
 
 def run_transfer_benchmark(cfg: TransferConfig, train_x: torch.Tensor, train_y: torch.Tensor,
@@ -705,4 +774,5 @@ def run_transfer_benchmark(cfg: TransferConfig, train_x: torch.Tensor, train_y: 
     log("")
     log(markdown_table(chosen_df, {"val_err_mean": 2}))
     log(f"teacher test error {teacher_info['test_error_pct']:.2f}%; wall time {wall:.0f} s; outputs in {out_dir}")
-    return {**values, "wall_s": wall, "result_line": res, "summary": summary, "teacher": teacher_info}
+    return {**values, "wall_s": wall, "result_line": res, "summary": summary, "teacher": teacher_info,
+            "runs": all_runs}

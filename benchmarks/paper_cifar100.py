@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(data.classes)} classes, channels standardised with the training mean and sd")
     cfg = make_config(args, len(data.classes))
     return run_paper_script(cfg, train, test, norm, stem="paper_cifar100", argv=argv, out_dir=args.out, workers=workers,
-                            data_note=note, t0=t0)
+                            data_note=note, t0=t0, args=args)
 
 
 if __name__ == "__main__":
