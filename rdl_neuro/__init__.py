@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+#: the package version (the one place it is set; pyproject.toml reads it from here)
+__version__ = "0.2.0"
 
 # public name -> module that owns it
 _EXPORTS = {

@@ -36,7 +36,9 @@ from typing import Any
 
 __all__ = ["ConfigError", "load_config", "parse_config", "example_config_path", "DATA_SOURCES", "LOSS_NAMES"]
 
+#: the config's ``data.source`` choices
 DATA_SOURCES = ("digits", "mnist", "cifar100", "kriegeskorte92")
+#: the loss tables a config may have (``[losses.NAME]``)
 LOSS_NAMES = ("ce", "rdl", "kd", "rkd", "sp", "cka")
 TEACHER_KINDS = ("none", "network", "rdm")
 OPTIMIZERS = ("sgd", "adam", "adamw")

@@ -7,14 +7,15 @@ The experiment (McClure & Kriegeskorte 2016, in miniature):
    on them, never on test).
 2. A teacher MLP 64-256-256-10 is trained on the remaining training digits.
 3. Students (same architecture) learn from a small labelled subset
-   (``N_LABELLED`` digits per seed) with
-   ``baseline`` -- cross-entropy only,
-   ``KD``       -- CE + soft targets of the teacher (Hinton et al. 2015),
-   ``RDL``      -- CE + lambda * squared error between the student's and the
-                   teacher's Euclidean RDMs of both hidden layers on each batch
-                   (the paper's form),
-   ``RDL+KD``   -- both,
-   for ``--seeds`` seeds (the labelled subset and the initialisation change with the seed).
+   (``N_LABELLED`` digits per seed), for ``--seeds`` seeds (the labelled
+   subset and the initialisation change with the seed), with
+
+   - ``baseline``: cross-entropy only,
+   - ``KD``: CE + soft targets of the teacher (Hinton et al. 2015),
+   - ``RDL``: CE + lambda * squared error between the student's and the
+     teacher's Euclidean RDMs of both hidden layers on each batch (the paper's form),
+   - ``RDL+KD``: both.
+
 4. Test accuracy mean +- sd per method is printed and written to
    ``DIR/results.csv``; the per-epoch histories to ``DIR/histories.csv``; and
    figures to ``DIR/rdms.png`` (teacher vs. student RDMs of hidden layer 2 on
@@ -48,6 +49,7 @@ from torch.utils.data import TensorDataset
 
 __all__ = ["register", "run", "DemoSettings", "run_demo", "METHODS"]
 
+#: the student conditions the demo trains and tabulates
 METHODS = ("baseline", "KD", "RDL", "RDL+KD")
 
 

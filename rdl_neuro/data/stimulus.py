@@ -22,7 +22,8 @@ from torch.utils.data import Dataset, Sampler
 
 __all__ = ["UNCOVERED", "StimulusDataset", "CoverageBatchSampler"]
 
-UNCOVERED = -1  # stimulus id of samples that no teacher covers
+#: stimulus id of samples that no teacher covers
+UNCOVERED = -1
 
 
 def _as_id(value: Any, where: str) -> int:

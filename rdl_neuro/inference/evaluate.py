@@ -50,6 +50,7 @@ from rdl_neuro.rdm.interop import from_rsatoolbox, rdm_names
 
 __all__ = ["rsa_table", "rsa_evaluate", "RSAResult", "BOOTSTRAPS", "extract_variances"]
 
+#: ``bootstrap`` choices of :func:`rsa_table`: none (fixed), stimuli, brain RDMs, or both
 BOOTSTRAPS = (None, "pattern", "rdm", "both")
 
 

@@ -26,6 +26,7 @@ from torch import nn
 
 __all__ = ["RDLNet", "build_model", "layer_names", "check_layers", "MODEL_TYPES"]
 
+#: the network types :func:`build_model` builds (the config's ``type``)
 MODEL_TYPES = ("mlp", "cnn")
 
 # key -> (accepted types, default); "required" marks keys without a default

@@ -27,9 +27,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+#: dissimilarity measures of :func:`compute_rdm` (see the module docstring)
 METHODS = ("euclidean", "sqeuclidean", "correlation", "cosine")
 
-# rsatoolbox's ``dissimilarity_measure`` string for each of our method names.
+#: rsatoolbox's ``dissimilarity_measure`` string for each of our method names
 RSATOOLBOX_MEASURE = {
     "euclidean": "euclidean",
     "sqeuclidean": "squared euclidean",
@@ -104,6 +105,7 @@ def _describe_position(index: tuple[int, ...]) -> str:
 
 
 def check_features(features: torch.Tensor) -> None:
+    """Raise a clear error unless ``features`` is a floating tensor of shape ``(..., n_stimuli, n_channels)``."""
     if not isinstance(features, torch.Tensor):
         raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
     if not features.is_floating_point():

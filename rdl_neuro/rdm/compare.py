@@ -38,9 +38,11 @@ import torch
 from rdl_neuro.rdm.calc import check_method, n_stimuli_from_length, triu_indices
 from rdl_neuro.rdm.ranks import centered_ranks, kendall_tau, numpy_rows
 
+#: rsatoolbox's RDM comparison methods, all supported by :func:`compare_rdms`
 COMPARE_METHODS = ("cosine", "corr", "spearman", "rho-a", "kendall", "tau-b", "tau-a", "corr_cov", "cosine_cov")
+#: comparison methods with gradients (usable in losses)
 DIFFERENTIABLE_METHODS = ("cosine", "corr", "corr_cov", "cosine_cov")
-# comparison methods that only see the order of the dissimilarities
+#: comparison methods that only see the order of the dissimilarities
 RANK_METHODS = ("spearman", "rho-a", "kendall", "tau-b", "tau-a")
 
 

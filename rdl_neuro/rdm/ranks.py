@@ -130,6 +130,7 @@ def map_rows(func, rows: list, entries: int, n_threads: int | None = None) -> li
 
 
 def numpy_rows(x: torch.Tensor) -> np.ndarray:
+    """``x`` as a float64 numpy array on the CPU (detached), for the numpy/scipy paths."""
     return x.detach().to(device="cpu", dtype=torch.float64).numpy()
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 CHECKPOINT_FORMAT = 1
+#: the entries of every checkpoint the trainer writes
 CHECKPOINT_KEYS = ("model_state", "model_config", "optimizer_state", "scheduler_state", "rng_state",
                    "history", "epoch")
 _CKPT_RE = re.compile(r"^epoch-(\d+)\.pt$")
@@ -34,6 +35,7 @@ class CorruptCheckpointWarning(UserWarning):
 # RNG state (kept to plain types so torch.load(weights_only=True) reads it)
 # --------------------------------------------------------------------------- #
 def rng_state() -> dict[str, Any]:
+    """The states of Python's, numpy's and torch's random generators, for a checkpoint."""
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -47,6 +49,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the generators from a :func:`rng_state` dict (keys it lacks are left alone)."""
     if "python" in state:
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))

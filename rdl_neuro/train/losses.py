@@ -49,6 +49,7 @@ __all__ = [
     "rdm_criterion",
 ]
 
+#: how :class:`RDLLoss` compares student and teacher RDMs
 CRITERIA = ("mse", "scaled_mse", "corr", "cosine")
 
 

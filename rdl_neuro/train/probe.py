@@ -49,6 +49,7 @@ class RDMProbe:
     _teacher_cache: dict[str, torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     def layer_map(self) -> dict[str, str | None]:
+        """Student layer -> teacher layer (``None`` for a fixed RDM teacher)."""
         if isinstance(self.layers, str):
             return {self.layers: None}
         if isinstance(self.layers, Mapping):

@@ -306,10 +306,12 @@ class RDMTeacher:
 
     @property
     def n_stimuli(self) -> int:
+        """Number of stimuli the teacher RDMs cover."""
         return len(self.ids)
 
     @property
     def n_rdms(self) -> int:
+        """Number of teacher RDMs (1 after ``combine="mean"``)."""
         return self.rdms.shape[0]
 
     def _on(
@@ -450,6 +452,7 @@ class NetworkTeacher:
         return self
 
     def clear_cache(self) -> None:
+        """Forget the cached teacher features (see ``cache=True``)."""
         self._cache.clear()
 
     def close(self) -> None:

@@ -78,6 +78,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Trainer", "Schedule", "linear_warmup"]
 
+#: a loss weight: a constant, or a function of the epoch (0-based) such as :func:`linear_warmup`'s
 Schedule = Union[float, Callable[[int], float]]
 
 # --------------------------------------------------------------------------- #
@@ -380,10 +381,12 @@ class Trainer:
 
     @property
     def checkpoint_dir(self) -> Path | None:
+        """``out_dir / "checkpoints"``, or ``None`` when the trainer writes no files."""
         return self.out_dir / "checkpoints" if self.out_dir is not None else None
 
     @property
     def is_main(self) -> bool:
+        """Whether this process is rank 0, the one that writes files and shows progress."""
         return self.rank == 0
 
     # ------------------------------------------------------------ checkpoints

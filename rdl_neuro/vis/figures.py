@@ -23,6 +23,7 @@ from rdl_neuro.rdm.interop import rdm_names
 
 __all__ = ["save_figure", "plot_rdm_comparison", "plot_layer_profile", "plot_mds", "plot_history", "figure_to_array"]
 
+#: the file formats :func:`save_figure` writes, chosen by the path's suffix
 FORMATS = (".png", ".svg", ".pdf")
 
 
