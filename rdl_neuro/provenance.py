@@ -60,6 +60,7 @@ __all__ = [
     "record_paths",
 ]
 
+#: version of the record format written by :func:`write_record` (the ``record_version`` field)
 RECORD_VERSION = 1
 #: libraries whose versions every record lists
 PACKAGES = ("rdl-neuro", "torch", "numpy", "scipy", "pandas", "scikit-learn", "rsatoolbox", "matplotlib")
