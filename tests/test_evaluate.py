@@ -15,22 +15,12 @@ from rdl_neuro.inference import rsa_evaluate, rsa_table
 from rdl_neuro.model import layer_rdms
 from rdl_neuro.rdm import gram_to_rdm
 from rdl_neuro.rdm import METHODS, compute_rdm
+from rsa_helpers import fixed_models, random_rdms, replay_draws
 
 ALL = [m for m in COMPARE_METHODS if m != "tau-b"]
 
 
-def _data(rng: np.random.Generator, n: int = 10, k: int = 3, m: int = 4) -> tuple[RDMs, RDMs]:
-    p = n * (n - 1) // 2
-    trend = np.linspace(0, 1, p)
-    brain = RDMs(rng.random((m, p)) + trend, dissimilarity_measure="correlation",
-                 pattern_descriptors={"stimulus": np.arange(n)})
-    models = RDMs(rng.random((k, p)) + trend * rng.random((k, 1)), dissimilarity_measure="correlation",
-                  pattern_descriptors={"stimulus": np.arange(n)}, rdm_descriptors={"name": [f"m{i}" for i in range(k)]})
-    return models, brain
-
-
-def _models(rdms: RDMs) -> list[ModelFixed]:
-    return [ModelFixed(f"m{i}", rdms[i]) for i in range(rdms.n_rdm)]
+_data, _models = random_rdms, fixed_models
 
 
 @pytest.fixture(autouse=True)
@@ -56,20 +46,7 @@ def test_fixed_equals_eval_fixed(rng, method):
     np.testing.assert_allclose(ours.ci_high, high, atol=1e-9)
 
 
-def _draws(kind: str, n_boot: int, n: int, m: int, seed: int):
-    """The draws rsatoolbox's eval_* make after np.random.seed(seed), in their order."""
-    np.random.seed(seed)
-    rdm_idx, pat_idx = [], []
-    for _ in range(n_boot):
-        if kind in ("rdm", "both"):
-            rdm_idx.append(np.random.randint(0, m, size=m))
-        if kind in ("pattern", "both"):
-            pat_idx.append(np.random.randint(0, n, size=n))
-    if kind == "pattern":
-        return np.array(pat_idx)
-    if kind == "rdm":
-        return np.array(rdm_idx)
-    return np.array(rdm_idx), np.array(pat_idx)
+_draws = replay_draws
 
 
 EVAL = {"pattern": eval_bootstrap_pattern, "rdm": eval_bootstrap_rdm, "both": eval_bootstrap}

@@ -44,14 +44,20 @@ from rdl_neuro.inference.bootstrap import MOMENT_METHODS, bootstrap_general, boo
 from rdl_neuro.inference.kendall import KENDALL_METHODS, bootstrap_kendall
 from rdl_neuro.inference.noise_ceiling import noise_ceiling_bounds
 from rdl_neuro.inference.resampling import draw_indices
+from rdl_neuro.inference.tests import extract_variances, model_tests, noise_pvalues, pairwise_tests, zero_pvalues
 from rdl_neuro.rdm.calc import check_method, subset_rdms
 from rdl_neuro.rdm.compare import COMPARE_METHODS, RANK_METHODS, compare_rdms
 from rdl_neuro.rdm.interop import from_rsatoolbox, rdm_names
 
-__all__ = ["rsa_table", "rsa_evaluate", "RSAResult", "BOOTSTRAPS", "extract_variances"]
+__all__ = ["rsa_table", "rsa_evaluate", "RSAResult", "BOOTSTRAPS", "CV_METHODS", "build_result"]
 
 #: ``bootstrap`` choices of :func:`rsa_table`: none (fixed), stimuli, brain RDMs, or both
 BOOTSTRAPS = (None, "pattern", "rdm", "both")
+# rsatoolbox's ``Result.cv_method`` for each kind of result (``RSAResult.bootstrap``)
+CV_METHODS = {None: "fixed", "pattern": "bootstrap_pattern", "rdm": "bootstrap_rdm", "both": "bootstrap",
+              "dual": "dual_bootstrap", "crossval": "crossvalidation", "bootstrap_crossval": "bootstrap_crossval",
+              "bootstrap_crossval_pattern": "bootstrap_crossval_pattern",
+              "bootstrap_crossval_rdm": "bootstrap_crossval_rdm"}
 
 
 # ============================================================================ inputs
@@ -121,28 +127,6 @@ def _warn_measures(model: RDMs, brain: RDMs, method: str) -> None:
         "where only the order matters)", UserWarning, stacklevel=3)
 
 
-# ============================================================================ statistics (rsatoolbox's)
-
-
-def _correct(var: np.ndarray, n: int | None) -> np.ndarray:
-    return var * (n / (n - 1)) if n is not None and n > 1 else var
-
-
-def extract_variances(evals: np.ndarray, nc: np.ndarray | None, n_corr: int | None, ddof: int = 1,
-               scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """rsatoolbox's ``extract_variances``: ``(model_var (k,), noise_ceiling_var (k,))``."""
-    k = evals.shape[1]
-    if nc is not None:
-        cov = np.atleast_2d(np.cov(np.concatenate([evals.T, nc]), ddof=ddof)) * scale
-        model_var = np.diag(cov)[:k]
-        nc_var = model_var - 2 * cov[:k, k] + cov[k, k]
-    else:
-        cov = np.atleast_2d(np.cov(evals.T, ddof=ddof)) * scale
-        model_var = np.diag(cov)
-        nc_var = model_var
-    return _correct(model_var, n_corr), _correct(nc_var, n_corr)
-
-
 @dataclass
 class RSAResult:
     """Everything behind ``rsa_table``.
@@ -151,17 +135,41 @@ class RSAResult:
     ----------
     names : list of str
         One per model RDM.
-    method, bootstrap : str, str or None
+    method : str
+    bootstrap : str or None
+        The kind of result: None (fixed), ``pattern``, ``rdm``, ``both``,
+        ``dual`` (dual bootstrap), ``crossval``, ``bootstrap_crossval``
+        (``_pattern``, ``_rdm``); ``cv_method`` gives rsatoolbox's word.
     evaluations : ndarray
         ``(k, m)`` model-by-brain-RDM comparisons without bootstrap, else
         ``(N, k)`` per-resample means over the (resampled) brain RDMs; NaN
         rows mark resamples rsatoolbox also drops (fewer than 3 stimuli).
+        Crossvalidated and dual-bootstrap results keep rsatoolbox's layout
+        ``(N, k, folds[, n_cv[, 3]])`` (see ``rsatoolbox_evaluations``).
     noise_ceiling : ndarray
         ``(2,)`` lower and upper bound, or ``(2, N)`` per resample.
+    fixed : ndarray ``(k,)``
+        Mean over brain RDMs on all stimuli (NaN where not computed).
     mean, sem, ci_low, ci_high, p_zero, p_noise : ndarray ``(k,)``
+        rsatoolbox's means, SEMs, 95% intervals and t-test p-values.
     nc_lower, nc_upper : float
     dof : int
-    n_stimuli, n_brain : int
+    n_stimuli, n_brain : int or None
+    rdm_idx, pattern_idx : ndarray or None
+        The bootstrap draws.
+    variances : ndarray or None
+        rsatoolbox's ``Result.variances``: the (uncorrected) covariance of the
+        evaluations (and noise-ceiling bounds), or the three covariances of a
+        dual bootstrap.
+    model_var, diff_var, nc_var : ndarray or None
+        ``(k,)``, ``(k (k - 1) / 2,)`` and ``(k, 2)``: corrected variances of
+        the evaluations, of the pairwise differences and of the differences
+        from the noise ceiling (``extract_variances``).
+    models : list or None
+        rsatoolbox ``Model`` objects, kept by ``from_rsatoolbox`` and given
+        back by ``to_rsatoolbox``.
+    params : dict or None
+        Fitted parameters of crossvalidated models, by model name.
     """
 
     names: list[str]
@@ -183,11 +191,46 @@ class RSAResult:
     n_brain: int
     rdm_idx: np.ndarray | None = field(default=None, repr=False)
     pattern_idx: np.ndarray | None = field(default=None, repr=False)
+    variances: np.ndarray | None = field(default=None, repr=False)
+    model_var: np.ndarray | None = field(default=None, repr=False)
+    diff_var: np.ndarray | None = field(default=None, repr=False)
+    nc_var: np.ndarray | None = field(default=None, repr=False)
+    models: list | None = field(default=None, repr=False)
+    params: dict | None = field(default=None, repr=False)
+
+    @property
+    def cv_method(self) -> str:
+        """rsatoolbox's name of this kind of result (``Result.cv_method``)."""
+        return CV_METHODS[self.bootstrap]
+
+    def rsatoolbox_evaluations(self) -> np.ndarray:
+        """The evaluations in rsatoolbox's ``Result`` layout ``(N, k, ...)`` (a fixed result: ``(1, k, m)``)."""
+        return self.evaluations[None] if self.bootstrap is None else self.evaluations
+
+    def variance_components(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """``(model_var, diff_var, nc_var)``, see the class attributes."""
+        return self.model_var, self.diff_var, self.nc_var
+
+    @property
+    def n_samples(self) -> int:
+        """Usable bootstrap samples (0 for fixed and plain crossvalidated results)."""
+        if self.bootstrap in (None, "crossval"):
+            return 0
+        first = self.evaluations.reshape(self.evaluations.shape[0], self.evaluations.shape[1], -1)[:, 0]
+        return int(np.isfinite(first).all(1).sum())
+
+    def pairwise(self, test_type: str = "t-test", correction: str = "fdr", alpha: float = 0.05) -> pd.DataFrame:
+        """Every pair of models compared, corrected: ``pairwise_tests(self, ...)``."""
+        return pairwise_tests(self, test_type, correction, alpha)
+
+    def tests(self, test_type: str = "t-test", correction: str = "fdr", alpha: float = 0.05) -> pd.DataFrame:
+        """Each model against 0 and the noise ceiling, corrected: ``model_tests(self, ...)``."""
+        return model_tests(self, test_type, correction, alpha)
 
     def table(self) -> pd.DataFrame:
         """One row per model RDM (see ``rsa_table``)."""
         n = len(self.names)
-        valid = int(np.isfinite(self.evaluations[:, 0]).sum()) if self.bootstrap else 0
+        valid = self.n_samples
         return pd.DataFrame({
             "model": self.names,
             "method": [self.method] * n,
@@ -233,7 +276,7 @@ def rsa_evaluate(
     brain, brain_ids = from_rsatoolbox(brain_rdms, descriptor)
     models, names, brain_pos = _stack_models(model_rdms, brain_rdms, brain_ids, method, descriptor)
     brain = subset_rdms(brain, brain_pos)
-    n_stim, k, m = len(brain_pos), models.shape[0], brain.shape[0]
+    n_stim, m = len(brain_pos), brain.shape[0]
     for name, v in (("model", models), ("brain", brain)):
         bad = torch.isnan(v).all(1)
         if bool(bad.any()):
@@ -247,13 +290,9 @@ def rsa_evaluate(
     rdm_idx = pat_idx = None
     if bootstrap is None:
         evaluations, nc_arr = fixed_all, np.array(nc_point)
-        mean = fixed
-        dof = m - 1
-        if m > 1:
-            model_var, nc_var = extract_variances(fixed_all.T, None, m, ddof=0, scale=1.0 / m)
-        else:
-            model_var = nc_var = np.full(k, np.nan)
-        nc_lower, nc_upper = nc_point
+        # eval_fixed: the covariance over subjects of the mean, corrected by n_rdm
+        variances = np.cov(fixed_all, ddof=0) / m if m > 1 else None
+        sizes, dof = (m, None), m - 1
     else:
         if n_bootstrap < 2 and bootstrap_indices is None:
             raise ValueError(f"n_bootstrap must be >= 2, got {n_bootstrap}")
@@ -271,43 +310,99 @@ def rsa_evaluate(
         ok = np.isfinite(evaluations[:, 0])
         if ok.sum() < 2:
             raise ValueError(f"only {int(ok.sum())} usable bootstrap samples; use more resamples or stimuli")
-        mean = evaluations[ok].mean(0)
-        n_corr = {"pattern": n_stim, "rdm": m, "both": min(m, n_stim)}[bootstrap]
-        dof = n_corr - 1
+        sizes = {"pattern": (None, n_stim), "rdm": (m, None), "both": (m, n_stim)}[bootstrap]
+        dof = min(n for n in sizes if n is not None) - 1
         if bootstrap == "rdm":
             # eval_bootstrap_rdm overwrites its variances with the evaluations' covariance alone
-            model_var, nc_var = extract_variances(evaluations, None, n_corr)
-        else:
-            model_var, nc_var = extract_variances(evaluations[ok], nc_arr[:, ok] if boot_nc else None, n_corr)
-        if not noise_ceiling:
-            nc_arr, nc_lower, nc_upper = None, np.nan, np.nan
+            variances = np.cov(evaluations.T)
         elif boot_nc:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                nc_lower, nc_upper = (float(v) for v in np.nanmean(nc_arr, axis=1))
+            variances = np.cov(np.concatenate([evaluations[ok].T, nc_arr[:, ok]]))
         else:
+            variances = np.cov(evaluations[ok].T)
+        if not noise_ceiling:
+            nc_arr = None
+        elif not boot_nc:
             nc_arr = np.array(nc_point)
-            nc_lower, nc_upper = nc_point
-    sem = np.sqrt(np.maximum(model_var, 0))
-    eps = np.finfo(float).eps
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p_zero = 1 - stats.t.cdf(mean / np.sqrt(np.maximum(model_var, eps)), dof) if dof > 0 else np.full(k, np.nan)
-        if noise_ceiling and dof > 0:
-            t_nc = (mean - nc_lower) / np.sqrt(np.maximum(nc_var, eps))
-            p_noise = 2 * (1 - stats.t.cdf(np.abs(t_nc), dof))
-        else:
-            p_noise = np.full(k, np.nan)
-    if ci == "percentile" and bootstrap is not None:
-        framed = np.concatenate([np.tile([[-np.inf], [np.inf]], (1, k)), evaluations], 0)
-        ci_low, ci_high = np.quantile(framed, 0.025, axis=0), np.quantile(framed, 0.975, axis=0)
+    return build_result(names, method, bootstrap, evaluations, nc_arr, variances, sizes, dof, fixed=fixed, ci=ci,
+                        n_stimuli=n_stim, n_brain=m, rdm_idx=rdm_idx, pattern_idx=pat_idx)
+
+
+def build_result(names: list[str], method: str, bootstrap: str | None, evaluations: np.ndarray,
+                 noise_ceiling: np.ndarray | None, variances: np.ndarray | None,
+                 sizes: tuple[int | None, int | None], dof: int, *, fixed: np.ndarray | None = None,
+                 ci: str = "t", n_stimuli: int | None = None, n_brain: int | None = None, **extra: Any) -> RSAResult:
+    """An ``RSAResult`` from evaluations and their covariance, with rsatoolbox's summary statistics.
+
+    Parameters
+    ----------
+    names : list of str
+    method : str
+    bootstrap : str or None
+        The kind of result (see ``RSAResult``).
+    evaluations : ndarray
+        ``(k, m)`` for a fixed result, else rsatoolbox's layout ``(N, k, ...)``.
+    noise_ceiling : ndarray or None
+        ``(2,)`` or ``(2, N, ...)``.
+    variances : ndarray or None
+        rsatoolbox's uncorrected ``variances`` (see ``extract_variances``);
+        ``None`` for no variance estimate (one subject, plain crossvalidation).
+    sizes : (int or None, int or None)
+        ``(n_rdm, n_pattern)`` of the small-sample correction, as rsatoolbox's
+        evaluation function passes them to its ``Result``.
+    dof : int
+    fixed, ci, n_stimuli, n_brain, **extra
+        Stored on the result; ``ci`` is ``"t"`` or ``"percentile"``.
+    """
+    k = len(names)
+    rs_evals = evaluations[None] if bootstrap is None else evaluations
+    mean = _rsatoolbox_means(rs_evals, bootstrap)
+    nan_k = np.full(k, np.nan)
+    if variances is not None:
+        variances = np.asarray(variances, dtype=float)
+        nc_included = variances.ndim > 0 and variances.shape[-1] != k
+        model_var, diff_var, nc_var = extract_variances(variances, nc_included, *sizes)
+        sem = np.sqrt(np.maximum(model_var, 0))
     else:
-        half = -sem * stats.t.ppf(0.025, dof) if dof > 0 else np.full(k, np.nan)
-        ci_low, ci_high = mean - half, mean + half
-    return RSAResult(names=names, method=method, bootstrap=bootstrap, evaluations=evaluations,
-                     noise_ceiling=nc_arr, fixed=fixed, mean=mean, sem=sem, ci_low=ci_low, ci_high=ci_high,
-                     p_zero=np.asarray(p_zero, float), p_noise=np.asarray(p_noise, float),
-                     nc_lower=float(nc_lower), nc_upper=float(nc_upper), dof=int(dof),
-                     n_stimuli=n_stim, n_brain=m, rdm_idx=rdm_idx, pattern_idx=pat_idx)
+        model_var = diff_var = nc_var = None
+        sem = nan_k
+    has_nc = noise_ceiling is not None
+    if has_nc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            nc_lower, nc_upper = (float(np.nanmean(b)) for b in noise_ceiling)
+    else:
+        nc_lower = nc_upper = np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        testable = model_var is not None and dof > 0
+        p_zero = zero_pvalues(rs_evals, "t-test", model_var, dof) if testable else nan_k
+        p_noise = noise_pvalues(rs_evals, noise_ceiling, "t-test", nc_var, dof) if testable and has_nc else nan_k
+        if ci == "percentile" and bootstrap is not None:
+            per_sample = rs_evals.reshape(rs_evals.shape[0], k, -1)
+            per_sample = per_sample[:, :, 0] if per_sample.shape[2] == 1 else np.nanmean(per_sample, -1)
+            framed = np.concatenate([np.tile([[-np.inf], [np.inf]], (1, k)), per_sample], 0)
+            ci_low, ci_high = np.quantile(framed, 0.025, axis=0), np.quantile(framed, 0.975, axis=0)
+        else:
+            half = -sem * stats.t.ppf(0.025, dof) if dof > 0 else nan_k
+            ci_low, ci_high = mean - half, mean + half
+    return RSAResult(names=list(names), method=method, bootstrap=bootstrap, evaluations=evaluations,
+                     noise_ceiling=noise_ceiling, fixed=nan_k if fixed is None else fixed, mean=mean, sem=sem,
+                     ci_low=ci_low, ci_high=ci_high, p_zero=np.asarray(p_zero, float),
+                     p_noise=np.asarray(p_noise, float), nc_lower=nc_lower, nc_upper=nc_upper, dof=int(dof),
+                     n_stimuli=n_stimuli, n_brain=n_brain, variances=variances, model_var=model_var,
+                     diff_var=diff_var, nc_var=nc_var, **extra)
+
+
+def _rsatoolbox_means(evaluations: np.ndarray, bootstrap: str | None) -> np.ndarray:
+    """rsatoolbox's ``Result.get_means`` for evaluations ``(N, k, ...)``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if bootstrap in (None, "crossval"):
+            perf = np.mean(evaluations, axis=0)
+            return np.nanmean(perf, axis=-1) if perf.ndim > 1 else perf
+        perf = evaluations
+        while perf.ndim > 2:
+            perf = np.nanmean(perf, axis=-1)
+        return perf[~np.isnan(perf[:, 0])].mean(0)
 
 
 def rsa_table(

@@ -1,0 +1,38 @@
+"""Helpers shared by the tests that check rdl_neuro.inference against rsatoolbox."""
+from __future__ import annotations
+
+import numpy as np
+from rsatoolbox.model import ModelFixed
+from rsatoolbox.rdm import RDMs
+
+
+def random_rdms(rng: np.random.Generator, n: int = 10, k: int = 3, m: int = 4) -> tuple[RDMs, RDMs]:
+    """``(models, brain)``: k model and m brain RDMs over n stimuli, related through a shared trend."""
+    p = n * (n - 1) // 2
+    trend = np.linspace(0, 1, p)
+    brain = RDMs(rng.random((m, p)) + trend, dissimilarity_measure="correlation",
+                 pattern_descriptors={"stimulus": np.arange(n)})
+    models = RDMs(rng.random((k, p)) + trend * rng.random((k, 1)), dissimilarity_measure="correlation",
+                  pattern_descriptors={"stimulus": np.arange(n)}, rdm_descriptors={"name": [f"m{i}" for i in range(k)]})
+    return models, brain
+
+
+def fixed_models(rdms: RDMs) -> list[ModelFixed]:
+    """One rsatoolbox ModelFixed per RDM, named m0, m1, ..."""
+    return [ModelFixed(f"m{i}", rdms[i]) for i in range(rdms.n_rdm)]
+
+
+def replay_draws(kind: str, n_boot: int, n: int, m: int, seed: int):
+    """The draws rsatoolbox's eval_* make after np.random.seed(seed), in their order."""
+    np.random.seed(seed)
+    rdm_idx, pat_idx = [], []
+    for _ in range(n_boot):
+        if kind in ("rdm", "both"):
+            rdm_idx.append(np.random.randint(0, m, size=m))
+        if kind in ("pattern", "both"):
+            pat_idx.append(np.random.randint(0, n, size=n))
+    if kind == "pattern":
+        return np.array(pat_idx)
+    if kind == "rdm":
+        return np.array(rdm_idx)
+    return np.array(rdm_idx), np.array(pat_idx)
