@@ -53,7 +53,7 @@ __all__ = ["rsa_table", "rsa_evaluate", "RSAResult", "BOOTSTRAPS", "CV_METHODS",
 
 #: ``bootstrap`` choices of :func:`rsa_table`: none (fixed), stimuli, brain RDMs, or both
 BOOTSTRAPS = (None, "pattern", "rdm", "both")
-# rsatoolbox's ``Result.cv_method`` for each kind of result (``RSAResult.bootstrap``)
+#: rsatoolbox's ``Result.cv_method`` for each kind of result (``RSAResult.bootstrap``).
 CV_METHODS = {None: "fixed", "pattern": "bootstrap_pattern", "rdm": "bootstrap_rdm", "both": "bootstrap",
               "dual": "dual_bootstrap", "crossval": "crossvalidation", "bootstrap_crossval": "bootstrap_crossval",
               "bootstrap_crossval_pattern": "bootstrap_crossval_pattern",

@@ -29,7 +29,9 @@ __all__ = ["TEST_TYPES", "CORRECTIONS", "pairwise_contrast", "extract_variances"
            "significant_pvalues", "pair_pvalues", "zero_pvalues", "noise_pvalues", "pairwise_tests",
            "model_tests", "paired_unit_tests"]
 
+#: rsatoolbox's test types: t-test with the bootstrap/subject variances, bootstrap proportions, Wilcoxon signed-rank.
 TEST_TYPES = ("t-test", "bootstrap", "ranksum")
+#: Corrections for multiple comparisons: Benjamini-Hochberg FDR, Bonferroni, none.
 CORRECTIONS = ("fdr", "bonferroni", "none")
 PAIR_COLUMNS = ["model_a", "model_b", "diff", "sem", "p", "p_corrected", "significant"]
 
