@@ -24,6 +24,13 @@ def plain_id(i: Any) -> Hashable:
 
 
 def duplicate_ids(ids: Iterable[Hashable]) -> list[Hashable]:
-    """The ids that occur more than once, in order of their second occurrence."""
+    """The ids that occur more than once, in order of their second occurrence.
+
+    Examples
+    --------
+    >>> from rdl_neuro.data import duplicate_ids
+    >>> duplicate_ids(["b", "a", "b", "c", "a"])
+    ['b', 'a']
+    """
     seen: set[Hashable] = set()
     return [i for i in ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]

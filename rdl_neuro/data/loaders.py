@@ -227,7 +227,30 @@ def _to_float_images(pixels: np.ndarray, scale: float) -> torch.Tensor:
 
 
 def stratified_split(labels: np.ndarray, test_size: float, seed: int) -> np.ndarray:
-    """Deterministic stratified train/test assignment -> array of "train"/"test"."""
+    """Deterministic stratified train/test assignment -> array of "train"/"test".
+
+    Parameters
+    ----------
+    labels : array ``(n,)``
+        Class of each sample; every class is split in the same proportion.
+    test_size : float in [0, 1)
+        Fraction of the samples that go to ``"test"``.
+    seed : int
+        Seeds scikit-learn's ``train_test_split``.
+
+    Returns
+    -------
+    ndarray ``(n,)`` of object
+        ``"train"`` or ``"test"`` per sample.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from rdl_neuro.data import stratified_split
+    >>> split = stratified_split(np.array([0, 0, 0, 0, 1, 1, 1, 1]), test_size=0.5, seed=0)
+    >>> [int((split[:4] == "test").sum()), int((split[4:] == "test").sum())]   # half of each class
+    [2, 2]
+    """
     n = len(labels)
     split = np.full(n, "train", dtype=object)
     if not 0.0 <= test_size < 1.0:

@@ -291,6 +291,24 @@ def rdms_from_nifti(
     DroppedVoxelsWarning
         Voxels that are NaN/inf in any volume or constant across all volumes
         are dropped; the count per ROI is in the warning and in ``n_dropped_voxels``.
+
+    Examples
+    --------
+    Images in memory work as well as paths; here 4 conditions in a 3x3x3 volume,
+    first the whole volume as one ROI, then an atlas with two labelled regions:
+
+    >>> import numpy as np, nibabel as nib
+    >>> from rdl_neuro.data import rdms_from_nifti
+    >>> rng = np.random.default_rng(0)
+    >>> betas = nib.Nifti1Image(rng.standard_normal((3, 3, 3, 4)), affine=np.eye(4))
+    >>> mask = nib.Nifti1Image(np.ones((3, 3, 3), dtype=np.uint8), affine=np.eye(4))
+    >>> rdms = rdms_from_nifti(betas, ["face", "house", "cat", "car"], mask=mask)
+    >>> rdms.n_rdm, rdms.n_cond, rdms.dissimilarity_measure
+    (1, 4, 'correlation')
+    >>> atlas = nib.Nifti1Image(np.repeat([1, 2, 2], 9).reshape(3, 3, 3).astype(np.int16), affine=np.eye(4))
+    >>> rdms = rdms_from_nifti(betas, ["face", "house", "cat", "car"], atlas=atlas, labels={1: "left", 2: "right"})
+    >>> rdms.rdm_descriptors["roi"], rdms.rdm_descriptors["n_voxels"]
+    (['left', 'right'], [9, 18])
     """
     from rsatoolbox.data import Dataset
     from rsatoolbox.data.noise import prec_from_residuals

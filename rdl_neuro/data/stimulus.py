@@ -53,6 +53,18 @@ class StimulusDataset(Dataset):
         Non-negative integer ids; ``None``/``UNCOVERED`` (or absence from the
         mapping) marks samples without a stimulus id. Two samples may share an
         id (e.g. repeated presentations of one image).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.utils.data import TensorDataset
+    >>> from rdl_neuro.data import UNCOVERED, StimulusDataset
+    >>> images, labels = torch.zeros(3, 2), torch.tensor([0, 1, 1])
+    >>> ds = StimulusDataset(TensorDataset(images, labels), [7, 8, None])   # the third has no id
+    >>> ds[1]
+    (tensor([0., 0.]), tensor(1), 8)
+    >>> ds[2][2] == UNCOVERED
+    True
     """
 
     def __init__(self, dataset: Any, stimulus_ids: Sequence[int | None] | Mapping[int, int]):

@@ -464,6 +464,23 @@ def rsa_table(
         all stimuli), ``sem, ci_low, ci_high, p_zero`` (one-sided t-test
         against 0), ``p_noise`` (two-sided t-test against the lower bound),
         ``nc_lower, nc_upper, dof, n_stimuli, n_brain, n_bootstrap``.
+
+    Examples
+    --------
+    Three identical brain RDMs over 4 stimuli; one model RDM shares their geometry,
+    one reverses it:
+
+    >>> import torch
+    >>> from rdl_neuro.inference import rsa_table
+    >>> from rdl_neuro.rdm import to_rsatoolbox
+    >>> brain = to_rsatoolbox(torch.arange(1., 7.).repeat(3, 1), stimulus_ids=[0, 1, 2, 3])
+    >>> models = to_rsatoolbox(torch.stack([torch.arange(1., 7.), torch.arange(6., 0., -1.)]),
+    ...                        stimulus_ids=[0, 1, 2, 3], rdm_descriptors={"name": ["same", "reversed"]})
+    >>> table = rsa_table(models, brain, method="corr")
+    >>> table[["model", "mean", "nc_lower", "nc_upper", "n_brain"]].round(3)
+          model  mean  nc_lower  nc_upper  n_brain
+    0      same   1.0       1.0       1.0        3
+    1  reversed  -1.0       1.0       1.0        3
     """
     return rsa_evaluate(model_rdms, brain_rdms, method, bootstrap=bootstrap, n_bootstrap=n_bootstrap,
                         noise_ceiling=noise_ceiling, boot_noise_ceiling=boot_noise_ceiling, ci=ci, seed=seed,

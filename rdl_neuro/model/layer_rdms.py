@@ -101,6 +101,15 @@ def layer_rdms(
     rsatoolbox.rdm.RDMs
         One RDM per layer (``rdm_descriptors['layer']``), ``dissimilarity_measure``
         from ``method``, ``pattern_descriptors['stimulus']`` the ids.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rdl_neuro.model import build_model, layer_rdms
+    >>> net = build_model({"type": "mlp", "input_shape": [1, 2, 2], "hidden": [8, 8], "n_classes": 3})
+    >>> rdms = layer_rdms(net, torch.randn(10, 1, 2, 2), ["hidden1", "hidden2"], progress=False)
+    >>> rdms.n_rdm, rdms.n_cond, rdms.rdm_descriptors["layer"], rdms.dissimilarity_measure
+    (2, 10, ['hidden1', 'hidden2'], 'correlation')
     """
 
 

@@ -139,6 +139,18 @@ def build_model(config: Mapping[str, Any]) -> RDLNet:
     ------
     KeyError, TypeError, ValueError
         naming the offending ``model.<key>``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rdl_neuro.model import build_model
+    >>> net = build_model({"type": "mlp", "input_shape": [1, 8, 8], "hidden": [32, 32], "n_classes": 10})
+    >>> [name for name, _ in net.named_children()]
+    ['flatten', 'fc1', 'hidden1', 'fc2', 'hidden2', 'out']
+    >>> net(torch.zeros(5, 1, 8, 8)).shape
+    torch.Size([5, 10])
+    >>> net.config["dropout"]                      # the completed config travels with the model
+    0.0
     """
     cfg = _validate(config)
     c, h, w = cfg["input_shape"]

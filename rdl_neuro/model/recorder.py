@@ -91,6 +91,16 @@ class LayerRecorder:
         with LayerRecorder(model, ["fc1", "fc2"]) as rec:
             logits = model(x)
             feats = rec.features      # {"fc1": (b, 800), "fc2": (b, 800)}
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rdl_neuro.model import LayerRecorder, build_model
+    >>> net = build_model({"type": "mlp", "input_shape": [1, 2, 2], "hidden": [8, 8], "n_classes": 3})
+    >>> with LayerRecorder(net, ["hidden1", "hidden2"]) as rec:
+    ...     logits = net(torch.randn(5, 1, 2, 2))
+    ...     {name: tuple(f.shape) for name, f in rec.features.items()}
+    {'hidden1': (5, 8), 'hidden2': (5, 8)}
     """
 
     def __init__(self, model: nn.Module, layers: Iterable[str] | str, call: str = "last", *, detach: bool = False):

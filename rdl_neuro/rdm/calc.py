@@ -87,7 +87,19 @@ def to_condensed(square: torch.Tensor) -> torch.Tensor:
 
 
 def to_square(condensed: torch.Tensor) -> torch.Tensor:
-    """Condensed RDMs ``(..., n(n-1)/2)`` -> symmetric square RDMs ``(..., n, n)`` with zero diagonal."""
+    """Condensed RDMs ``(..., n(n-1)/2)`` -> symmetric square RDMs ``(..., n, n)`` with zero diagonal.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rdl_neuro.rdm import to_condensed, to_square
+    >>> to_square(torch.tensor([1., 2., 3.]))
+    tensor([[0., 1., 2.],
+            [1., 0., 3.],
+            [2., 3., 0.]])
+    >>> to_condensed(to_square(torch.tensor([1., 2., 3.])))
+    tensor([1., 2., 3.])
+    """
     if condensed.ndim < 1:
         raise ValueError("expected condensed RDMs of shape (..., n_pairs), got a scalar")
     n = n_stimuli_from_length(condensed.shape[-1])
@@ -282,6 +294,20 @@ def compute_rdm(
     Returns
     -------
     Tensor ``(..., n(n-1)/2)`` (condensed, scipy ``squareform`` order) or ``(..., n, n)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rdl_neuro.rdm import compute_rdm
+    >>> x = torch.tensor([[0., 0.], [3., 4.], [6., 8.]])   # 3 stimuli, 2 channels
+    >>> compute_rdm(x, "euclidean")                      # pairs (0, 1), (0, 2), (1, 2)
+    tensor([ 5., 10.,  5.])
+    >>> compute_rdm(x, "euclidean", square=True)
+    tensor([[ 0.,  5., 10.],
+            [ 5.,  0.,  5.],
+            [10.,  5.,  0.]])
+    >>> compute_rdm(torch.randn(4, 92, 512), "correlation").shape   # batched: 4 layers
+    torch.Size([4, 4186])
     """
     check_method(method)
     check_features(features)

@@ -85,6 +85,17 @@ def compare_rdms(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, met
     Returns
     -------
     Tensor ``(k, m)``: similarity of ``a[i]`` and ``b[j]``, in the promoted dtype of the inputs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rdl_neuro.rdm import compare_rdms
+    >>> a = torch.tensor([[1., 2., 3., 4., 5., 6.]])                 # one RDM of 4 stimuli
+    >>> b = torch.tensor([[2., 4., 6., 8., 10., 12.], [6., 5., 4., 3., 2., 1.]])
+    >>> compare_rdms(a, b, "corr")                                  # (1, 2): every pair
+    tensor([[ 1., -1.]])
+    >>> compare_rdms(a, b, "tau-a")
+    tensor([[ 1., -1.]])
     """
     check_method(method, COMPARE_METHODS, "comparison method")
     a, a_has_nan = _as_rdm_matrix(a, "a")

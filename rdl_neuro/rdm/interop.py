@@ -91,6 +91,17 @@ def to_rsatoolbox(
         or any other string, which is written as is.
     rdm_descriptors, pattern_descriptors : mappings of lists, optional
         Extra descriptors, one value per RDM / per stimulus.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rdl_neuro.rdm import from_rsatoolbox, to_rsatoolbox
+    >>> rdms = to_rsatoolbox(torch.tensor([[1., 2., 3.]]), stimulus_ids=["cat", "dog", "car"], method="correlation")
+    >>> rdms.n_rdm, rdms.n_cond, rdms.pattern_descriptors["stimulus"]
+    (1, 3, ['cat', 'dog', 'car'])
+    >>> tensor, ids = from_rsatoolbox(rdms)       # and back, with the ids
+    >>> tensor, ids
+    (tensor([[1., 2., 3.]], dtype=torch.float64), ['cat', 'dog', 'car'])
     """
     if isinstance(rdms, torch.Tensor):
         rdms = rdms.detach().cpu().numpy()

@@ -156,6 +156,13 @@ def rankdata(x: torch.Tensor) -> torch.Tensor:
 
     Equals ``scipy.stats.rankdata(row, method='average')`` for every row; not
     differentiable (the result is detached), same dtype and device as ``x``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rdl_neuro.rdm import rankdata
+    >>> rankdata(torch.tensor([[3., 1., 2., 1.]]))     # ties share their average rank
+    tensor([[4.0000, 1.5000, 3.0000, 1.5000]])
     """
     rows = numpy_rows(x)
     ranks = np.stack(map_rows(_average_ranks_row, list(rows), x.shape[-1]))

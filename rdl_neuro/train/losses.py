@@ -303,6 +303,23 @@ class RDLLoss(TransferLoss):
     calls with at least one skipped term) and ``skipped_terms`` (per layer).
     ``last_usable_pairs`` holds the number of usable pairs of each term of the
     last call.
+
+    Examples
+    --------
+    Student features whose Euclidean RDM equals the teacher's cost nothing; doubling
+    them doubles every distance:
+
+    >>> import numpy as np, torch
+    >>> from rdl_neuro.train import RDLLoss, RDMTeacher
+    >>> teacher = RDMTeacher.from_array(np.array([5., 10., 5.]), ids=[0, 1, 2], method="euclidean")
+    >>> loss = RDLLoss({"hidden1": teacher}, method="euclidean", criterion="mse")
+    >>> x = torch.tensor([[0., 0.], [3., 4.], [6., 8.]], requires_grad=True)
+    >>> total, terms = loss({"hidden1": x}, torch.tensor([0, 1, 2]))
+    >>> total.item(), sorted(terms)
+    (0.0, ['rdl/hidden1'])
+    >>> total, _ = loss({"hidden1": 2 * x}, torch.tensor([0, 1, 2]))
+    >>> round(total.item(), 4)                     # mean of (10-5)^2, (20-10)^2, (10-5)^2
+    50.0
     """
 
     def __init__(

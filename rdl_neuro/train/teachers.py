@@ -66,6 +66,26 @@ class RDMTeacher:
     Stimulus ids in batches are integers (``torch.long``); ``batch_target``
     also accepts a sequence of arbitrary ids. Ids the teacher does not know
     (and ``UNCOVERED = -1``) are uncovered.
+
+    Examples
+    --------
+    A teacher RDM over three stimuli with ids 10, 11, 12; a batch holding stimuli 12, 10
+    and an uncovered one (id 99) gets the matching sub-RDM and a mask of usable pairs:
+
+    >>> import numpy as np
+    >>> from rdl_neuro.train import RDMTeacher
+    >>> teacher = RDMTeacher.from_array(np.array([1., 2., 3.]), ids=[10, 11, 12])
+    >>> teacher
+    RDMTeacher(n_stimuli=3, n_rdms=1, method='unknown', combine='mean')
+    >>> target, mask = teacher.batch_target([12, 10, 99])
+    >>> target
+    tensor([[0., 2., 0.],
+            [2., 0., 0.],
+            [0., 0., 0.]], dtype=torch.float64)
+    >>> mask
+    tensor([[False,  True, False],
+            [ True, False, False],
+            [False, False, False]])
     """
 
     def __init__(

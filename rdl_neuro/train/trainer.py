@@ -89,6 +89,13 @@ def linear_warmup(weight: float, epochs: int, start: float = 0.0) -> Callable[[i
 
     Epoch ``e`` (from 0) gets ``start + (weight - start) * min(1, (e + 1) / epochs)``,
     so the first epoch already trains with a non-zero weight.
+
+    Examples
+    --------
+    >>> from rdl_neuro.train import linear_warmup
+    >>> weight = linear_warmup(1.0, 4)
+    >>> [weight(epoch) for epoch in range(6)]
+    [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     """
     if epochs < 1:
         raise ValueError(f"warm-up needs at least 1 epoch, got {epochs}")

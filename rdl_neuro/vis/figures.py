@@ -33,6 +33,19 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) ->
     The figure is rendered in memory and written with
     ``rdl_neuro.io.atomic_write_bytes`` (temporary file, then rename), so
     readers never see a half-written file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import matplotlib.pyplot as plt
+    >>> from rdl_neuro.vis import save_figure
+    >>> fig, ax = plt.subplots()
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = save_figure(fig, Path(folder) / "figures" / "empty.pdf")   # creates figures/
+    ...     (path.name, path.is_file())
+    ('empty.pdf', True)
+    >>> plt.close(fig)
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -85,6 +98,18 @@ def plot_rdm_comparison(
         Show each RDM's ranks scaled to [0, 1] (comparable across measures).
     shared_scale : bool
         One colour scale for all panels (else one per panel).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import matplotlib.pyplot as plt
+    >>> from rdl_neuro.rdm import to_rsatoolbox
+    >>> from rdl_neuro.vis import plot_rdm_comparison
+    >>> rdms = to_rsatoolbox(torch.rand(2, 6), stimulus_ids=[0, 1, 2, 3], rdm_descriptors={"name": ["a", "b"]})
+    >>> fig = plot_rdm_comparison(rdms, titles=["model", "brain"])
+    >>> [ax.get_title() for ax in fig.axes[:2]]
+    ['model', 'brain']
+    >>> plt.close(fig)
     """
     if isinstance(rdms, RDMs):
         parts = [rdms]
