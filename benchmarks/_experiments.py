@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from rdl_neuro.data.loaders import stratified_split
 from rdl_neuro.data.stimulus import StimulusDataset
 from rdl_neuro.io import atomic_write_csv, atomic_write_text
 from rdl_neuro.train.losses import CELoss, KDLoss, RDLLoss, RKDLoss, SPLoss
@@ -72,22 +73,12 @@ def seed_of(*keys: int | str) -> int:
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Positions of ``n`` samples drawn without replacement, class proportions kept (sorted)."""
-    labels = np.asarray(labels)
-    if n >= len(labels):
-        return np.arange(len(labels))
-    from sklearn.model_selection import train_test_split
-
-    idx, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=labels, random_state=seed % 2**32)
-    return np.sort(idx)
+    return stratified_split(labels, train_size=n, seed=seed)[0]
 
 
 def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split positions ``0..len(labels)-1`` into (fit, held out), ``fraction`` held out, stratified."""
-    from sklearn.model_selection import train_test_split
-
-    fit, held = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=np.asarray(labels),
-                                 random_state=seed % 2**32)
-    return np.sort(fit), np.sort(held)
+    return stratified_split(labels, test_size=fraction, seed=seed)
 
 
 def machine_info() -> dict[str, Any]:

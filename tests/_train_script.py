@@ -14,6 +14,7 @@ Options
     --sleep S            seconds to sleep after each step (gives a killer time)
     --kill-in-write K    SIGKILL this process halfway through its K-th atomic file write
     --weights PATH       save the final student weights here ({rank} is replaced)
+    --cka W              add a CKALoss term (student hidden2 vs teacher hidden2) with weight W
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ torch.set_num_threads(1)
 import rdl_neuro.io as rio  # noqa: E402
 from rdl_neuro.data.loaders import load_digits  # noqa: E402
 from rdl_neuro.data.stimulus import StimulusDataset  # noqa: E402
-from rdl_neuro.train.losses import CELoss, RDLLoss  # noqa: E402
+from rdl_neuro.train.losses import CELoss, CKALoss, RDLLoss  # noqa: E402
 from rdl_neuro.model.networks import build_model  # noqa: E402
 from rdl_neuro.train.teachers import NetworkTeacher  # noqa: E402
 from rdl_neuro.train import Trainer, linear_warmup, seed_everything  # noqa: E402
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sleep", type=float, default=0.0)
     p.add_argument("--kill-in-write", type=int, default=0)
     p.add_argument("--weights", default=None)
+    p.add_argument("--cka", type=float, default=0.0)
     a = p.parse_args(argv)
     if a.kill_in_write:
         install_write_killer(a.kill_in_write)
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         "ce": CELoss(),
         "rdl": (RDLLoss({"hidden1": "hidden1", "hidden2": "hidden2"}), linear_warmup(0.05, 2)),
     }
+    if a.cka:
+        losses["cka"] = (CKALoss("hidden2", "hidden2"), a.cka)
     trainer = PrintingTrainer(student, data, losses=losses, optimizer=optimizer, scheduler=scheduler,
                               val_data=val, teacher=teacher, batch_size=a.batch_size, epochs=a.epochs,
                               seed=7, out_dir=a.out, resume=a.resume, quiet=True, device="cpu",

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from rdl_neuro.model.recorder import LayerRecorder
-from rdl_neuro.train.losses import RDLLoss, RKDLoss, SPLoss
+from rdl_neuro.train.losses import CKALoss, RDLLoss, RKDLoss, SPLoss
 from rdl_neuro.rdm import compute_rdm
 from rdl_neuro.train.teachers import RDMTeacher
 
@@ -46,6 +46,7 @@ def _losses(gather: bool, rdms):
         RDLLoss({"1": teacher}, criterion="corr", gather=gather),
         RKDLoss("3", "t", angle_weight=0.5, gather=gather),
         SPLoss("1", "t", gather=gather),
+        CKALoss("3", "t", gather=gather),
     ]
 
 

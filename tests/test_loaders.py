@@ -410,3 +410,26 @@ def test_kriegeskorte92_missing_file(tmp_path, kriegeskorte_dir):
         load_kriegeskorte92(partial)
     with pytest.raises(FileNotFoundError, match="92-image folder not found"):
         load_kriegeskorte92(tmp_path / "absent")
+
+
+def test_stratified_split_is_sklearns_stratified_split_sorted():
+    from sklearn.model_selection import train_test_split
+
+    from rdl_neuro.data.loaders import stratified_split
+
+    labels = np.random.default_rng(0).integers(0, 4, 101)
+    idx = np.arange(101)
+    for kwargs in ({"train_size": 30}, {"train_size": 0.3}, {"test_size": 0.25}, {"test_size": 7}):
+        train, test = stratified_split(labels, seed=5, **kwargs)
+        ref_train, ref_test = train_test_split(idx, stratify=labels, random_state=5, **kwargs)
+        np.testing.assert_array_equal(train, np.sort(ref_train))
+        np.testing.assert_array_equal(test, np.sort(ref_test))
+    # a draw of every sample keeps them all; a class of one sample cannot be stratified
+    train, test = stratified_split(labels, train_size=101)
+    np.testing.assert_array_equal(train, idx)
+    assert len(test) == 0
+    lonely = np.array([0, 0, 0, 1, 1, 1, 2])
+    with pytest.raises(ValueError):
+        stratified_split(lonely, train_size=3, seed=0)
+    train, test = stratified_split(lonely, train_size=3, seed=0, fallback=True)
+    assert len(train) == 3 and sorted(np.concatenate([train, test])) == list(range(7))

@@ -23,9 +23,12 @@ def torchrun() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
 
 
-def test_two_ranks_equal_each_other_and_single_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["--cka", "0.5"]], ids=["rdl", "rdl+cka"])
+def test_two_ranks_equal_each_other_and_single_process(tmp_path: Path, extra: list[str]) -> None:
+    """With a CKALoss term too: the Trainer sets gather=True on it under torchrun, so CKA spans the
+    global batch like RDL does (over each rank's half alone, the weights would differ)."""
     # dropout 0: dropout masks are drawn per rank, so only deterministic layers compare exactly
-    common = ["--dropout", "0", "--epochs", "2", "--batch-size", "32", "--n-samples", "192"]
+    common = ["--dropout", "0", "--epochs", "2", "--batch-size", "32", "--n-samples", "192", *extra]
     dist_out, single_out = tmp_path / "dist", tmp_path / "single"
     res = subprocess.run([*torchrun(), "--standalone", "--nproc_per_node=2", str(SCRIPT), "--out", str(dist_out),
                           "--weights", str(dist_out / "w{rank}.pt"), *common],

@@ -47,6 +47,8 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
+from rdl_neuro.data.loaders import stratified_split
+
 __all__ = ["register", "run", "DemoSettings", "run_demo", "METHODS"]
 
 #: the student conditions the demo trains and tabulates
@@ -116,19 +118,12 @@ def _accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor
     return float((model(images).argmax(1) == labels).float().mean())
 
 
-def _stratified(labels: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
-
-    chosen, rest = train_test_split(np.arange(len(labels)), train_size=n, stratify=labels, random_state=seed)
-    return np.sort(chosen), np.sort(rest)
-
-
 def _splits(settings: DemoSettings) -> dict[str, Any]:
     from rdl_neuro.data.loaders import load_digits
 
     digits = load_digits(test_size=0.2, seed=0)
     train, test = digits.train, digits.test
-    val_pos, rest_pos = _stratified(train.labels.numpy(), settings.n_validation, 0)
+    val_pos, rest_pos = stratified_split(train.labels.numpy(), train_size=settings.n_validation, seed=0)
     return {"pool": train.subset(rest_pos), "val": train.subset(val_pos), "test": test}
 
 
@@ -154,7 +149,7 @@ def train_student(method: str, seed: int, data: dict[str, Any], teacher_model: t
     from rdl_neuro.train import Trainer, linear_warmup, seed_everything
 
     pool = data["pool"]
-    chosen, rest = _stratified(pool.labels.numpy(), settings.n_labelled, seed)
+    chosen, rest = stratified_split(pool.labels.numpy(), train_size=settings.n_labelled, seed=seed)
     labelled = pool.subset(chosen)
     if settings.n_unlabelled:
         rng = np.random.default_rng(seed)
@@ -268,7 +263,7 @@ def _figures(out: Path, test: Any, teacher: torch.nn.Module, students: dict[str,
     from rdl_neuro.vis import plot_rdm_comparison, save_figure
 
     # RDMs of the same test digits; sorted by class so the block structure shows
-    chosen, _ = _stratified(test.labels.numpy(), settings.rdm_stimuli, 0)
+    chosen, _ = stratified_split(test.labels.numpy(), train_size=settings.rdm_stimuli, seed=0)
     order = torch.as_tensor(chosen[np.argsort(test.labels.numpy()[chosen], kind="stable")])
     layer = f"hidden{len(settings.student_hidden)}"
     names = {"teacher": teacher, "student: baseline": students["baseline"], "student: RDL": students["RDL"]}

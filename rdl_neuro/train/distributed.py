@@ -19,7 +19,8 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "world_size_and_rank", "gather_with_grad", "gather_no_grad", "setup_process_group"]
+__all__ = ["is_distributed", "world_size_and_rank", "gather_with_grad", "gather_no_grad", "setup_process_group",
+           "pick_device", "wrap_data_parallel"]
 
 
 def is_distributed() -> bool:
@@ -102,3 +103,26 @@ def setup_process_group(mode: bool | str) -> tuple[int, int, bool]:
         dist.init_process_group(backend=backend)
         return dist.get_world_size(), dist.get_rank(), True
     return 1, 0, False
+
+
+def pick_device(device: str | torch.device | None, world: int) -> torch.device:
+    """``device`` if given, else CUDA when available (``cuda:LOCAL_RANK`` under torchrun), else CPU."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        if world > 1:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def wrap_data_parallel(model: torch.nn.Module, device: torch.device, world: int) -> torch.nn.Module:
+    """``DistributedDataParallel(model)`` with more than one rank, else ``model`` itself."""
+    if world <= 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)

@@ -9,14 +9,23 @@ The attributes ``student_layers`` / ``teacher_layers`` /
 Log names: ``ce``, ``kd``, ``rdl/<student layer>``, ``rkd/<student layer>``,
 ``sp/<student layer>``, ``cka/<student layer>``.
 
-RDMs come from ``rdl_neuro.rdm.compute_rdm`` and RDM correlations from
-``rdl_neuro.rdm.compare.compare_rdms``; nothing here re-implements them.
+RDMs come from ``rdl_neuro.rdm.calc.compute_rdm`` and RDM correlations from
+``rdl_neuro.rdm.compare.compare_rdms``. One exception, for speed: the default
+RDL term (euclidean RDM, ``mse``) runs as one autograd node,
+``_EuclideanRDMMSE``, whose forward builds the euclidean RDM from the same
+helpers ``compute_rdm`` uses (``square_squared_distances``, ``safe_sqrt``) and
+whose backward is written out; the tests check that it equals
+``compute_rdm`` followed by ``_weighted_mse``, values, gradients and second
+derivatives.
 
-``gather=True`` (``RDLLoss``, ``RKDLoss``, ``SPLoss``) builds the RDM over the
-global batch under ``torch.distributed`` (see ``rdl_neuro.train.distributed``): the
-loss value equals a single process on the concatenated batch on every rank,
-and the all-reduce *mean* of the ranks' gradients (what DDP does) equals the
-single-process gradient.
+``gather=True`` (``RDLLoss``, ``RKDLoss``, ``SPLoss``, ``CKALoss``: every loss
+whose value couples the samples of a batch) builds the RDM (or Gram matrix)
+over the global batch under ``torch.distributed`` (see
+``rdl_neuro.train.distributed``): the loss value equals a single process on
+the concatenated batch on every rank, and the all-reduce *mean* of the ranks'
+gradients (what DDP does) equals the single-process gradient. The Trainer
+sets ``gather=True`` on every such loss when it runs under torchrun.
+Cross-entropy and KD are per-sample means and need no gather.
 """
 from __future__ import annotations
 
@@ -138,11 +147,8 @@ def rdm_criterion(student: Tensor, teacher: Tensor, criterion: str, mask: Tensor
         return 1 - compare_rdms(student.unsqueeze(0), teacher.unsqueeze(0), criterion)[0, 0]
     if mask is not None and not bool(mask.all()):
         student, teacher = student[mask], teacher[mask]
-    if criterion == "scaled_mse":
-        # clamp: a collapsed RDM (all zeros) stays 0 instead of 0/0
-        student = student / student.mean().clamp_min(_tiny(student))
-        teacher = teacher / teacher.mean().clamp_min(_tiny(teacher))
-    return (student - teacher).pow(2).mean()
+    weights = student.new_full(student.shape, 1.0 / student.shape[-1])  # the mean over the usable pairs
+    return _weighted_mse(student, teacher, weights, criterion == "scaled_mse")
 
 
 @dataclass
@@ -178,6 +184,28 @@ class _BatchTarget:
 
     def to(self, dtype: torch.dtype) -> _BatchTarget:
         return _BatchTarget(self.square.to(dtype), self.mask, self.weights.to(dtype), self.rows, self.n_pairs)
+
+
+class _TargetCache:
+    """The ``_BatchTarget`` of each RDMTeacher for one ``RDLLoss`` call, shared by the layers paired with it.
+
+    ``batch_target`` runs (and, for a teacher with several RDMs, draws) once per teacher per call; a
+    layer with another dtype gets a converted copy of the same target, not a new draw.
+    """
+
+    def __init__(self, stimulus_ids: Tensor | None) -> None:
+        self.stimulus_ids = stimulus_ids
+        self._targets: dict[tuple[int, torch.dtype], _BatchTarget] = {}
+
+    def get(self, teacher: RDMTeacher, x: Tensor) -> _BatchTarget:
+        """The target of ``teacher`` for student features ``x (b, f)`` (their dtype and device)."""
+        key = (id(teacher), x.dtype)
+        if key not in self._targets:
+            same = [v for k, v in self._targets.items() if k[0] == id(teacher)]
+            assert self.stimulus_ids is not None  # RDLLoss checks them when there is an RDMTeacher
+            self._targets[key] = (same[0].to(x.dtype) if same
+                                  else _BatchTarget.from_teacher(teacher, self.stimulus_ids.to(x.device), x.dtype))
+        return self._targets[key]
 
 
 class _EuclideanRDMMSE(torch.autograd.Function):
@@ -235,16 +263,22 @@ def _euclidean_rdm_mse(x: Tensor, target: Tensor, weights: Tensor) -> Tensor:
 
 
 def _weighted_mse(student: Tensor, teacher: Tensor, weights: Tensor, scaled: bool) -> Tensor:
-    """``sum w (S - T)^2`` over square RDMs; with ``scaled`` each RDM is first divided by its weighted mean."""
+    """``sum w (S - T)^2`` over RDMs (square ``(n, n)`` or condensed ``(P,)``) with weights summing to 1:
+    the one home of the ``mse`` and ``scaled_mse`` criteria. With ``scaled`` each RDM is first divided
+    by its weighted mean (clamped, so that a collapsed all-zero RDM stays 0 instead of 0/0)."""
     if scaled:
         student = student / (student * weights).sum().clamp_min(_tiny(student))
         teacher = teacher / (teacher * weights).sum().clamp_min(_tiny(teacher))
     return ((student - teacher).pow(2) * weights).sum()
 
 
-
 class TransferLoss(nn.Module):
-    """Base of every loss term. Subclasses set the layer attributes and implement ``from_step``."""
+    """Base of every loss term. Subclasses set the layer attributes and implement ``from_step``.
+
+    A term whose value couples the samples of a batch (an RDM, a Gram matrix, a batch mean)
+    has a boolean attribute ``gather``: the Trainer sets it to True under torchrun so that the
+    term spans the global batch (see the module docstring). Per-sample terms have none.
+    """
 
     student_layers: tuple[str, ...] = ()
     teacher_layers: tuple[str, ...] = ()
@@ -397,8 +431,40 @@ class RDLLoss(TransferLoss):
         total : scalar Tensor
         terms : ``{"rdl/<student layer>": detached scalar}`` (unweighted)
         """
-        # NaN/inf are caught by compute_rdm (re-raised with the layer name) or, for skipped terms, below:
-        # checking here as well would scan every feature tensor twice per step
+        feats, tfeats, stimulus_ids = self._batch_inputs(student_features, stimulus_ids, teacher_features)
+        targets = _TargetCache(stimulus_ids)
+        total: Tensor | None = None
+        terms: dict[str, Tensor] = {}
+        skipped = False
+        for s, teacher in self.pairs.items():
+            x = feats[s]
+            if isinstance(teacher, RDMTeacher):
+                term, n_pairs = self._fixed_term(x, targets.get(teacher, x), s)
+            else:
+                term, n_pairs = self._network_term(x, tfeats[teacher], s, teacher)
+            self.last_usable_pairs[s] = n_pairs
+            if term is None:
+                skipped = True
+                self.skipped_terms[s] += 1
+                _check_finite(x, s, "student")  # a skipped term must not hide NaN features
+                term = x.sum() * 0.0  # exact 0 that keeps every parameter in the graph (DDP)
+            terms[f"rdl/{s}"] = term.detach()
+            weighted = term if self.weights[s] == 1.0 else self.weights[s] * term
+            total = weighted if total is None else total + weighted
+        self.skipped_batches += int(skipped)
+        assert total is not None
+        return total, terms
+
+    def _batch_inputs(
+        self,
+        student_features: Mapping[str, Tensor],
+        stimulus_ids: Tensor | None,
+        teacher_features: Mapping[str, Tensor] | None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], Tensor | None]:
+        """The paired layers' features flattened to ``(b, f)``, checked for one batch size, and the
+        stimulus ids ``(b,)``; all of them over the global batch with ``gather``."""
+        # NaN/inf are caught by compute_rdm (re-raised with the layer name) or, for skipped terms, in
+        # forward: checking here as well would scan every feature tensor twice per step
         feats = {s: _flat(_lookup(student_features, s, "student"), s, "student") for s in self.pairs}
         sizes = {s: x.shape[0] for s, x in feats.items()}
         if len(set(sizes.values())) != 1:
@@ -421,38 +487,7 @@ class RDLLoss(TransferLoss):
             tfeats = {t: gather_no_grad(x) for t, x in tfeats.items()}
             if stimulus_ids is not None and self.rdm_teachers:
                 stimulus_ids = gather_no_grad(stimulus_ids.to(next(iter(feats.values())).device))
-
-        # one batch_target (and per-RDM draw) per teacher per call, shared by the layers paired with it
-        targets: dict[tuple[int, torch.dtype], _BatchTarget] = {}
-        total: Tensor | None = None
-        terms: dict[str, Tensor] = {}
-        skipped = False
-        for s, teacher in self.pairs.items():
-            x = feats[s]
-            if isinstance(teacher, RDMTeacher):
-                key = (id(teacher), x.dtype)
-                if key not in targets:
-                    same = [v for k, v in targets.items() if k[0] == id(teacher)]
-                    targets[key] = (
-                        same[0].to(x.dtype)
-                        if same
-                        else _BatchTarget.from_teacher(teacher, stimulus_ids.to(x.device), x.dtype)
-                    )
-                term, n_pairs = self._fixed_term(x, targets[key], s)
-            else:
-                term, n_pairs = self._network_term(x, tfeats[teacher], s, teacher)
-            self.last_usable_pairs[s] = n_pairs
-            if term is None:
-                skipped = True
-                self.skipped_terms[s] += 1
-                _check_finite(x, s, "student")  # a skipped term must not hide NaN features
-                term = x.sum() * 0.0  # exact 0 that keeps every parameter in the graph (DDP)
-            terms[f"rdl/{s}"] = term.detach()
-            weighted = term if self.weights[s] == 1.0 else self.weights[s] * term
-            total = weighted if total is None else total + weighted
-        self.skipped_batches += int(skipped)
-        assert total is not None
-        return total, terms
+        return feats, tfeats, stimulus_ids
 
     @staticmethod
     def _naming_layer(side: str, name: str, compute: Callable[[], Tensor]) -> Tensor:
@@ -465,8 +500,14 @@ class RDLLoss(TransferLoss):
     def _rdm(self, x: Tensor, name: str, side: str, square: bool) -> Tensor:
         return self._naming_layer(side, name, lambda: compute_rdm(x, self.method, square=square, eps=RDM_EPS))
 
-    def _fused(self, x: Tensor, target: Tensor, weights: Tensor, name: str) -> Tensor:
-        return self._naming_layer("student", name, lambda: _euclidean_rdm_mse(x, target, weights))
+    def _square_mse_term(self, x: Tensor, target: Tensor, weights: Tensor, name: str) -> Tensor:
+        """``mse`` / ``scaled_mse`` of the student's square RDM of ``x (n, f)`` against ``target (n, n)``
+        with pair ``weights (n, n)``: the square form needs no triangle gathers/scatters in forward and
+        backward, and the default term runs fused (``_EuclideanRDMMSE``)."""
+        if self._fused_term:
+            return self._naming_layer("student", name, lambda: _euclidean_rdm_mse(x, target, weights))
+        student = self._rdm(x, name, "student", square=True)
+        return _weighted_mse(student, target, weights, self.criterion == "scaled_mse")
 
     def _fixed_term(self, x: Tensor, target: _BatchTarget, name: str) -> tuple[Tensor | None, int]:
         """Term against an RDMTeacher's batch target; only stimuli with a usable pair enter the RDM."""
@@ -475,15 +516,12 @@ class RDLLoss(TransferLoss):
         if target.rows is not None:
             x = x[target.rows]
         if self.criterion in ("mse", "scaled_mse"):
-            # square form with pair weights: no triangle gathers/scatters in forward and backward
-            if self._fused_term:
-                return self._fused(x, target.square, target.weights, name), target.n_pairs
-            student = self._rdm(x, name, "student", square=True)
-            return _weighted_mse(student, target.square, target.weights, self.criterion == "scaled_mse"), target.n_pairs
+            return self._square_mse_term(x, target.square, target.weights, name), target.n_pairs
         s_vec = self._rdm(x, name, "student", square=False)
         return rdm_criterion(s_vec, to_condensed(target.square), self.criterion, to_condensed(target.mask)), target.n_pairs
 
     def _network_term(self, x: Tensor, t: Tensor, name: str, teacher_layer: str) -> tuple[Tensor | None, int]:
+        """Term against a network teacher's features ``t (b, g)`` of the same batch: every pair is usable."""
         b = x.shape[0]
         n_pairs = b * (b - 1) // 2
         if n_pairs < self._min_pairs:
@@ -493,10 +531,7 @@ class RDLLoss(TransferLoss):
             teacher = self._rdm(t, teacher_layer, "teacher", square=True)
             # diagonal entries are 0 in both RDMs, so a plain mean over b^2 rescaled to the b(b-1) off-diagonal ones
             weights = x.new_full((b, b), 1.0 / (b * (b - 1)))
-            if self._fused_term:
-                return self._fused(x, teacher, weights, name), n_pairs
-            student = self._rdm(x, name, "student", square=True)
-            return _weighted_mse(student, teacher, weights, self.criterion == "scaled_mse"), n_pairs
+            return self._square_mse_term(x, teacher, weights, name), n_pairs
         s_vec = self._rdm(x, name, "student", square=False)
         t_vec = self._rdm(t, teacher_layer, "teacher", square=False)
         return rdm_criterion(s_vec, t_vec, self.criterion), n_pairs
@@ -631,12 +666,17 @@ class SPLoss(_PairedFeatureLoss):
 
 
 class CKALoss(_PairedFeatureLoss):
-    """``1 - linear CKA`` (Kornblith et al. 2019) between student and teacher features of the batch."""
+    """``1 - linear CKA`` (Kornblith et al. 2019) between student and teacher features of the batch.
+
+    CKA centres the features over the batch, so it couples the samples like an RDM does:
+    with ``gather=True`` (which the Trainer sets under torchrun, as for RDL, RKD and SP) it is
+    computed over the global batch and equals one process on the concatenated batch.
+    """
 
     log_name = "cka"
 
-    def __init__(self, student_layer: str, teacher_layer: str):
-        super().__init__(student_layer, teacher_layer, gather=False)
+    def __init__(self, student_layer: str, teacher_layer: str, gather: bool = False):
+        super().__init__(student_layer, teacher_layer, gather)
 
     def forward(self, s: Tensor, t: Tensor) -> Tensor:
         """``s (b, f)`` student, ``t (b, g)`` teacher features -> scalar."""

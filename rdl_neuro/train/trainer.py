@@ -55,8 +55,7 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -66,10 +65,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from rdl_neuro.io import atomic_torch_save, atomic_write_csv, remove_stale_temporaries
-from rdl_neuro.train.checkpoints import (CHECKPOINT_FORMAT, CheckpointError, CorruptCheckpointWarning,
-                                         find_checkpoints, load_checkpoint, rng_state, set_rng_state)
-from rdl_neuro.train.distributed import setup_process_group
+from rdl_neuro.train.batches import GlobalBatchSampler, coverage_sampler, unpack_batch
+from rdl_neuro.train.checkpoints import CHECKPOINT_FORMAT, RunFiles, rng_state, set_rng_state
+from rdl_neuro.train.distributed import pick_device, setup_process_group, wrap_data_parallel
 from rdl_neuro.train.probe import RDMProbe
 from rdl_neuro.train.seeds import derive_seed
 
@@ -118,59 +116,40 @@ def _weight_at(schedule: Schedule, epoch: int, name: str) -> float:
     return value
 
 
-# --------------------------------------------------------------------------- #
-# data
-# --------------------------------------------------------------------------- #
-class _GlobalBatches:
-    """Batch sampler: a permutation seeded by ``(seed, epoch)``, cut into global batches, sliced per rank."""
+class _EpochSums:
+    """Per-epoch sums of the logged values (each weighted by its batch size) and of the accuracy counts."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, world: int, rank: int) -> None:
-        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
-        self.world, self.rank, self.epoch = world, rank, 0
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n_labelled = self.correct = self.n = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def add(self, key: str, value: torch.Tensor, b: int) -> None:
+        """Add ``value`` (a scalar) times the batch size ``b`` to ``key``."""
+        self.sums[key] = self.sums.get(key, 0.0) + float(value.detach()) * b
 
-    def __iter__(self) -> Iterator[list[int]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(derive_seed(self.seed, 1, self.epoch))
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        for start in range(0, self.n, self.batch_size):
-            batch = order[start:start + self.batch_size]
-            local = len(batch) // self.world
-            if local == 0:
-                continue
-            yield batch[self.rank * local:(self.rank + 1) * local]
+    def count(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch's correct predictions; negative labels (cross-entropy's ignore_index -100) mark
+        unlabelled samples, which count for the loss means only."""
+        labelled = labels >= 0
+        self.correct += int((logits.detach().argmax(1) == labels)[labelled].sum())
+        self.n += int(labels.shape[0])
+        self.n_labelled += int(labelled.sum())
 
-    def __len__(self) -> int:
-        full, rest = divmod(self.n, self.batch_size)
-        return full + (1 if rest >= self.world else 0)
-
-
-def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if not isinstance(batch, (list, tuple)) or len(batch) not in (2, 3):
-        raise TypeError("training data must yield (x, y) or (x, y, stimulus_id) items, "
-                        f"got batches of {type(batch).__name__}")
-    if len(batch) == 2:
-        x, y = batch
-        sid = torch.full((len(y),), -1, dtype=torch.long)
-    else:
-        x, y, sid = batch
-    return x, torch.as_tensor(y).long(), torch.as_tensor(sid).long()
-
-
-def _stimulus_ids_of(data: Dataset) -> torch.Tensor:
-    """Stimulus ids ``(n,)`` of every item (``-1`` for datasets without ids)."""
-    ids = getattr(data, "stimulus_ids", None)
-    if ids is not None:
-        return torch.as_tensor(ids).long().reshape(-1)
-    out = []
-    for i in range(len(data)):  # type: ignore[arg-type]
-        item = data[i]
-        out.append(int(item[2]) if len(item) == 3 else -1)
-    return torch.tensor(out, dtype=torch.long)
+    def means(self, world: int, device: torch.device) -> dict[str, float]:
+        """``loss``, the other keys in sorted order, then ``train_acc``: means over the epoch's samples of
+        every rank (so under torchrun the history holds the single-process numbers)."""
+        keys = sorted(self.sums)
+        totals = torch.tensor([self.sums[k] for k in keys] + [float(self.n_labelled), float(self.correct),
+                                                             float(self.n)], dtype=torch.float64)
+        if world > 1:
+            totals = totals.to(device)
+            dist.all_reduce(totals)
+            totals = totals.cpu()
+        n = float(totals[-1])
+        out = {"loss": float(totals[keys.index("loss")]) / n}
+        out.update({k: v / n for k, v in zip(keys, totals[:-3].tolist()) if k != "loss"})
+        out["train_acc"] = float(totals[-2]) / max(float(totals[-3]), 1.0)
+        return out
 
 
 # --------------------------------------------------------------------------- #
@@ -278,6 +257,7 @@ class Trainer:
         self.epochs = epochs
         self.seed = int(seed)
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.files = RunFiles(out_dir, keep_checkpoints) if out_dir is not None else None
         self.resume = resume
         self.quiet = quiet
         self.rdm_probe = rdm_probe
@@ -292,7 +272,7 @@ class Trainer:
         self.world, self.rank, self._owns_group = setup_process_group(distributed)
         if self.world > 1 and batch_size % self.world:
             raise ValueError(f"batch_size {batch_size} is not a multiple of the world size {self.world}")
-        self.device = self._pick_device(device)
+        self.device = pick_device(device, self.world)
         self.model.to(self.device)
 
         self.terms = self._parse_losses(losses)
@@ -303,7 +283,8 @@ class Trainer:
             raise ValueError(f"loss terms {names} need a network teacher, but teacher=None")
         if self.world > 1:
             for loss, _ in self.terms.values():
-                # RDM-type losses must see the global batch, or DDP would average per-rank RDM losses
+                # losses that couple the samples of a batch (RDL, RKD, SP, CKA: those with a ``gather``
+                # attribute) must see the global batch, or DDP would average per-rank losses
                 if hasattr(loss, "gather"):
                     loss.gather = True
 
@@ -311,27 +292,9 @@ class Trainer:
         self.scheduler = scheduler
         self._records: list[dict[str, Any]] = []
         self.epoch = 0  # completed epochs
-
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model: nn.Module = DistributedDataParallel(self.model, device_ids=ids)
-        else:
-            self.ddp_model = self.model
+        self.ddp_model = wrap_data_parallel(self.model, self.device, self.world)
 
     # ----------------------------------------------------------------- setup
-    def _pick_device(self, device: str | torch.device | None) -> torch.device:
-        if device is not None:
-            return torch.device(device)
-        if torch.cuda.is_available():
-            if self.world > 1:
-                local = int(os.environ.get("LOCAL_RANK", "0"))
-                torch.cuda.set_device(local)
-                return torch.device("cuda", local)
-            return torch.device("cuda")
-        return torch.device("cpu")
-
     def _parse_losses(self, losses: Mapping[str, Any]) -> dict[str, tuple[Any, Schedule]]:
         if not isinstance(losses, Mapping) or not losses:
             raise ValueError("losses must be a non-empty mapping {name: loss or (loss, weight)}")
@@ -357,27 +320,16 @@ class Trainer:
         return terms
 
     def _train_loader(self) -> DataLoader:
-        n = len(self.train_data)  # type: ignore[arg-type]
         if self.min_covered > 0:
-            from rdl_neuro.data.stimulus import CoverageBatchSampler
-
-            ids = _stimulus_ids_of(self.train_data)
             coverage = self.coverage
             if coverage is None:
                 found = [t for loss, _ in self.terms.values() for t in getattr(loss, "rdm_teachers", [])]
                 coverage = found[0] if len(found) == 1 else None
-            mask = coverage.covers(ids) if coverage is not None else ids >= 0
-            mask = torch.as_tensor(mask, dtype=torch.bool).cpu()
-            covered = torch.nonzero(mask).flatten().tolist()
-            uncovered = torch.nonzero(~mask).flatten().tolist()
-            if not covered:
-                raise ValueError("min_covered > 0 but no training sample has a stimulus id covered by the teacher")
-            # the sampler counts per rank; our batch_size and min_covered are global
-            sampler: Any = CoverageBatchSampler(covered, uncovered, self.batch_size // self.world,
-                                                -(-self.min_covered // self.world), seed=self.seed,
-                                                num_replicas=self.world, rank=self.rank)
+            sampler: Any = coverage_sampler(self.train_data, coverage, self.batch_size, self.min_covered,
+                                            self.seed, self.world, self.rank)
         else:
-            sampler = _GlobalBatches(n, self.batch_size, self.seed, True, self.world, self.rank)
+            sampler = GlobalBatchSampler(len(self.train_data), self.batch_size, self.seed, True,  # type: ignore[arg-type]
+                                         self.world, self.rank)
         return DataLoader(self.train_data, batch_sampler=sampler, num_workers=0)
 
     # ------------------------------------------------------------ properties
@@ -389,7 +341,7 @@ class Trainer:
     @property
     def checkpoint_dir(self) -> Path | None:
         """``out_dir / "checkpoints"``, or ``None`` when the trainer writes no files."""
-        return self.out_dir / "checkpoints" if self.out_dir is not None else None
+        return self.files.checkpoint_dir if self.files is not None else None
 
     @property
     def is_main(self) -> bool:
@@ -422,53 +374,19 @@ class Trainer:
         self.epoch = int(ckpt["epoch"])
 
     def _save(self) -> None:
-        if not self.is_main or self.out_dir is None:
-            return
-        assert self.checkpoint_dir is not None
-        state = self.state_dict()
-        atomic_torch_save(state, self.checkpoint_dir / f"epoch-{self.epoch:04d}.pt")
-        # prune only after the new file is complete, so a good checkpoint always exists
-        for old in find_checkpoints(self.checkpoint_dir)[:-self.keep_checkpoints]:
-            old.unlink(missing_ok=True)
-        atomic_write_csv(self.history, self.out_dir / "history.csv")
-
-    def _restore(self) -> None:
-        """Resume from the newest readable checkpoint (see the module docstring)."""
-        assert self.checkpoint_dir is not None
-        found = find_checkpoints(self.checkpoint_dir)
-        if not found:
-            return
-        errors = []
-        for path in reversed(found):
-            try:
-                ckpt = load_checkpoint(path)
-            except CheckpointError as err:
-                errors.append(str(err))
-                warnings.warn(f"{err}; trying an older checkpoint", CorruptCheckpointWarning, stacklevel=3)
-                continue
-            self.load_state_dict(ckpt)
-            return
-        raise CheckpointError("no readable checkpoint to resume from:\n  " + "\n  ".join(errors))
+        if self.is_main and self.files is not None:
+            self.files.save_epoch(self.state_dict(), self.history)
 
     def _prepare_out_dir(self) -> None:
-        if self.out_dir is None:
+        if self.files is None:
             return
-        assert self.checkpoint_dir is not None
         if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.checkpoint_dir.mkdir(exist_ok=True)
-            remove_stale_temporaries(self.out_dir)
-            remove_stale_temporaries(self.checkpoint_dir)
-            if not self.resume:
-                old = find_checkpoints(self.checkpoint_dir)
-                if old:
-                    warnings.warn(f"resume=False: removing {len(old)} earlier checkpoint(s) in {self.checkpoint_dir}",
-                                  stacklevel=3)
-                    for p in old:
-                        p.unlink()
+            self.files.prepare(self.resume)
         self._barrier()
         if self.resume:
-            self._restore()
+            ckpt = self.files.load_newest()
+            if ckpt is not None:
+                self.load_state_dict(ckpt)
 
     def _barrier(self) -> None:
         if self.world > 1:
@@ -492,9 +410,8 @@ class Trainer:
                 self._records.append(record)
                 self.epoch += 1
                 self._save()
-            if self.is_main and self.out_dir is not None:
-                atomic_torch_save(self.state_dict(), self.out_dir / "final.pt")
-                atomic_write_csv(self.history, self.out_dir / "history.csv")
+            if self.is_main and self.files is not None:
+                self.files.save_final(self.state_dict(), self.history)
         finally:
             if recorder is not None:
                 recorder.close()
@@ -516,8 +433,6 @@ class Trainer:
         """Hook called after every optimiser step (subclasses: logging, tests that kill mid-epoch)."""
 
     def _train_epoch(self, loader: DataLoader, recorder: Any) -> dict[str, Any]:
-        from rdl_neuro.train.losses import StepOutputs
-
         epoch = self.epoch
         start = time.perf_counter()
         sampler = loader.batch_sampler
@@ -529,73 +444,57 @@ class Trainer:
         self.ddp_model.train()
         if self.teacher is not None and hasattr(self.teacher, "model"):
             self.teacher.model.eval()
-        sums: dict[str, float] = {}
-        correct = 0
-        count = 0
-        n_labelled = 0
+        sums = _EpochSums()
         bar = self._progress(loader, len(loader), f"epoch {epoch + 1}/{self.epochs}")
         for i, batch in enumerate(bar):
-            x, y, sid = _unpack(batch)
-            x, y, sid = x.to(self.device), y.to(self.device), sid.to(self.device)
-            t_logits = t_feats = None
-            if self._needs_teacher:
-                with torch.no_grad():
-                    t_logits, t_feats = self.teacher(x, stimulus_ids=sid)  # type: ignore[misc]
-            logits = self.ddp_model(x)
-            feats = recorder.features if recorder is not None else {}
-            step = StepOutputs(logits=logits, labels=y, stimulus_ids=sid, student_features=feats,
-                               teacher_logits=t_logits, teacher_features=t_feats)
-            total = logits.new_zeros(())
-            b = int(y.shape[0])
-            for name, (loss, _) in self.terms.items():
-                value, logs = loss.from_step(step)
-                if not torch.isfinite(value):
-                    raise FloatingPointError(f"loss term {name!r} is {value.item()} at epoch {epoch + 1}, "
-                                             f"batch {i + 1}")
-                total = total + weights[name] * value
-                sums[f"loss_{name}"] = sums.get(f"loss_{name}", 0.0) + float(value.detach()) * b
-                for key, v in logs.items():
-                    # the term itself is loss_<name>; sub-terms keep the loss's own names ("rdl/hidden1")
-                    if isinstance(v, torch.Tensor) and v.numel() == 1 and key != name:
-                        col = key if key.startswith(f"{name}/") else f"{name}/{key}"
-                        sums[col] = sums.get(col, 0.0) + float(v.detach()) * b
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if self.max_grad_norm is not None:
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(norm) * b
-            self.optimizer.step()
-            if recorder is not None:
-                recorder.clear()  # free the graph held by the recorded features
-            sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * b
-            # negative labels (e.g. cross-entropy's ignore_index -100) mark unlabelled samples
-            labelled = y >= 0
-            correct += int((logits.detach().argmax(1) == y)[labelled].sum())
-            count += b
-            n_labelled += int(labelled.sum())
+            total = self._step(batch, recorder, weights, sums, f"at epoch {epoch + 1}, batch {i + 1}")
             if bar is not loader:
-                bar.set_postfix(loss=f"{float(total.detach()):.4f}")
+                bar.set_postfix(loss=f"{total:.4f}")
             self._after_step(epoch, i)
-        keys = sorted(sums)
-        totals = torch.tensor([sums[k] for k in keys] + [float(n_labelled), float(correct), float(count)],
-                              dtype=torch.float64)
-        if self.world > 1:
-            # history holds global-batch means, equal to the single-process numbers
-            totals = totals.to(self.device)
-            dist.all_reduce(totals)
-            totals = totals.cpu()
-        n = float(totals[-1])
-        record: dict[str, Any] = {"epoch": epoch + 1}
-        record["loss"] = float(totals[keys.index("loss")]) / n
-        for k, v in zip(keys, totals[:-3].tolist()):
-            if k != "loss":
-                record[k] = v / n
+        record: dict[str, Any] = {"epoch": epoch + 1, **sums.means(self.world, self.device)}
         for name, w in weights.items():
             record[f"weight_{name}"] = w
-        record["train_acc"] = float(totals[-2]) / max(float(totals[-3]), 1.0)
+        record["train_acc"] = record.pop("train_acc")
         record["lr"] = float(self.optimizer.param_groups[0]["lr"])
         record["time_s"] = time.perf_counter() - start
         return record
+
+    def _step(self, batch: Any, recorder: Any, weights: Mapping[str, float], sums: _EpochSums, where: str) -> float:
+        """One optimiser step on ``batch``; adds its loss terms and accuracy to ``sums``; returns the total loss."""
+        from rdl_neuro.train.losses import StepOutputs
+
+        x, y, sid = unpack_batch(batch)
+        x, y, sid = x.to(self.device), y.to(self.device), sid.to(self.device)
+        t_logits = t_feats = None
+        if self._needs_teacher:
+            with torch.no_grad():
+                t_logits, t_feats = self.teacher(x, stimulus_ids=sid)  # type: ignore[misc]
+        logits = self.ddp_model(x)
+        feats = recorder.features if recorder is not None else {}
+        step = StepOutputs(logits=logits, labels=y, stimulus_ids=sid, student_features=feats,
+                           teacher_logits=t_logits, teacher_features=t_feats)
+        total = logits.new_zeros(())
+        b = int(y.shape[0])
+        for name, (loss, _) in self.terms.items():
+            value, logs = loss.from_step(step)
+            if not torch.isfinite(value):
+                raise FloatingPointError(f"loss term {name!r} is {value.item()} {where}")
+            total = total + weights[name] * value
+            sums.add(f"loss_{name}", value, b)
+            for key, v in logs.items():
+                # the term itself is loss_<name>; sub-terms keep the loss's own names ("rdl/hidden1")
+                if isinstance(v, torch.Tensor) and v.numel() == 1 and key != name:
+                    sums.add(key if key.startswith(f"{name}/") else f"{name}/{key}", v, b)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.max_grad_norm is not None:
+            sums.add("grad_norm", torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm), b)
+        self.optimizer.step()
+        if recorder is not None:
+            recorder.clear()  # free the graph held by the recorded features
+        sums.add("loss", total, b)
+        sums.count(logits, y)
+        return float(total.detach())
 
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -606,7 +505,7 @@ class Trainer:
         loader = DataLoader(self.val_data, batch_size=self.eval_batch_size, shuffle=False)
         loss_sum, correct, count = 0.0, 0, 0
         for batch in loader:
-            x, y, _ = _unpack(batch)
+            x, y, _ = unpack_batch(batch)
             x, y = x.to(self.device), y.to(self.device)
             logits = self.model(x)
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
