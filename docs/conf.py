@@ -117,7 +117,7 @@ def _result_pages() -> None:
         text = path.read_text()
         heading = "" if text.lstrip().startswith("# ") else f"# {path.stem}\n\n"
         page = (f"{heading}```{{include}} ../../benchmarks/results/{path.name}\n"
-                ":relative-docs: ../../benchmarks/results/\n:relative-images:\n```\n")
+                ":relative-images:\n```\n")
         _write(target / path.name, page)
     listing = "\n".join(f"{p.stem}" for p in files)
     intro = ("Every number the README publishes comes from one of these files, written by the benchmark\n"
@@ -140,7 +140,36 @@ def _drop_missing_architecture(app, docname: str, source: list[str]) -> None:
         source[0] = "\n".join(line for line in source[0].splitlines() if line.strip() != "architecture")
 
 
+def _architecture_changed(app, env, added: set, changed: set, removed: set) -> list[str]:
+    """Re-read the index when the architecture map appears or goes (its toctree lists it)."""
+    return ["index"] if "architecture" in added | removed else []
+
+
+def _links_to_repository_files(app, doctree) -> None:
+    """A Markdown link to a repository file outside ``docs/`` (``../README.md``) becomes a download link.
+
+    MyST takes such a link for a document it cannot find; pages written for the
+    repository (the architecture map, result files) link to its files that way.
+    """
+    from sphinx import addnodes
+
+    docdir = Path(app.srcdir, app.env.docname).parent
+    for node in list(doctree.findall(addnodes.pending_xref)):
+        if node.get("reftype") != "myst" or node.get("refdomain") != "doc":
+            continue
+        matches = [Path(app.srcdir, node["reftarget"] + suffix) for suffix in (".md", ".ipynb", ".rst")]
+        found = next((m.resolve() for m in matches if m.is_file()), None)
+        if found is None or found.is_relative_to(DOCS):
+            continue  # a page of the docs (resolved as usual), or a real broken link (warned about)
+        download = addnodes.download_reference("", "", *node.children, refdomain=None, reftype="myst",
+                                               reftarget=os.path.relpath(found, docdir), refexplicit=True,
+                                               refdoc=app.env.docname, classes=["xref", "download", "myst"])
+        node.replace_self(download)
+
+
 def setup(app) -> None:
     _copy_notebooks()
     _result_pages()
     app.connect("source-read", _drop_missing_architecture)
+    app.connect("env-get-outdated", _architecture_changed)
+    app.connect("doctree-read", _links_to_repository_files, priority=400)  # before downloads are collected
