@@ -43,19 +43,19 @@ def _source_files() -> list[str]:
     return [f for f in listed.stdout.split("\0") if f and (REPO_ROOT / f).is_file()]
 
 
-@pytest.fixture(scope="module")
-def dist(tmp_path_factory) -> Path:
-    src = tmp_path_factory.mktemp("src")
+@pytest.mark.slow
+def test_build_install_and_run_the_wheel(tmp_path):
+    """One test, so parallel workers never build twice."""
+    src, dist = tmp_path / "src", tmp_path / "dist"
     for rel in _source_files():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / rel, src / rel)
-    out = tmp_path_factory.mktemp("dist")
-    _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(src)], cwd=src)
-    return out
+    _run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(src)], cwd=src)
+    _check_contents(dist)
+    _check_installed_wheel(dist, tmp_path)
 
 
-@pytest.mark.slow
-def test_sdist_and_wheel_hold_the_package(dist):
+def _check_contents(dist: Path) -> None:
     version = rdl_neuro.__version__
     wheel = dist / f"rdl_neuro-{version}-py3-none-any.whl"
     sdist = dist / f"rdl_neuro-{version}.tar.gz"
@@ -74,8 +74,7 @@ def test_sdist_and_wheel_hold_the_package(dist):
     assert {"pyproject.toml", "LICENSE", "README.md", "rdl_neuro/configs/example.toml"} <= members
 
 
-@pytest.mark.slow
-def test_wheel_installs_and_runs_the_demo(dist, tmp_path):
+def _check_installed_wheel(dist: Path, tmp_path: Path) -> None:
     version = rdl_neuro.__version__
     venv = tmp_path / "venv"
     # without a pip (and the old setuptools that comes with it) of its own: the installed
