@@ -1,4 +1,5 @@
-"""Atomic file writes: ``atomic_write_bytes``, ``atomic_torch_save``, ``atomic_write_csv``.
+"""Atomic file writes (``atomic_write_bytes``, ``atomic_torch_save``, ``atomic_write_csv``) and
+``reading``, which names the file and what was expected when a file cannot be read.
 
 A file written here is either absent, or its old version, or its complete new
 version -- never a partial one -- even when the process is killed with SIGKILL
@@ -12,8 +13,14 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import struct
+import tarfile
 import tempfile
-from collections.abc import Callable
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,10 +35,59 @@ __all__ = [
     "atomic_write_csv",
     "remove_stale_temporaries",
     "TMP_INFIX",
+    "UnreadableFileError",
+    "reading",
 ]
 
 #: marker in the names of temporary files (``.<name>.tmp-XXXXXXXX``)
 TMP_INFIX = ".tmp-"
+
+
+class UnreadableFileError(ValueError):
+    """A file exists but cannot be read as what it should be (truncated, corrupt, another format).
+
+    The message names the file and what was expected; ``path`` and ``expected``
+    hold them, and the library's own error is chained as ``__cause__``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], expected: str, cause: BaseException) -> None:
+        self.path, self.expected = Path(path), expected
+        detail = str(cause).strip() or type(cause).__name__
+        super().__init__(f"cannot read {self.path}: expected {expected} ({type(cause).__name__}: {detail})")
+
+
+# what readers of damaged files raise: gzip/zlib (EOFError, BadGzipFile = OSError, zlib.error), zip
+# (.npz), pickle, tar, struct, scipy.io (ValueError, OSError), nibabel (OSError, EOFError, ValueError)
+_READ_ERRORS = (EOFError, OSError, ValueError, zlib.error, zipfile.BadZipFile, pickle.UnpicklingError,
+                tarfile.TarError, struct.error, KeyError, IndexError, TypeError, AttributeError)
+
+
+@contextmanager
+def reading(path: str | os.PathLike[str], expected: str,
+            also: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Run a block that reads ``path``; the errors of damaged files become ``UnreadableFileError``.
+
+    Errors whose message starts with the file's name (the readers' own
+    checks, ``f"{path}: ..."``), and ``FileNotFoundError``, pass unchanged. ``also`` adds a reader's own
+    exception types (e.g. nibabel's ``ImageFileError``).
+
+    Examples
+    --------
+    >>> import gzip, tempfile
+    >>> bad = Path(tempfile.mkdtemp()) / "x.gz"
+    >>> _ = bad.write_bytes(gzip.compress(b"0123456789")[:12])
+    >>> with reading(bad, "a gzip file"):
+    ...     gzip.open(bad).read()
+    Traceback (most recent call last):
+    ...
+    rdl_neuro.io.UnreadableFileError: cannot read ...x.gz: expected a gzip file (EOFError: ...)
+    """
+    try:
+        yield
+    except _READ_ERRORS + also as err:
+        if isinstance(err, (FileNotFoundError, UnreadableFileError)) or str(err).startswith(str(path)):
+            raise
+        raise UnreadableFileError(path, expected, err) from err
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -61,8 +117,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
     it was. Returns the destination as a :class:`~pathlib.Path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_INFIX}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_INFIX}", dir=path.parent)
+    except OSError as err:
+        # name the requested file, not the temporary one (or a parent) that the error mentions
+        raise type(err)(err.errno, f"cannot write {path}: {err.strerror or err}") from err
+    if path.is_dir():
+        os.close(fd)
+        os.unlink(tmp)
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
     try:
         # mkstemp creates 0600; give the file the permissions a plain open() would
         os.chmod(tmp, 0o666 & ~_umask())

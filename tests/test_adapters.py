@@ -64,7 +64,8 @@ def test_ids_from_stimulus_else_index():
     assert stimulus_ids_of(with_stimulus) == ["a", "b", "c"]
     assert from_rsatoolbox(with_stimulus)[1] == ["a", "b", "c"]
     plain = RDMs(np.random.rand(1, 3))  # rsatoolbox adds only 'index'
-    assert from_rsatoolbox(plain)[1] == [0, 1, 2]
+    with pytest.warns(UserWarning, match="no 'stimulus' pattern descriptor.*positions"):
+        assert from_rsatoolbox(plain)[1] == [0, 1, 2]
     custom = RDMs(np.random.rand(1, 3), pattern_descriptors={"image": ["x", "y", "z"]})
     assert stimulus_ids_of(custom, "image") == ["x", "y", "z"]
 

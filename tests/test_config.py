@@ -202,3 +202,12 @@ def test_parse_config_fills_defaults() -> None:
 def test_max_grad_norm_reaches_the_trainer(tmp_path: Path) -> None:
     cfg = write(tmp_path, f'output = "{tmp_path / "out"}"\n' + BASE + "\n[optimizer]\nmax_grad_norm = 2.5\n")
     assert train_cmd.build_run(load_config(cfg)).trainer.max_grad_norm == 2.5
+
+
+def test_device_and_allow_skipped_terms_keys(tmp_path: Path) -> None:
+    expect_error(tmp_path, f'output = "{tmp_path / "out"}"\ndevice = "cuda:99"\n' + BASE, "device:", "'cuda:99'")
+    expect_error(tmp_path, f'output = "{tmp_path / "out"}"\ndevice = "gpu"\n' + BASE, "device:", "not a device name")
+    cfg = write(tmp_path, f'output = "{tmp_path / "out"}"\nallow_skipped_terms = true\n' + BASE)
+    assert train_cmd.build_run(load_config(cfg)).trainer.allow_skipped_terms is True
+    cfg = write(tmp_path, f'output = "{tmp_path / "out"}"\n' + BASE)
+    assert train_cmd.build_run(load_config(cfg)).trainer.allow_skipped_terms is False

@@ -78,8 +78,9 @@ def test_string_ids_and_sequence_lookup():
     target, mask = teacher.batch_target(["dog", "cup", "horse", "dog"])
     ref_t, ref_m = loop_batch_target(rdm, ["cat", "dog", "car", "cup"], ["dog", "cup", "horse", "dog"])
     assert torch.equal(mask, ref_m) and torch.equal(target, ref_t)
-    # integer batches never match string ids: uncovered
-    assert not teacher.covers(torch.tensor([0, 1])).any()
+    # integer batches never match string ids: an error naming both kinds, not a silently uncovered batch
+    with pytest.raises(TypeError, match="int ids.*str ids"):
+        teacher.covers(torch.tensor([0, 1]))
 
 
 def test_condensed_square_and_stacked_inputs_agree():

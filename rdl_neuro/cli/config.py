@@ -3,7 +3,7 @@
 Every choice of a training run lives in one TOML file (see
 ``rdl_neuro/configs/example.toml`` for a commented example that runs as is)::
 
-    seed, epochs, batch_size, output, resume, quiet, device, threads   (top level)
+    seed, epochs, batch_size, output, resume, quiet, device, threads, allow_skipped_terms   (top level)
     [data]       source = digits | mnist | cifar100 | kriegeskorte92, path, n_train, validation, ...
     [model]      type = mlp | cnn, hidden, dropout, channels
     [teacher]    kind = none | network | rdm; checkpoint or [teacher.train]; rdm file + stimulus_ids
@@ -94,6 +94,18 @@ def _str_map(v: Any) -> str | None:
     return None
 
 
+def _device(v: Any) -> str | None:
+    if v == "auto":
+        return None
+    from rdl_neuro.devices import check_device
+
+    try:
+        check_device(v, "")
+    except ValueError as err:
+        return str(err).strip()
+    return None
+
+
 INT, FLOAT, STR, BOOL, LIST, TABLE = (int,), (int, float), (str,), (bool,), (list,), (dict,)
 
 SCHEMA: dict[str, Any] = {
@@ -103,7 +115,8 @@ SCHEMA: dict[str, Any] = {
     "output": F(STR, "runs/rdl"),
     "resume": F(BOOL, False),
     "quiet": F(BOOL, False),
-    "device": F(STR, "auto"),
+    "device": F(STR, "auto", _device),
+    "allow_skipped_terms": F(BOOL, False),
     "threads": F(INT, 0, _non_negative),
     "data": {
         "source": F(STR, _REQUIRED, choices=DATA_SOURCES),

@@ -99,6 +99,23 @@ def load_model(checkpoint: str | Path, model_spec: str | None = None) -> torch.n
     return model
 
 
+def _check_input_fits(model: torch.nn.Module, images: torch.Tensor, image_size: int | None) -> None:
+    """One image through the model, so that a size the checkpoint cannot take is named by its option."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(images[:1])
+    except RuntimeError as err:
+        shape = tuple(images.shape[1:])
+        expected = (getattr(model, "config", None) or {}).get("input_shape")
+        hint = f"; the checkpoint's model takes {list(expected)} (use --image-size {expected[-1]})" if expected else ""
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--image-size {image_size if image_size is not None else '(not given: native size)'}: "
+                         f"the model cannot run on images of shape {list(shape)} ({first}){hint}") from err
+    finally:
+        model.train(was_training)
+
+
 def run(args: argparse.Namespace) -> int:
     """Compute layer RDMs, the RSA table and figures; returns 0."""
     from rdl_neuro.data.loaders import load_kriegeskorte92
@@ -111,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.checkpoint, args.model)
     k92 = load_kriegeskorte92(args.data, image_size=args.image_size)
+    _check_input_fits(model, k92.images, args.image_size)
     descriptors = {"category": list(k92.descriptors["category"])}
     rdms = layer_rdms(model, k92.images, args.layers, args.rdm_method, batch_size=args.batch_size,
                       stimulus_ids=k92.descriptors["stimulus"].tolist(), pattern_descriptors=descriptors,

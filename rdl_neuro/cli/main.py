@@ -33,11 +33,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from rdl_neuro.train.checkpoints import CheckpointError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as err:
-        # configuration and data errors: one clear line, no traceback
-        print(f"rdl-neuro {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, KeyError, TypeError, CheckpointError) as err:
+        # configuration and data errors (unreadable or unwritable files included): one clear line, no traceback
+        message = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+        one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+        print(f"rdl-neuro {args.command}: error: {one_line}", file=sys.stderr)
         return 2
 
 

@@ -20,6 +20,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from rdl_neuro.cli.config import ConfigError, load_config
+from rdl_neuro.data.ids import plain_ids
+from rdl_neuro.io import reading
 
 __all__ = ["register", "run", "build_run", "Run", "load_rdm_file"]
 
@@ -121,13 +123,20 @@ def _splits(images: Any, data: Mapping[str, Any], seed: int) -> tuple[Any, Any |
 # --------------------------------------------------------------------------- #
 # teachers
 # --------------------------------------------------------------------------- #
-def load_rdm_file(path: str | Path, key: str | None = None) -> tuple[np.ndarray, list[int] | None]:
+def load_rdm_file(path: str | Path, key: str | None = None) -> tuple[np.ndarray, list[Any] | None]:
     """RDM(s) from ``.npy`` (array), ``.csv`` (square matrix, optional header row/index column of ids)
     or ``.npz`` (``key``, else ``rdm``/``rdms``/the only array; ids from ``stimulus_ids`` if present).
 
     Returns ``(array (n, n) | (k, n, n) | condensed, ids or None)``.
     """
     path = Path(path)
+    expected = {".npy": "a numpy .npy array of RDMs", ".csv": "a square matrix of numbers, comma-separated",
+                ".npz": "a numpy .npz archive of RDMs"}.get(path.suffix.lower(), "an RDM file (.npy, .csv or .npz)")
+    with reading(path, expected):
+        return _read_rdm_file(path, key)
+
+
+def _read_rdm_file(path: Path, key: str | None) -> tuple[np.ndarray, list[Any] | None]:
     suffix = path.suffix.lower()
     if suffix == ".npy":
         return np.load(path, allow_pickle=False), None
@@ -138,14 +147,13 @@ def load_rdm_file(path: str | Path, key: str | None = None) -> tuple[np.ndarray,
             import pandas as pd
 
             df = pd.read_csv(path, index_col=0)
-            try:
-                ids = [int(i) for i in df.index]
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}: the first column must hold integer stimulus ids") from None
+            ids = plain_ids(df.index)
+            if not all(isinstance(i, int) for i in ids):
+                raise ValueError(f"{path}: the first column must hold integer stimulus ids, got {ids[:3]}")
             return df.to_numpy(dtype=np.float64), ids
     with np.load(path, allow_pickle=False) as npz:
         names = list(npz.files)
-        ids = [int(i) for i in npz["stimulus_ids"]] if "stimulus_ids" in names else None
+        ids = plain_ids(npz["stimulus_ids"]) if "stimulus_ids" in names else None
         arrays = [n for n in names if n != "stimulus_ids"]
         if key is not None:
             if key not in names:
@@ -170,18 +178,25 @@ def _rdm_teacher(cfg: dict[str, Any]) -> Any:
     ids = t["stimulus_ids"]
     if isinstance(ids, str):
         try:
-            ids = np.load(ids).tolist() if ids.endswith(".npy") else np.loadtxt(ids, delimiter=",", dtype=np.int64,
-                                                                                 ndmin=1).tolist()
+            ids = np.load(ids, allow_pickle=False).tolist() if ids.endswith(".npy") else \
+                np.loadtxt(ids, delimiter=",", dtype=np.int64, ndmin=1).tolist()
         except (OSError, ValueError) as err:
             raise ConfigError(f"teacher.stimulus_ids: cannot read {ids}: {err}") from None
     if ids is None:
         ids = file_ids
     if ids is None:
         raise ConfigError(f"teacher.stimulus_ids: missing; {t['rdm']} holds no 'stimulus_ids'")
+    try:
+        ids = plain_ids(ids)  # the one rule: 3.0 is 3, 2.5 is an error
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"teacher.stimulus_ids: {err}") from None
+    not_int = [i for i in ids if not isinstance(i, int)]
+    if not_int:
+        raise ConfigError(f"teacher.stimulus_ids: must be integers (the data's stimulus ids are sample indices), "
+                          f"got {not_int[:3]}")
     method = cfg["losses"].get("rdl", {}).get("method", "unknown")
     try:
-        return RDMTeacher.from_array(rdm, [int(i) for i in ids], method=method, combine=t["combine"],
-                                     seed=cfg["seed"])
+        return RDMTeacher.from_array(rdm, ids, method=method, combine=t["combine"], seed=cfg["seed"])
     except (ValueError, TypeError) as err:
         raise ConfigError(f"teacher.rdm: {err}") from None
 
@@ -313,7 +328,8 @@ def _build(cfg: dict[str, Any]) -> Run:
                       epochs=cfg["epochs"], seed=cfg["seed"], out_dir=cfg["output"], resume=cfg["resume"],
                       quiet=cfg["quiet"], rdm_probe=_probe(cfg, data, teacher, rdm_teacher),
                       min_covered=cfg["data"]["min_covered"], coverage=rdm_teacher, model_config=student.config,
-                      device=device, max_grad_norm=cfg["optimizer"]["max_grad_norm"] or None)
+                      device=device, max_grad_norm=cfg["optimizer"]["max_grad_norm"] or None,
+                      allow_skipped_terms=cfg["allow_skipped_terms"])
     if teacher is not None:
         teacher.to(trainer.device)
     if trainer.is_main:

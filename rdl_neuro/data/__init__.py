@@ -26,7 +26,10 @@ _EXPORTS = {
     "rdms_from_nifti": "nifti",
     "DroppedVoxelsWarning": "nifti",
     "plain_id": "ids",
+    "plain_ids": "ids",
     "duplicate_ids": "ids",
+    "check_id_kinds": "ids",
+    "id_tensor": "ids",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from rdl_neuro.io import reading
+
 if TYPE_CHECKING:  # rsatoolbox is imported lazily: importing it costs ~1 s
     from rsatoolbox.rdm import RDMs
 
@@ -343,6 +345,7 @@ def load_digits(*, split: Split = "all", test_size: float = 0.2, seed: int = 0) 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT"); all big-endian
 _IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_IDX_EXPECTED = "an IDX file (MNIST format), raw or gzip-compressed"
 
 _MNIST_FILES = {
     ("train", "images"): ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
@@ -389,7 +392,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IDX file not found: {path}")
-    with _open_maybe_gzip(path) as fh:
+    with reading(path, _IDX_EXPECTED), _open_maybe_gzip(path) as fh:
         dtype, dims = _read_idx_header(fh, path)
         n_bytes = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
         payload = fh.read(n_bytes)
@@ -401,7 +404,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
 
 def _idx_length(path: Path) -> int:
     """First dimension of an IDX file, from its header only."""
-    with _open_maybe_gzip(path) as fh:
+    with reading(path, _IDX_EXPECTED), _open_maybe_gzip(path) as fh:
         return _read_idx_header(fh, path)[1][0]
 
 
@@ -436,7 +439,8 @@ def _mnist_from_idx(folder: Path, split: str) -> ImageSet:
 
 
 def _mnist_from_npz(path: Path, split: str) -> ImageSet:
-    with np.load(path, allow_pickle=False) as z:
+    with reading(path, "a numpy .npz archive with x_train, y_train, x_test, y_test (Keras mnist.npz)"), \
+            np.load(path, allow_pickle=False) as z:
         keys = set(z.files)
         need = {"x_train", "y_train", "x_test", "y_test"}
         if not need <= keys:
@@ -576,12 +580,20 @@ class _CifarSource:
             raise FileNotFoundError(f"CIFAR-100 path not found: {path}")
 
     def load(self, name: str) -> dict[str, Any]:
+        expected = f"the CIFAR-100 python pickle {name!r} (a dict, see data/README.md)"
+        with reading(self.where(name), expected):
+            loaded = self._load(name)
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{self.where(name)}: expected {expected}, got a {type(loaded).__name__}")
+        return _str_keys(loaded)
+
+    def _load(self, name: str) -> Any:
         if self.folder is not None:
             file = self.folder / name
             if not file.is_file():
                 raise FileNotFoundError(f"CIFAR-100 file missing: {file}")
             with open(file, "rb") as fh:
-                return _str_keys(pickle.load(fh, encoding="bytes"))
+                return pickle.load(fh, encoding="bytes")
         assert self.archive is not None
         with tarfile.open(self.archive, "r:*") as tar:
             member = f"{_CIFAR_DIR}/{name}"
@@ -591,7 +603,7 @@ class _CifarSource:
                 fh = None
             if fh is None:
                 raise FileNotFoundError(f"CIFAR-100 file {member} missing from archive {self.archive}")
-            return _str_keys(pickle.load(fh, encoding="bytes"))
+            return pickle.load(fh, encoding="bytes")
 
     def where(self, name: str) -> str:
         return str(self.folder / name) if self.folder is not None else f"{self.archive}:{_CIFAR_DIR}/{name}"
@@ -727,26 +739,34 @@ def _parse_kriegeskorte(folder: str, stamp: tuple) -> dict[str, Any]:
     from scipy.io import loadmat
 
     paths = {k: Path(folder) / v for k, v in _K92_FILES.items()}
-    sup = loadmat(paths["stimuli"], simplify_cells=True)
-    stimuli = sup["stimuli_92objs"]
-    if len(stimuli) != 92:
-        raise ValueError(f"{paths['stimuli']}: stimuli_92objs has {len(stimuli)} entries, expected 92")
-    # stored channel-first once, so each call converts a contiguous block (3x faster than a view)
-    images = np.stack([s["image"] for s in stimuli]).transpose(0, 3, 1, 2)  # (92, 3, H, W) uint8
-    fig1 = {d["name"]: np.asarray(d["RDM"], dtype=np.float64) for d in sup["RDMs_mIT_hIT_fig1"]}
+    with reading(paths["stimuli"], "a MATLAB .mat file with stimuli_92objs, RDMs_mIT_hIT_fig1, categoryVectors "
+                 "and categoryLabels (Kriegeskorte et al. 2008)"):
+        sup = loadmat(paths["stimuli"], simplify_cells=True)
+        stimuli = sup["stimuli_92objs"]
+        if len(stimuli) != 92:
+            raise ValueError(f"{paths['stimuli']}: stimuli_92objs has {len(stimuli)} entries, expected 92")
+        # stored channel-first once, so each call converts a contiguous block (3x faster than a view)
+        images = np.stack([s["image"] for s in stimuli]).transpose(0, 3, 1, 2)  # (92, 3, H, W) uint8
+        fig1 = {d["name"]: np.asarray(d["RDM"], dtype=np.float64) for d in sup["RDMs_mIT_hIT_fig1"]}
+        category = tuple(str(s["category"]) for s in stimuli)
+        natural = np.array([bool(s["natural"]) for s in stimuli])
+        category_vectors = np.asarray(sup["categoryVectors"]).astype(bool)
+        category_labels = tuple(str(x) for x in sup["categoryLabels"])
 
-    brain = loadmat(paths["brain"], simplify_cells=True)["RDMs"]
-    # simplify_cells leaves this 4x2 struct array as mat_struct objects: attribute access
-    brain_list = [(str(brain[i, j].name), np.asarray(brain[i, j].RDM, dtype=np.float64))
-                  for i in range(brain.shape[0]) for j in range(brain.shape[1])]
-    models = loadmat(paths["models"], simplify_cells=True)["Models"]
-    model_list = [(str(m["name"]), np.asarray(m["RDM"], dtype=np.float64)) for m in models]
+    with reading(paths["brain"], "a MATLAB .mat file with the 4x2 struct array RDMs (name, RDM)"):
+        brain = loadmat(paths["brain"], simplify_cells=True)["RDMs"]
+        # simplify_cells leaves this 4x2 struct array as mat_struct objects: attribute access
+        brain_list = [(str(brain[i, j].name), np.asarray(brain[i, j].RDM, dtype=np.float64))
+                      for i in range(brain.shape[0]) for j in range(brain.shape[1])]
+    with reading(paths["models"], "a MATLAB .mat file with the struct array Models (name, RDM)"):
+        models = loadmat(paths["models"], simplify_cells=True)["Models"]
+        model_list = [(str(m["name"]), np.asarray(m["RDM"], dtype=np.float64)) for m in models]
     return {
         "images": _readonly(images),
-        "category": tuple(str(s["category"]) for s in stimuli),
-        "natural": _readonly(np.array([bool(s["natural"]) for s in stimuli])),
-        "category_vectors": _readonly(np.asarray(sup["categoryVectors"]).astype(bool)),
-        "category_labels": tuple(str(x) for x in sup["categoryLabels"]),
+        "category": category,
+        "natural": _readonly(natural),
+        "category_vectors": _readonly(category_vectors),
+        "category_labels": category_labels,
         "fig1": {k: _readonly(v) for k, v in fig1.items()},
         "brain": tuple((n, _readonly(r)) for n, r in brain_list),
         "models": tuple((n, _readonly(r)) for n, r in model_list),

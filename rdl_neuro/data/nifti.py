@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 
+from rdl_neuro.io import reading
+
 if TYPE_CHECKING:
     import nibabel as nib
     from rsatoolbox.data import Dataset
@@ -39,6 +41,9 @@ class DroppedVoxelsWarning(UserWarning):
 # --------------------------------------------------------------------------- #
 # reading images
 # --------------------------------------------------------------------------- #
+_NIFTI_EXPECTED = "a NIfTI image (.nii or .nii.gz)"
+
+
 def _describe(obj: Any) -> str:
     if isinstance(obj, (str, os.PathLike)):
         return str(obj)
@@ -53,10 +58,19 @@ def _load_image(obj: Any, what: str) -> nib.spatialimages.SpatialImage:
         path = Path(obj).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"{what} file not found: {path}")
-        return nib.load(path)
+        with reading(path, _NIFTI_EXPECTED, also=(nib.filebasedimages.ImageFileError,)):
+            return nib.load(path)
     if isinstance(obj, nib.spatialimages.SpatialImage):
         return obj
     raise TypeError(f"{what} must be a nibabel image or a path to one, got {type(obj).__name__}")
+
+
+def _image_data(img: Any, name: str) -> np.ndarray:
+    """The image's array (native dtype, scaling applied); a truncated or corrupt file is named."""
+    import nibabel as nib
+
+    with reading(img.get_filename() or name, _NIFTI_EXPECTED, also=(nib.filebasedimages.ImageFileError,)):
+        return np.asanyarray(img.dataobj)
 
 
 def _affine(img: Any) -> np.ndarray:
@@ -113,7 +127,7 @@ class _Volumes:
         row = 0
         for img, count in zip(self.images, self.counts):
             # native dtype with scaling applied; no float64 copy of the whole image
-            data = np.asanyarray(img.dataobj)
+            data = _image_data(img, self.first)
             block = data[voxels]  # (n_vox,) or (n_vox, count)
             out[row:row + count] = block.reshape(block.shape[0], count).T
             row += count
@@ -123,7 +137,7 @@ class _Volumes:
 def _roi_array(obj: ImageLike, what: str, betas: _Volumes) -> tuple[np.ndarray, str]:
     img = _load_image(obj, what)
     name = f"{what} ({_describe(obj)})"
-    data = np.asanyarray(img.dataobj)
+    data = _image_data(img, name)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

@@ -20,20 +20,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["UNCOVERED", "StimulusDataset", "CoverageBatchSampler"]
+from rdl_neuro.data.ids import UNCOVERED, plain_id
 
-#: stimulus id of samples that no teacher covers
-UNCOVERED = -1
+__all__ = ["UNCOVERED", "StimulusDataset", "CoverageBatchSampler"]
 
 
 def _as_id(value: Any, where: str) -> int:
     if value is None:
         return UNCOVERED
-    if isinstance(value, torch.Tensor) and value.ndim == 0:
-        value = value.item()
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int):
+    try:
+        value = plain_id(value)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{err} (at {where})") from None
+    if not isinstance(value, int):
         raise TypeError(
             f"stimulus id {value!r} at {where} is not an integer; map names to integer ids "
             "(RDMTeacher ids can be any hashable, but ids inside batches are torch.long)"

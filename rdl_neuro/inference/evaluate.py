@@ -40,6 +40,7 @@ import torch
 from rsatoolbox.rdm import RDMs
 from scipy import stats
 
+from rdl_neuro.data.ids import check_id_kinds
 from rdl_neuro.inference.bootstrap import MOMENT_METHODS, bootstrap_general, bootstrap_moments
 from rdl_neuro.inference.kendall import KENDALL_METHODS, bootstrap_kendall
 from rdl_neuro.inference.noise_ceiling import noise_ceiling_bounds
@@ -66,6 +67,7 @@ CV_METHODS = {None: "fixed", "pattern": "bootstrap_pattern", "rdm": "bootstrap_r
 def _match_stimuli(model_ids: list[Any], brain_ids: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     """Positions ``(model_pos, brain_pos)`` of the common stimuli, in brain order; errors on missing ids."""
     brain_index = {sid: i for i, sid in enumerate(brain_ids)}
+    check_id_kinds(model_ids, brain_ids, "the model RDMs", "the brain RDMs")
     missing = [sid for sid in model_ids if sid not in brain_index]
     if missing:
         if len(missing) == len(model_ids):
@@ -83,7 +85,7 @@ def _match_stimuli(model_ids: list[Any], brain_ids: list[Any]) -> tuple[np.ndarr
 
 
 def _stack_models(model_rdms: RDMs | Sequence[RDMs], brain_rdms: RDMs, brain_ids: list[Any], method: str,
-                  descriptor: str) -> tuple[torch.Tensor, list[str], np.ndarray]:
+                  descriptor: str | None) -> tuple[torch.Tensor, list[str], np.ndarray]:
     """Model RDMs from one ``RDMs`` or several (e.g. a network's layers and classic model RDMs),
     restricted to and ordered by the brain's stimuli: ``(models (k, P'), names, brain positions)``.
     Every object must cover the same stimuli, so that all models are compared on one set."""
@@ -263,7 +265,7 @@ def rsa_evaluate(
     ci: str = "t",
     seed: int | None = 0,
     bootstrap_indices: Any = None,
-    descriptor: str = "stimulus",
+    descriptor: str | None = None,
 ) -> RSAResult:
     """Evaluate model RDMs against brain RDMs with rsatoolbox's statistics (see ``rsa_table``)."""
     check_method(method, COMPARE_METHODS, "comparison method")
@@ -417,7 +419,7 @@ def rsa_table(
     ci: str = "t",
     seed: int | None = 0,
     bootstrap_indices: Any = None,
-    descriptor: str = "stimulus",
+    descriptor: str | None = None,
 ) -> pd.DataFrame:
     """Model-brain RSA table with rsatoolbox's statistics, one row per model RDM.
 
@@ -453,8 +455,9 @@ def rsa_table(
     bootstrap_indices : array or (rdm_idx, pattern_idx), optional
         Positions of the drawn stimuli ``(N, n)`` (pattern), brain RDMs
         ``(N, m)`` (rdm) or both: e.g. rsatoolbox's own draws.
-    descriptor : str
-        The pattern descriptor that names stimuli.
+    descriptor : str, optional
+        The pattern descriptor that names stimuli (it must exist); default
+        ``stimulus``, else ``index`` with a warning (``rdl_neuro.rdm.stimulus_ids_of``).
 
     Returns
     -------

@@ -8,19 +8,44 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import warnings
+
 import numpy as np
 import torch
 from rsatoolbox.rdm import RDMs
 
 from rdl_neuro._progress import progress_bar
 from rdl_neuro.model.recorder import LayerRecorder
-from rdl_neuro.rdm.calc import check_method, gram_to_rdm
+from rdl_neuro.data.ids import UNCOVERED, plain_ids
+from rdl_neuro.devices import check_device
+from rdl_neuro.rdm.calc import NORM_FLOOR, check_finite_rows, check_method, gram_to_rdm, zero_variance_rows
 from rdl_neuro.rdm.interop import to_rsatoolbox
 
 
-def _iter_batches(stimuli: Any, batch_size: int) -> Iterable[torch.Tensor]:
-    """Input batches of a tensor ``(n, ...)``, a Dataset or a DataLoader (first element of tuples)."""
+def _shuffles(loader: Any) -> str | None:
+    """The name of a DataLoader's sampler when it draws in random order, else None."""
+    from torch.utils.data import DistributedSampler, RandomSampler, SubsetRandomSampler, WeightedRandomSampler
+
+    sampler = getattr(loader.batch_sampler, "sampler", None) if loader.batch_sampler is not None else loader.sampler
+    if sampler is None:
+        sampler = loader.batch_sampler  # a batch sampler of its own (e.g. CoverageBatchSampler)
+    random = (RandomSampler, SubsetRandomSampler, WeightedRandomSampler)
+    if isinstance(sampler, random) or (isinstance(sampler, DistributedSampler) and sampler.shuffle):
+        return type(sampler).__name__
+    if hasattr(sampler, "set_epoch") and not isinstance(sampler, DistributedSampler):
+        return type(sampler).__name__  # epoch-dependent order: not a fixed stimulus order
+    return None
+
+
+def _iter_batches(stimuli: Any, batch_size: int) -> Iterable[tuple[torch.Tensor, list[Any] | None]]:
+    """``(inputs, ids)`` batches of a tensor ``(n, ...)``, a Dataset or a DataLoader.
+
+    Inputs are the first element of tuple items (or a dict's ``image``/``input``/``x``); ids are
+    the items' stimulus ids when the dataset is a ``StimulusDataset`` (``(x, y, id)`` items), else None.
+    """
     from torch.utils.data import DataLoader, Dataset
+
+    from rdl_neuro.data.stimulus import StimulusDataset
 
     def first(batch: Any) -> torch.Tensor:
         if isinstance(batch, (tuple, list)):
@@ -34,18 +59,58 @@ def _iter_batches(stimuli: Any, batch_size: int) -> Iterable[torch.Tensor]:
             raise TypeError(f"stimulus batches must be tensors, got {type(batch).__name__}")
         return batch
 
+    def split(batch: Any, with_ids: bool) -> tuple[torch.Tensor, list[Any] | None]:
+        return first(batch), (plain_ids(batch[2]) if with_ids else None)
+
     if isinstance(stimuli, torch.Tensor):
         for start in range(0, stimuli.shape[0], batch_size):
-            yield stimuli[start:start + batch_size]
+            yield stimuli[start:start + batch_size], None
     elif isinstance(stimuli, DataLoader):
+        with_ids = isinstance(stimuli.dataset, StimulusDataset)
+        sampler = _shuffles(stimuli)
+        if sampler is not None and not with_ids:
+            # RDM rows would follow a random order while the ids follow the dataset's
+            raise ValueError(f"the DataLoader draws stimuli in random order ({sampler}): the RDM rows would not "
+                             "match the stimulus ids; pass DataLoader(..., shuffle=False) or the Dataset itself")
         for batch in stimuli:
-            yield first(batch)
+            yield split(batch, with_ids)
     elif isinstance(stimuli, Dataset):
+        with_ids = isinstance(stimuli, StimulusDataset)
         # shuffle=False: RDM rows must follow the dataset order (and the stimulus ids)
         for batch in DataLoader(stimuli, batch_size=batch_size, shuffle=False):
-            yield first(batch)
+            yield split(batch, with_ids)
     else:
         raise TypeError(f"stimuli must be a tensor (n, ...), a Dataset or a DataLoader, got {type(stimuli).__name__}")
+
+
+def _item_ids(batches: list[tuple[torch.Tensor, list[Any] | None]], given: Sequence[Any] | None) -> list[Any] | None:
+    """The stimulus ids for the RDMs: the items' (StimulusDataset) ids, checked against ``given``, or ``given``."""
+    if batches[0][1] is None:
+        return None if given is None else plain_ids(given)
+    ids = [i for _, batch_ids in batches for i in batch_ids]  # type: ignore[union-attr]
+    if UNCOVERED in ids:
+        k = ids.index(UNCOVERED)
+        if given is None:
+            raise ValueError(f"stimulus {k} of the StimulusDataset has no stimulus id (UNCOVERED); "
+                             "layer RDMs need one id per stimulus: pass stimulus_ids=")
+        return plain_ids(given)
+    if given is not None:
+        given = plain_ids(given)
+        if len(given) == len(ids):
+            differ = [k for k, (a, b) in enumerate(zip(given, ids)) if a != b]
+            if differ:
+                k = differ[0]
+                raise ValueError(f"stimulus_ids disagree with the StimulusDataset's ids in {len(differ)} places, "
+                                 f"first at stimulus {k}: {given[k]!r} vs {ids[k]!r}")
+        return given
+    return ids
+
+
+def _floor_warning(counts: dict[str, list[Any]], method: str) -> str:
+    where = "; ".join(f"layer {name!r}: {len(ids)} (stimuli {ids[:5]}{', ...' if len(ids) > 5 else ''})"
+                      for name, ids in counts.items() if ids)
+    return (f"zero-variance patterns under {method!r} were floored (each counts as uncorrelated with every other "
+            f"stimulus, dissimilarity 1): {where}; rdm_descriptors['n_floored'] holds the counts")
 
 
 @torch.no_grad()
@@ -61,6 +126,7 @@ def layer_rdms(
     progress: bool = True,
     device: torch.device | str | None = None,
     max_feature_bytes: int = 256 * 2**20,
+    floor: bool = True,
 ) -> RDMs:
     """RDMs of named layers of ``model`` over a stimulus set.
 
@@ -78,15 +144,20 @@ def layer_rdms(
     ----------
     model : nn.Module
     stimuli : Tensor ``(n, ...)``, Dataset or DataLoader
-        Inputs in stimulus order (tuples yield their first element).
+        Inputs in stimulus order (tuples yield their first element); floating
+        inputs (integer images such as ``uint8`` raise: scale them as the model
+        was trained). A DataLoader that draws in random order is refused,
+        unless its items carry their ids (a ``StimulusDataset``, whose
+        ``(x, y, id)`` items give the RDM's stimulus ids in the order drawn).
     layers : str or sequence of str
         Names from ``model.named_modules()``.
     method : {"euclidean", "sqeuclidean", "correlation", "cosine"}
     batch_size : int
         Used for tensors and Datasets.
     stimulus_ids : sequence, optional
-        One id per stimulus (default ``0..n-1``), written to
-        ``pattern_descriptors['stimulus']``.
+        One id per stimulus, written to ``pattern_descriptors['stimulus']``;
+        default: the ids of a ``StimulusDataset``'s items, else ``0..n-1``
+        (given ids must agree with a ``StimulusDataset``'s).
     pattern_descriptors : dict, optional
         More per-stimulus descriptors (e.g. ``category``).
     progress : bool
@@ -95,12 +166,20 @@ def layer_rdms(
         Where the model runs (the Gram is accumulated on the CPU).
     max_feature_bytes : int
         Budget for keeping activations of earlier batches.
+    floor : bool
+        ``correlation`` / ``cosine``: a stimulus whose pattern has zero
+        variance (a dead unit layer, a constant image) has no defined
+        dissimilarity. True (default): the library's floor
+        (``rdl_neuro.rdm.calc.NORM_FLOOR``, as in training) counts it as
+        uncorrelated with every other stimulus (dissimilarity 1), with a
+        warning naming the layer and the stimuli; False: a ValueError naming them.
 
     Returns
     -------
     rsatoolbox.rdm.RDMs
         One RDM per layer (``rdm_descriptors['layer']``), ``dissimilarity_measure``
-        from ``method``, ``pattern_descriptors['stimulus']`` the ids.
+        from ``method``, ``pattern_descriptors['stimulus']`` the ids;
+        ``rdm_descriptors['n_floored']`` the number of floored patterns per layer.
 
     Examples
     --------
@@ -110,6 +189,8 @@ def layer_rdms(
     >>> rdms = layer_rdms(net, torch.randn(10, 1, 2, 2), ["hidden1", "hidden2"], progress=False)
     >>> rdms.n_rdm, rdms.n_cond, rdms.rdm_descriptors["layer"], rdms.dissimilarity_measure
     (2, 10, ['hidden1', 'hidden2'], 'correlation')
+    >>> rdms.rdm_descriptors["n_floored"]   # zero-variance patterns per layer (floored, with a warning)
+    [0, 0]
     """
     check_method(method)
     if isinstance(layers, str):
@@ -120,13 +201,19 @@ def layer_rdms(
     was_training = model.training
     model.eval()
     if device is not None:
+        device = check_device(device)
         model.to(device)
-    batches = list(_iter_batches(stimuli, batch_size))  # inputs only; activations are what may be large
+    with_ids = list(_iter_batches(stimuli, batch_size))  # inputs only; activations are what may be large
+    batches = [b for b, _ in with_ids]
     n = sum(b.shape[0] for b in batches)
     if n < 2:
         raise ValueError(f"an RDM needs at least 2 stimuli, the stimulus set gave {n}")
     if stimulus_ids is not None and len(stimulus_ids) != n:
         raise ValueError(f"{len(stimulus_ids)} stimulus ids for {n} stimuli")
+    stimulus_ids = _item_ids(with_ids, stimulus_ids)
+    if not batches[0].is_floating_point() and any(p.is_floating_point() for p in model.parameters()):
+        raise TypeError(f"the stimuli are {batches[0].dtype} (integer images?): convert them to floats scaled as "
+                        "the model was trained (e.g. x.float() / 255)")
     grams = _GramAccumulator(layers, [b.shape[0] for b in batches])
     bar = progress_bar(total=n, disable=not progress, desc="layer RDMs", unit="stim")
     try:
@@ -141,9 +228,26 @@ def layer_rdms(
     finally:
         bar.close()
         model.train(was_training)
-    vectors = torch.stack([gram_to_rdm(grams.gram[name], grams.sums[name], feats.n_channels[name], method)
+    eps = NORM_FLOOR if floor else None
+    floored: dict[str, list[Any]] = {}
+    for name in layers:
+        dead = zero_variance_rows(grams.gram[name], grams.sums[name], feats.n_channels[name], method, eps)
+        rows = torch.nonzero(dead).squeeze(1).tolist()
+        floored[name] = [stimulus_ids[r] for r in rows] if stimulus_ids is not None else rows
+        if floored[name] and not floor:
+            raise ValueError(f"layer {name!r} has zero-variance patterns under {method!r} for stimuli "
+                             f"{floored[name][:5]}: the dissimilarity is undefined there (floor=True counts "
+                             "them as uncorrelated with every other stimulus)")
+    if any(floored.values()):
+        warnings.warn(_floor_warning(floored, method), UserWarning, stacklevel=2)
+    vectors = torch.stack([gram_to_rdm(grams.gram[name], grams.sums[name], feats.n_channels[name], method, eps=eps)
                            for name in layers])
-    return to_rsatoolbox(vectors, stimulus_ids, method, {"layer": layers}, pattern_descriptors=pattern_descriptors)
+    if not bool(torch.isfinite(vectors).all()):
+        bad = [name for name, v in zip(layers, vectors) if not bool(torch.isfinite(v).all())]
+        raise ValueError(f"layer {bad[0]!r}: features are finite but too large: their products overflow float64; "
+                         "rescale them")
+    descriptors = {"layer": layers, "n_floored": [len(floored[name]) for name in layers]}
+    return to_rsatoolbox(vectors, stimulus_ids, method, descriptors, pattern_descriptors=pattern_descriptors)
 
 
 class _BatchFeatures:
@@ -164,12 +268,20 @@ class _BatchFeatures:
     def compute(self, i: int) -> dict[str, torch.Tensor]:
         """Run the model on batch ``i``: layer -> ``(b_i, p)``; checks finiteness and a fixed width per layer."""
         batch = self.batches[i].to(self.device) if self.device is not None else self.batches[i]
-        self.model(batch)
+        try:
+            self.model(batch)
+        except RuntimeError as err:  # e.g. images of a size the model was not built for
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"the model cannot run on stimulus batch {i} of shape {tuple(batch.shape)}: "
+                             f"{first_line}") from err
         out = {}
         for name in self.layers:
             x = self.recorder.features[name].detach().reshape(batch.shape[0], -1).to("cpu", torch.float64)
-            if not bool(torch.isfinite(x).all()):
-                raise ValueError(f"layer {name!r} produced NaN or infinite activations")
+            try:
+                # NaN/inf (naming the stimuli) and float64 overflow of the squared norms
+                check_finite_rows(x, (x * x).sum(1))
+            except ValueError as err:
+                raise ValueError(f"layer {name!r} (stimulus batch {i}): {err}") from None
             if self.n_channels.setdefault(name, x.shape[1]) != x.shape[1]:
                 raise ValueError(f"layer {name!r} gave {x.shape[1]} features for one batch "
                                  f"and {self.n_channels[name]} for another")

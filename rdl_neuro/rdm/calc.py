@@ -30,6 +30,12 @@ import torch
 #: dissimilarity measures of :func:`compute_rdm` (see the module docstring)
 METHODS = ("euclidean", "sqeuclidean", "correlation", "cosine")
 
+#: The library's floor for zero-variance patterns under correlation/cosine (training losses, the
+#: RDM probe, ``layer_rdms``): a pattern whose norm is below NORM_FLOOR times the largest norm among
+#: the patterns counts as uncorrelated with every other (dissimilarity 1) instead of stopping the
+#: run. Relative, so that features that are merely small (norms of 1e-10) keep their RDM.
+NORM_FLOOR = 1e-8
+
 #: rsatoolbox's ``dissimilarity_measure`` string for each of our method names
 RSATOOLBOX_MEASURE = {
     "euclidean": "euclidean",
@@ -110,6 +116,34 @@ def to_square(condensed: torch.Tensor) -> torch.Tensor:
     return square
 
 
+def is_square_rdm(x: torch.Tensor, rtol: float = 1e-6) -> bool:
+    """Whether a 2-D ``x (n, n)`` reads as one square RDM: symmetric (NaN included) with a zero diagonal.
+
+    Functions that take condensed RDMs ``(k, n_pairs)`` use this to recognise a
+    square RDM passed by mistake (a stack of ``n`` condensed RDMs of ``n``
+    entries each is only ever symmetric with a zero diagonal by accident).
+    """
+    if x.ndim != 2 or x.shape[0] != x.shape[1] or x.shape[0] < 2:
+        return False
+    if bool((torch.diagonal(x) != 0).any()):
+        return False
+    nan = torch.isnan(x)
+    if not torch.equal(nan, nan.T):
+        return False
+    finite = torch.where(nan, torch.zeros_like(x), x)
+    scale = float(finite.abs().max())
+    return bool(((finite - finite.T).abs() <= rtol * scale).all())
+
+
+def as_condensed(x: torch.Tensor) -> torch.Tensor:
+    """Condensed RDMs ``(k, n_pairs)`` from condensed ``(n_pairs,)`` / ``(k, n_pairs)`` or square
+    ``(n, n)`` / ``(k, n, n)`` input (a 2-D input is square when ``is_square_rdm`` says so); other
+    shapes are returned as they are, for the caller's shape check."""
+    if (x.ndim == 3 and x.shape[-1] == x.shape[-2]) or (x.ndim == 2 and is_square_rdm(x)):
+        return to_condensed(x).reshape(-1, x.shape[-1] * (x.shape[-1] - 1) // 2)
+    return x.unsqueeze(0) if x.ndim == 1 else x
+
+
 def _describe_position(index: tuple[int, ...]) -> str:
     """'row 3' for a plain (n, p) input, 'row 3 of batch element (1, 0)' for batched ones."""
     *batch, row = index
@@ -154,13 +188,17 @@ def _unit_rows(x: torch.Tensor, what: str, eps: float | None = None) -> torch.Te
     """Rows scaled to unit norm.
 
     Without ``eps``, rows whose norm is (numerically) zero raise a ValueError
-    naming them; with ``eps``, norms are clamped at ``eps`` instead, so such a
-    row becomes (close to) the zero vector: similarity 0, dissimilarity 1.
+    naming them; with ``eps``, norms are clamped at ``eps`` times the largest
+    norm of the ``n`` rows instead (a floor relative to the features' scale),
+    so such a row becomes (close to) the zero vector: similarity 0,
+    dissimilarity 1.
     """
     norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     check_finite_rows(x, norms.squeeze(-1))
     if eps is not None:
-        return x / norms.clamp_min(eps)
+        # the scale is detached: the floor only decides which rows count as dead, it is not a feature
+        floor = (eps * norms.detach().amax(dim=-2, keepdim=True)).clamp_min(torch.finfo(x.dtype).tiny)
+        return x / torch.maximum(norms, floor)
     scale = x.detach().abs().amax(dim=-1, keepdim=True)
     # a row is degenerate when its norm is at rounding level relative to its entries
     tiny = norms.detach() <= torch.finfo(x.dtype).eps * math.sqrt(x.shape[-1]) * scale
@@ -287,9 +325,11 @@ def compute_rdm(
     eps : float, optional
         For ``correlation`` / ``cosine`` only. By default a pattern with zero
         variance (zero norm) raises, since its dissimilarity is undefined. With
-        ``eps`` the norms are clamped at ``eps``, so such a pattern counts as
-        uncorrelated with every other (dissimilarity 1). Training losses use
-        this so that one image with an all-zero ReLU layer does not stop training.
+        ``eps`` the norms are clamped at ``eps`` times the largest norm among
+        the ``n`` patterns (relative, so small but healthy features keep their
+        RDM), so a zero-variance pattern counts as uncorrelated with every
+        other (dissimilarity 1). Training losses use this (``NORM_FLOOR``) so
+        that one image with an all-zero ReLU layer does not stop training.
 
     Returns
     -------
@@ -337,7 +377,39 @@ def compute_rdm(
     return rdm
 
 
-def gram_to_rdm(gram: torch.Tensor, sums: torch.Tensor, n_channels: int, method: str = "correlation") -> torch.Tensor:
+def zero_variance_rows(gram: torch.Tensor, sums: torch.Tensor, n_channels: int, method: str,
+                       eps: float | None = None) -> torch.Tensor:
+    """Which stimuli have a zero-variance pattern under ``correlation`` / ``cosine``, from a Gram matrix.
+
+    Parameters
+    ----------
+    gram, sums, n_channels, method
+        As for ``gram_to_rdm``.
+    eps : float, optional
+        Also count patterns whose (centred) norm is below ``eps`` times the
+        largest one (``NORM_FLOOR`` is the library's floor). Without it only
+        norms at rounding level count.
+
+    Returns
+    -------
+    Tensor ``(n,)`` bool; all False for the euclidean methods.
+    """
+    if method not in ("correlation", "cosine"):
+        return torch.zeros(gram.shape[-1], dtype=torch.bool, device=gram.device)
+    sq_norms = torch.diagonal(gram)
+    if method == "correlation":
+        # the centred Gram's diagonal, G_ii - s_i^2 / p, without centring the whole matrix
+        sq_norms = sq_norms - sums * sums / n_channels
+    norms = sq_norms.clamp_min(0).sqrt()
+    # a looser test than compute_rdm's: centring inside the Gram matrix cancels G_ii - s_i^2 / p,
+    # which leaves rounding noise of order eps * max G_ii where compute_rdm leaves exact zeros
+    scale = sq_norms.abs().max().sqrt().clamp_min(torch.finfo(gram.dtype).tiny)
+    rel = max(1e3 * torch.finfo(gram.dtype).eps, eps or 0.0)
+    return norms <= rel * scale
+
+
+def gram_to_rdm(gram: torch.Tensor, sums: torch.Tensor, n_channels: int, method: str = "correlation",
+                *, eps: float | None = None) -> torch.Tensor:
     """Condensed RDM from a Gram matrix and per-stimulus feature sums.
 
     Parameters
@@ -351,6 +423,12 @@ def gram_to_rdm(gram: torch.Tensor, sums: torch.Tensor, n_channels: int, method:
     method : str
         One of ``METHODS``; the result equals
         ``compute_rdm(X, method)`` up to rounding.
+    eps : float, optional
+        For ``correlation`` / ``cosine``: by default a zero-variance pattern
+        raises (its dissimilarity is undefined). With ``eps`` the patterns that
+        ``zero_variance_rows(..., eps=eps)`` finds count as uncorrelated with
+        every other: dissimilarity exactly 1 (as ``compute_rdm(X, method, eps=eps)``
+        gives for an all-zero pattern).
 
     Returns
     -------
@@ -363,21 +441,22 @@ def gram_to_rdm(gram: torch.Tensor, sums: torch.Tensor, n_channels: int, method:
         diag = torch.diagonal(gram)
         d2 = squared_distances(diag[rows], diag[cols], gram[rows, cols]).clamp_min(0)
         return d2.sqrt() if method == "euclidean" else d2 / n_channels
+    bad = zero_variance_rows(gram, sums, n_channels, method, eps)
     if method == "correlation":
         # centring each pattern across channels: G_c = G - s s^T / p
         gram = gram - torch.outer(sums, sums) / n_channels
         what = "zero variance across channels (constant pattern) under 'correlation'"
     else:
         what = "zero norm (all-zero pattern) under 'cosine'"
-    diag = torch.diagonal(gram).clamp_min(0)
-    norms = diag.sqrt()
-    # a looser test than compute_rdm's: centring inside the Gram matrix cancels G_ii - s_i^2 / p,
-    # which leaves rounding noise of order eps * max G_ii where compute_rdm leaves exact zeros
-    scale = torch.diagonal(gram).abs().max().sqrt().clamp_min(torch.finfo(gram.dtype).tiny)
-    bad = norms <= 1e3 * torch.finfo(gram.dtype).eps * scale
+    norms = torch.diagonal(gram).clamp_min(0).sqrt()
     if bool(bad.any()):
-        raise ValueError(f"{what} for stimuli at rows {torch.nonzero(bad).squeeze(1)[:5].tolist()}: "
-                         "the dissimilarity is undefined there")
+        if eps is None:
+            raise ValueError(f"{what} for stimuli at rows {torch.nonzero(bad).squeeze(1)[:5].tolist()}: "
+                             "the dissimilarity is undefined there (pass eps=... to floor such patterns)")
+        # floored patterns are uncorrelated with every other: zero similarity, unit norm
+        keep = (~bad).to(gram.dtype)
+        gram = gram * keep[:, None] * keep[None, :]
+        norms = torch.where(bad, torch.ones_like(norms), norms)
     return 1 - gram[rows, cols] / (norms[rows] * norms[cols])
 
 

@@ -35,7 +35,7 @@ import math
 import numpy as np
 import torch
 
-from rdl_neuro.rdm.calc import check_method, n_stimuli_from_length, triu_indices
+from rdl_neuro.rdm.calc import as_condensed, check_method, n_stimuli_from_length, triu_indices
 from rdl_neuro.rdm.ranks import centered_ranks, kendall_tau, numpy_rows
 
 #: rsatoolbox's RDM comparison methods, all supported by :func:`compare_rdms`
@@ -54,10 +54,10 @@ def _as_rdm_matrix(x: torch.Tensor | np.ndarray, name: str) -> tuple[torch.Tenso
         raise TypeError(f"{name} must be a torch.Tensor or numpy array of condensed RDMs, got {type(x).__name__}")
     if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
-    if x.ndim == 1:
-        x = x.unsqueeze(0)
+    x = as_condensed(x)
     if x.ndim != 2:
-        raise ValueError(f"{name} must have shape (n_rdms, n_pairs) or (n_pairs,), got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must have shape (n_rdms, n_pairs) or (n_pairs,) (or square (n, n) / "
+                         f"(n_rdms, n, n)), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name} holds no RDMs (shape {tuple(x.shape)})")
     n_stimuli_from_length(x.shape[1])
@@ -78,7 +78,10 @@ def compare_rdms(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, met
     ----------
     a : Tensor ``(k, n_pairs)`` or ``(n_pairs,)``
         Condensed RDMs (scipy ``squareform`` order); NaN marks missing entries.
-    b : Tensor ``(m, n_pairs)`` or ``(n_pairs,)``
+        Square RDMs ``(k, n, n)`` and a single square ``(n, n)`` (symmetric with
+        a zero diagonal, see ``rdl_neuro.rdm.calc.is_square_rdm``) are read as
+        such and condensed first.
+    b : Tensor ``(m, n_pairs)`` or ``(n_pairs,)``, or square like ``a``
     method : str
         One of ``COMPARE_METHODS`` (see the module docstring).
 

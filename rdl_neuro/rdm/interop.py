@@ -11,14 +11,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import warnings
+
 import numpy as np
 import torch
 from rsatoolbox.rdm import RDMs
 
-from rdl_neuro.data.ids import duplicate_ids, plain_id
-from rdl_neuro.rdm.calc import RSATOOLBOX_MEASURE, n_stimuli_from_length, to_condensed
+from rdl_neuro.data.ids import duplicate_ids, plain_ids
+from rdl_neuro.rdm.calc import RSATOOLBOX_MEASURE, as_condensed, n_stimuli_from_length
 
 __all__ = ["from_rsatoolbox", "to_rsatoolbox", "stimulus_ids_of", "rdm_names"]
+
+# the pattern descriptor that holds stimulus ids unless the caller names another
+STIMULUS_DESCRIPTOR = "stimulus"
 
 # rdm_descriptors that name RDMs, in order of preference
 NAME_DESCRIPTORS = ("layer", "name", "model", "role", "subject")
@@ -32,25 +37,49 @@ def rdm_names(rdms: RDMs) -> list[str]:
     return [f"RDM {i}" for i in range(rdms.n_rdm)]
 
 
-def stimulus_ids_of(rdms: RDMs, descriptor: str = "stimulus") -> list[Any]:
-    """The stimulus ids of an rsatoolbox ``RDMs``: ``pattern_descriptors[descriptor]``, else ``index``."""
+def stimulus_ids_of(rdms: RDMs, descriptor: str | None = None) -> list[Any]:
+    """The stimulus ids of an rsatoolbox ``RDMs`` (normalised by ``rdl_neuro.data.ids.plain_id``).
+
+    Parameters
+    ----------
+    rdms : rsatoolbox.rdm.RDMs
+    descriptor : str, optional
+        The pattern descriptor holding the ids; a descriptor named here must
+        exist (the error lists those that do). The default (None) reads
+        ``stimulus`` and, when the RDMs have none, falls back to ``index``
+        (rsatoolbox's positions) with a warning, since positions only name
+        stimuli when every RDM lists them in the same order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rdms = RDMs(np.ones((1, 3)), pattern_descriptors={"stimulus": ["a", "b", "c"]})
+    >>> stimulus_ids_of(rdms)
+    ['a', 'b', 'c']
+    """
     descriptors = rdms.pattern_descriptors
-    if descriptor in descriptors:
-        ids = descriptors[descriptor]
-    elif "index" in descriptors:
-        ids = descriptors["index"]
+    name = STIMULUS_DESCRIPTOR if descriptor is None else descriptor
+    if name in descriptors:
+        ids = descriptors[name]
+    elif descriptor is not None:
+        raise KeyError(f"the RDMs have no pattern descriptor {descriptor!r}; "
+                       f"they have {sorted(descriptors) or 'none'}")
     else:
-        ids = range(rdms.n_cond)
-    ids = [plain_id(i) for i in ids]
+        name = "index"
+        warnings.warn(f"the RDMs have no {STIMULUS_DESCRIPTOR!r} pattern descriptor: stimulus ids are their "
+                      "positions ('index'); name the descriptor that holds ids to silence this "
+                      f"(pattern descriptors: {sorted(descriptors) or 'none'})", UserWarning, stacklevel=2)
+        ids = descriptors.get("index", range(rdms.n_cond))
+    ids = plain_ids(ids)
     if len(set(ids)) != len(ids):
         dup = duplicate_ids(ids)
-        raise ValueError(f"duplicate stimulus ids in pattern_descriptors[{descriptor!r}]: {dup[:5]}")
+        raise ValueError(f"duplicate stimulus ids in pattern_descriptors[{name!r}]: {dup[:5]}")
     return ids
 
 
 def from_rsatoolbox(
     rdms: RDMs,
-    descriptor: str = "stimulus",
+    descriptor: str | None = None,
     *,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
@@ -58,8 +87,8 @@ def from_rsatoolbox(
     """rsatoolbox ``RDMs`` -> ``(tensor (n_rdm, n_pairs), stimulus ids)``.
 
     The ids come from ``pattern_descriptors[descriptor]`` (default
-    ``stimulus``), else from ``index``. NaN entries are kept (they mark
-    missing dissimilarities).
+    ``stimulus``, else ``index`` with a warning; see ``stimulus_ids_of``).
+    NaN entries are kept (they mark missing dissimilarities).
     """
     if not isinstance(rdms, RDMs):
         raise TypeError(f"expected rsatoolbox.rdm.RDMs, got {type(rdms).__name__}")
@@ -80,11 +109,14 @@ def to_rsatoolbox(
 
     Parameters
     ----------
-    rdms : Tensor ``(n_rdm, n_pairs)``, ``(n_pairs,)`` or ``(n_rdm, n, n)``
-        Condensed RDMs (1-D or 2-D) or square ones (3-D; a single square RDM
-        is ``(1, n, n)``); gradients are detached, values copied to float64.
+    rdms : Tensor ``(n_rdm, n_pairs)``, ``(n_pairs,)``, ``(n_rdm, n, n)`` or ``(n, n)``
+        Condensed RDMs (1-D or 2-D) or square ones (3-D, or a single 2-D
+        square RDM: symmetric with a zero diagonal, see
+        ``rdl_neuro.rdm.calc.is_square_rdm``); gradients are detached, values
+        copied to float64.
     stimulus_ids : sequence of length ``n``, optional
         Written to ``pattern_descriptors[descriptor]``; default ``0..n-1``.
+        Normalised and checked by ``rdl_neuro.data.ids`` (unique; ``3.0`` is ``3``).
     method : str
         One of ``rdl_neuro.rdm.METHODS`` (written as rsatoolbox's
         ``dissimilarity_measure``, e.g. ``sqeuclidean`` -> ``squared euclidean``)
@@ -106,19 +138,17 @@ def to_rsatoolbox(
     if isinstance(rdms, torch.Tensor):
         rdms = rdms.detach().cpu().numpy()
     array = np.asarray(rdms, dtype=np.float64)
-    if array.ndim == 1:
-        array = array[None]
-    if array.ndim == 3:
-        array = to_condensed(torch.from_numpy(array)).numpy()
+    if array.ndim in (1, 2, 3):
+        array = as_condensed(torch.from_numpy(array)).numpy()
     if array.ndim != 2:
         raise ValueError(f"expected condensed (n_rdm, n_pairs) or square (n_rdm, n, n) RDMs, got shape {array.shape}")
     n = n_stimuli_from_length(array.shape[1])
     patterns = {k: list(v) for k, v in (pattern_descriptors or {}).items()}
-    ids = list(range(n)) if stimulus_ids is None else list(stimulus_ids)
+    ids = list(range(n)) if stimulus_ids is None else plain_ids(stimulus_ids)
     if len(ids) != n:
         raise ValueError(f"{len(ids)} stimulus ids given for RDMs over {n} stimuli")
     if len(set(ids)) != n:
-        raise ValueError("stimulus ids must be unique")
+        raise ValueError(f"stimulus ids must be unique; repeated: {duplicate_ids(ids)[:5]}")
     patterns[descriptor] = ids
     for key, values in patterns.items():
         if len(values) != n:

@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from rdl_neuro.data.ids import UNCOVERED, id_tensor
 from rdl_neuro.train.seeds import derive_seed
 
-__all__ = ["GlobalBatchSampler", "unpack_batch", "dataset_stimulus_ids", "coverage_sampler"]
+__all__ = ["GlobalBatchSampler", "unpack_batch", "dataset_stimulus_ids", "coverage_sampler", "skip_reason"]
 
 
 class GlobalBatchSampler:
@@ -69,16 +70,19 @@ class GlobalBatchSampler:
 
 def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x, labels (b,) long, stimulus ids (b,) long)`` of a ``(x, y)`` or ``(x, y, stimulus_id)`` batch;
-    ids are ``-1`` (``UNCOVERED``) for ``(x, y)`` batches."""
+    ids are ``-1`` (``UNCOVERED``) for ``(x, y)`` batches. Labels and ids follow
+    ``rdl_neuro.data.ids.id_tensor``: whole-number floats are integers; strings and
+    fractions raise, naming a few of them (never a silent truncation)."""
     if not isinstance(batch, (list, tuple)) or len(batch) not in (2, 3):
         raise TypeError("training data must yield (x, y) or (x, y, stimulus_id) items, "
                         f"got batches of {type(batch).__name__}")
     if len(batch) == 2:
         x, y = batch
-        sid = torch.full((len(y),), -1, dtype=torch.long)
+        sid = torch.full((len(y),), UNCOVERED, dtype=torch.long)
     else:
         x, y, sid = batch
-    return x, torch.as_tensor(y).long(), torch.as_tensor(sid).long()
+        sid = id_tensor(sid, "stimulus ids in the training items")
+    return x, id_tensor(y, "class labels", "map class names to integers 0..n_classes-1"), sid
 
 
 def dataset_stimulus_ids(data: Dataset) -> torch.Tensor:
@@ -90,12 +94,27 @@ def dataset_stimulus_ids(data: Dataset) -> torch.Tensor:
     """
     ids = getattr(data, "stimulus_ids", None)
     if ids is not None:
-        return torch.as_tensor(ids).long().reshape(-1)
+        return id_tensor(ids).reshape(-1)
     out = []
     for i in range(len(data)):  # type: ignore[arg-type]
         item = data[i]
-        out.append(int(item[2]) if len(item) == 3 else -1)
-    return torch.tensor(out, dtype=torch.long)
+        out.append(item[2] if len(item) == 3 else UNCOVERED)
+    return id_tensor(out, "stimulus ids in the training items")
+
+
+def skip_reason(loss: Any, layer: str, data: Dataset) -> str:
+    """Why the transfer term of ``layer`` in ``loss`` had no usable pair in any batch of an epoch."""
+    teacher = getattr(loss, "pairs", {}).get(layer)
+    if not hasattr(teacher, "covers"):
+        return "no batch held two samples (batch_size 1?)"
+    ids = dataset_stimulus_ids(data)
+    n_cov = int(teacher.covers(ids).sum())
+    if n_cov == 0:
+        known = ids[ids != UNCOVERED].unique()[:5].tolist()
+        return (f"the training data's stimulus ids and the teacher's do not overlap (data ids e.g. {known or 'none'}, "
+                f"teacher ids e.g. {teacher.ids[:5]})")
+    return (f"no batch held two covered stimuli with a usable teacher pair ({n_cov} of {len(ids)} training samples "
+            "are covered); mix covered stimuli into every batch with min_covered >= 2 (config data.min_covered)")
 
 
 def coverage_sampler(data: Dataset, coverage: Any, batch_size: int, min_covered: int, seed: int,

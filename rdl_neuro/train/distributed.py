@@ -106,9 +106,12 @@ def setup_process_group(mode: bool | str) -> tuple[int, int, bool]:
 
 
 def pick_device(device: str | torch.device | None, world: int) -> torch.device:
-    """``device`` if given, else CUDA when available (``cuda:LOCAL_RANK`` under torchrun), else CPU."""
+    """``device`` if given (checked to exist here: ``rdl_neuro.devices.check_device``), else CUDA when
+    available (``cuda:LOCAL_RANK`` under torchrun), else CPU."""
     if device is not None:
-        return torch.device(device)
+        from rdl_neuro.devices import check_device
+
+        return check_device(device)
     if torch.cuda.is_available():
         if world > 1:
             local = int(os.environ.get("LOCAL_RANK", "0"))

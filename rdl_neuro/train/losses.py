@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rdl_neuro.rdm.calc import (check_features, check_finite_rows, check_method, compute_rdm, safe_sqrt,
+from rdl_neuro.rdm.calc import (NORM_FLOOR, check_features, check_finite_rows, check_method, compute_rdm, safe_sqrt,
                                 square_squared_distances, to_condensed)
 from rdl_neuro.rdm.compare import compare_rdms
 from rdl_neuro.train.distributed import gather_no_grad, gather_with_grad
@@ -47,6 +47,8 @@ from rdl_neuro.train.teachers import NetworkTeacher, RDMTeacher
 
 __all__ = [
     "StepOutputs",
+    "check_labels",
+    "IGNORE_LABEL",
     "TransferLoss",
     "CELoss",
     "RDLLoss",
@@ -121,8 +123,9 @@ def _checked_features(x: Tensor, name: str, side: str = "student") -> Tensor:
 
 # Norm floor for correlation/cosine RDMs inside losses: a pattern with zero variance (say an
 # image whose ReLU layer is all zeros) counts as uncorrelated with the others instead of
-# stopping training with an error (see compute_rdm's ``eps``).
-RDM_EPS = 1e-8
+# stopping training with an error (see compute_rdm's ``eps``). Relative to the batch's largest
+# norm: the library's one floor, ``rdl_neuro.rdm.calc.NORM_FLOOR``.
+RDM_EPS = NORM_FLOOR
 
 
 def _tiny(x: Tensor) -> float:
@@ -289,6 +292,24 @@ class TransferLoss(nn.Module):
         raise NotImplementedError
 
 
+#: cross-entropy's ``ignore_index``: the label of an unlabelled sample
+IGNORE_LABEL = -100
+
+
+def check_labels(logits: Tensor, labels: Tensor) -> None:
+    """Raise a ValueError naming a label outside ``0..n_classes-1`` (``IGNORE_LABEL`` is allowed).
+
+    ``logits (b, n_classes)``, ``labels (b,)``. Cross-entropy would otherwise
+    fail with a bare index error (or a device-side assert on CUDA).
+    """
+    n_classes = logits.shape[-1]
+    bad = (labels >= n_classes) | ((labels < 0) & (labels != IGNORE_LABEL))
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten()[:5].tolist()
+        raise ValueError(f"label {int(labels[rows[0]])} (samples {rows} of the batch) is outside the model's "
+                         f"{n_classes} classes 0..{n_classes - 1} (use {IGNORE_LABEL} for unlabelled samples)")
+
+
 class CELoss(TransferLoss):
     """Cross-entropy of the student logits (optionally label-smoothed)."""
 
@@ -297,7 +318,8 @@ class CELoss(TransferLoss):
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """``logits (b, n_classes)``, ``labels (b,)`` -> scalar."""
+        """``logits (b, n_classes)``, ``labels (b,)`` -> scalar; labels outside the classes raise (``check_labels``)."""
+        check_labels(logits, labels)
         return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
 
     def from_step(self, step: StepOutputs) -> tuple[Tensor, dict[str, Tensor]]:
@@ -564,7 +586,16 @@ class KDLoss(TransferLoss):
         T = self.temperature
         log_p_s = F.log_softmax(student_logits / T, dim=-1)
         log_p_t = F.log_softmax(teacher_logits.to(student_logits.dtype) / T, dim=-1)
-        return T * T * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+        loss = T * T * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+        if not bool(torch.isfinite(loss)):
+            # name the side and the samples, as the feature losses do (one check of the scalar per step)
+            for side, logits in (("student", student_logits), ("teacher", teacher_logits)):
+                bad = ~torch.isfinite(logits).all(dim=-1)
+                if bool(bad.any()):
+                    raise ValueError(f"KDLoss: the {side} logits have NaN or infinite values in batch samples "
+                                     f"{torch.nonzero(bad).flatten()[:5].tolist()}")
+            raise ValueError(f"KDLoss is {loss.item()} (temperature {T}): the logits overflow after scaling")
+        return loss
 
     def from_step(self, step: StepOutputs) -> tuple[Tensor, dict[str, Tensor]]:
         if step.teacher_logits is None:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rdl_neuro.data.ids import id_tensor
 from rdl_neuro.model.recorder import LayerRecorder
 from rdl_neuro.rdm.calc import compute_rdm, to_condensed
 from rdl_neuro.rdm.compare import compare_rdms
@@ -59,7 +60,7 @@ class RDMProbe:
     def teacher_rdms(self, device: torch.device) -> dict[str, torch.Tensor]:
         """Condensed teacher RDMs ``(k, n_pairs)`` per student layer of the probe."""
         probe = self
-        ids = torch.as_tensor(probe.stimulus_ids).long()
+        ids = id_tensor(probe.stimulus_ids, "rdm_probe stimulus_ids")
         layers = probe.layer_map()
         teacher = probe.teacher
         n = int(ids.shape[0])
@@ -89,7 +90,8 @@ class RDMProbe:
             raise ValueError("rdm_probe: with a network teacher, layers must map student layer -> teacher layer")
         with torch.no_grad():
             _, feats = teacher(probe.stimuli.to(device), stimulus_ids=ids.to(device))
-        return {s: compute_rdm(feats[t].flatten(1).double().cpu(), probe.method).unsqueeze(0)
+        # the loss's floor: a probe stimulus with a constant teacher pattern must not stop training
+        return {s: compute_rdm(feats[t].flatten(1).double().cpu(), probe.method, eps=RDM_EPS).unsqueeze(0)
                 for s, t in layers.items()}
 
     @torch.no_grad()

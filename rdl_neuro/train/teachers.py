@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rdl_neuro.data.ids import duplicate_ids, plain_id
-from rdl_neuro.data.stimulus import UNCOVERED
+from rdl_neuro.data.ids import UNCOVERED, check_id_kinds, duplicate_ids, id_kind, id_tensor, plain_ids
 from rdl_neuro.model.recorder import LayerRecorder
 from rdl_neuro.rdm.calc import RSATOOLBOX_MEASURE, n_stimuli_from_length, to_condensed, to_square
 
@@ -33,10 +32,6 @@ __all__ = ["RDMTeacher", "NetworkTeacher", "UNCOVERED"]
 
 COMBINE = ("mean", "per_rdm")
 _MEASURE_TO_METHOD = {v: k for k, v in RSATOOLBOX_MEASURE.items()}
-
-
-def _is_int_id(i: Any) -> bool:
-    return isinstance(i, (int, np.integer)) and not isinstance(i, bool)
 
 
 class RDMTeacher:
@@ -49,7 +44,8 @@ class RDMTeacher:
         entries (symmetrically). Stored as float64 on the CPU; per-device
         copies are made on first use.
     ids : sequence of hashable, length ``n``
-        The stimulus id of each row/column (ints, strings, ...), unique.
+        The stimulus id of each row/column (ints, strings, ...), unique;
+        normalised by ``rdl_neuro.data.ids.plain_id`` (``3.0`` is ``3``).
     method : str
         The dissimilarity measure, informational (written by ``to_rsatoolbox``).
     combine : {"mean", "per_rdm"}
@@ -65,7 +61,9 @@ class RDMTeacher:
 
     Stimulus ids in batches are integers (``torch.long``); ``batch_target``
     also accepts a sequence of arbitrary ids. Ids the teacher does not know
-    (and ``UNCOVERED = -1``) are uncovered.
+    (and ``UNCOVERED = -1``) are uncovered; ids of a kind the teacher has
+    none of (integer batch ids for a teacher with string ids) raise a
+    TypeError naming both, as no batch could ever be covered.
 
     Examples
     --------
@@ -110,7 +108,7 @@ class RDMTeacher:
             )
         if rdms_t.shape[0] == 0:
             raise ValueError("no teacher RDMs given (n_rdm = 0)")
-        ids = [plain_id(i) for i in ids]
+        ids = plain_ids(ids)
         n = rdms_t.shape[-1]
         if len(ids) != n:
             raise ValueError(f"{len(ids)} stimulus ids given for teacher RDMs over {n} stimuli")
@@ -139,7 +137,7 @@ class RDMTeacher:
         self._has_nan = bool(torch.isnan(self._targets).any())
         self._index = {i: k for k, i in enumerate(ids)}
         # vectorised lookup of integer ids: sorted id values and their rows, searched with searchsorted
-        int_rows = [(i, k) for k, i in enumerate(ids) if _is_int_id(i)]
+        int_rows = [(i, k) for k, i in enumerate(ids) if id_kind(i) == "int"]
         if int_rows:
             values = torch.tensor([v for v, _ in int_rows], dtype=torch.long)
             rows = torch.tensor([k for _, k in int_rows], dtype=torch.long)
@@ -241,13 +239,18 @@ class RDMTeacher:
     def from_rsatoolbox(
         cls,
         rdms: Any,
-        stimulus_descriptor: str = "stimulus",
+        stimulus_descriptor: str | None = None,
         combine: str = "mean",
         *,
         seed: int = 0,
         atol: float = 1e-8,
     ) -> RDMTeacher:
-        """From rsatoolbox ``RDMs`` (one or several subjects/sessions); ids from ``pattern_descriptors``."""
+        """From rsatoolbox ``RDMs`` (one or several subjects/sessions); ids from ``pattern_descriptors``.
+
+        ``stimulus_descriptor`` names the pattern descriptor holding the ids; it
+        must exist. The default (None) reads ``stimulus``, else falls back to
+        ``index`` with a warning (see ``rdl_neuro.rdm.interop.stimulus_ids_of``).
+        """
         from rdl_neuro.rdm.interop import from_rsatoolbox
 
         vectors, ids = from_rsatoolbox(rdms, descriptor=stimulus_descriptor)
@@ -282,15 +285,18 @@ class RDMTeacher:
         for col in (stimulus_a, stimulus_b, dissimilarity) + ((rdm,) if rdm else ()):
             if col not in df.columns:
                 raise KeyError(f"column {col!r} not in the DataFrame (columns: {list(df.columns)})")
-        a = [plain_id(v) for v in df[stimulus_a].tolist()]
-        b = [plain_id(v) for v in df[stimulus_b].tolist()]
+        a = plain_ids(df[stimulus_a].tolist())
+        b = plain_ids(df[stimulus_b].tolist())
         values = torch.from_numpy(df[dissimilarity].to_numpy(dtype=np.float64, copy=True))
         if ids is None:
             ids = list(dict.fromkeys(a + b))
         else:
-            ids = [plain_id(i) for i in ids]
+            ids = plain_ids(ids)
             cls._check_ids(ids)
-            unknown = sorted({str(i) for i in a + b} - {str(i) for i in ids})
+            in_table = list(dict.fromkeys(a + b))
+            check_id_kinds(in_table, ids, f"the DataFrame's {stimulus_a!r}/{stimulus_b!r} columns", "ids=")
+            known = set(ids)
+            unknown = [i for i in in_table if i not in known]
             if unknown:
                 raise ValueError(f"stimulus ids in the DataFrame but not in ids: {unknown[:5]}")
         index = {i: k for k, i in enumerate(ids)}
@@ -350,22 +356,26 @@ class RDMTeacher:
     def rows_of(self, stimulus_ids: torch.Tensor | Sequence[Hashable]) -> torch.Tensor:
         """Teacher row of every sample, ``(b,)`` long, ``-1`` where the stimulus is not covered.
 
-        A tensor of integer ids is mapped with ``searchsorted`` (vectorised); a
-        sequence of arbitrary ids with one dict lookup per sample.
+        A tensor of integer ids (float tensors of whole numbers too) is mapped
+        with ``searchsorted`` (vectorised); a sequence of arbitrary ids with one
+        dict lookup per sample. Ids follow ``rdl_neuro.data.ids``: ``3.0`` is
+        ``3``; ids of a kind the teacher has none of raise a TypeError.
         """
         if isinstance(stimulus_ids, torch.Tensor):
             if stimulus_ids.ndim != 1:
                 raise ValueError(f"stimulus_ids must be 1-D (b,), got shape {tuple(stimulus_ids.shape)}")
-            if stimulus_ids.is_floating_point() or stimulus_ids.is_complex() or stimulus_ids.dtype == torch.bool:
-                raise TypeError(f"stimulus_ids must be an integer tensor, got {stimulus_ids.dtype}")
-            ids = stimulus_ids.long()
+            ids = id_tensor(stimulus_ids, "stimulus_ids")
             _, values, rows = self._on(ids.device)
             if values.numel() == 0:
+                # a teacher without integer ids covers no integer id: say so unless all are UNCOVERED
+                check_id_kinds(ids[ids != UNCOVERED].tolist(), self.ids, "the batch", "the teacher")
                 return torch.full_like(ids, -1)
             pos = torch.searchsorted(values, ids).clamp_max(values.numel() - 1)
             found = values[pos] == ids
             return torch.where(found, rows[pos], torch.full_like(ids, -1))
-        return torch.tensor([self._index.get(plain_id(i), -1) for i in stimulus_ids], dtype=torch.long)
+        query = plain_ids(stimulus_ids)
+        check_id_kinds(query, self.ids, "the batch", "the teacher")
+        return torch.tensor([self._index.get(i, -1) for i in query], dtype=torch.long)
 
     def covers(self, stimulus_ids: torch.Tensor | Sequence[Hashable]) -> torch.Tensor:
         """Boolean ``(b,)``: which samples show a stimulus the teacher has an RDM row for."""

@@ -65,7 +65,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from rdl_neuro.train.batches import GlobalBatchSampler, coverage_sampler, unpack_batch
+from rdl_neuro.train.batches import GlobalBatchSampler, coverage_sampler, skip_reason, unpack_batch
 from rdl_neuro.train.checkpoints import CHECKPOINT_FORMAT, RunFiles, rng_state, set_rng_state
 from rdl_neuro.train.distributed import pick_device, setup_process_group, wrap_data_parallel
 from rdl_neuro.train.probe import RDMProbe
@@ -209,6 +209,14 @@ class Trainer:
         Clip the gradients' total 2-norm to this value before every optimizer
         step (``torch.nn.utils.clip_grad_norm_``); the history then holds the
         epoch's mean norm before clipping as ``grad_norm``.
+    allow_skipped_terms : bool
+        A transfer term that has no usable pair in *any* batch of an epoch
+        (an RDL term whose teacher covers no two stimuli of any batch) would
+        train without it, silently. By default the trainer then stops with a
+        ValueError saying why (the data's ids and the teacher's do not
+        overlap, or no batch held two covered stimuli); True lets such epochs
+        pass (config key ``allow_skipped_terms``). Terms skipped in only some
+        batches are always fine (counted in the loss's ``skipped_terms``).
     """
 
     def __init__(
@@ -236,6 +244,7 @@ class Trainer:
         distributed: bool | str = "auto",
         eval_batch_size: int = 1024,
         max_grad_norm: float | None = None,
+        allow_skipped_terms: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -266,6 +275,7 @@ class Trainer:
         self.keep_checkpoints = keep_checkpoints
         self.eval_batch_size = eval_batch_size
         self.max_grad_norm = max_grad_norm
+        self.allow_skipped_terms = bool(allow_skipped_terms)
         cfg = model_config if model_config is not None else getattr(model, "config", None)
         self.model_config = dict(cfg) if cfg is not None else None
 
@@ -445,12 +455,16 @@ class Trainer:
         if self.teacher is not None and hasattr(self.teacher, "model"):
             self.teacher.model.eval()
         sums = _EpochSums()
+        skipped_before = self._skipped_counts()
+        n_batches = 0
         bar = self._progress(loader, len(loader), f"epoch {epoch + 1}/{self.epochs}")
         for i, batch in enumerate(bar):
             total = self._step(batch, recorder, weights, sums, f"at epoch {epoch + 1}, batch {i + 1}")
+            n_batches += 1
             if bar is not loader:
                 bar.set_postfix(loss=f"{total:.4f}")
             self._after_step(epoch, i)
+        self._check_skipped(skipped_before, n_batches)
         record: dict[str, Any] = {"epoch": epoch + 1, **sums.means(self.world, self.device)}
         for name, w in weights.items():
             record[f"weight_{name}"] = w
@@ -496,9 +510,28 @@ class Trainer:
         sums.count(logits, y)
         return float(total.detach())
 
+    def _skipped_counts(self) -> dict[tuple[str, str], int]:
+        """``(term, layer) -> batches skipped so far`` of the terms that count them (``RDLLoss.skipped_terms``)."""
+        return {(name, layer): count for name, (loss, _) in self.terms.items()
+                for layer, count in getattr(loss, "skipped_terms", {}).items()}
+
+    def _check_skipped(self, before: dict[tuple[str, str], int], n_batches: int) -> None:
+        """Stop when a term skipped every batch of the epoch (see ``allow_skipped_terms``)."""
+        if self.allow_skipped_terms or n_batches == 0:
+            return
+        for (name, layer), count in self._skipped_counts().items():
+            if count - before.get((name, layer), 0) >= n_batches:
+                reason = skip_reason(self.terms[name][0], layer, self.train_data)
+                raise ValueError(
+                    f"loss term {name!r} (layer {layer!r}) had no usable pair in any of the {n_batches} batches of "
+                    f"epoch {self.epoch + 1}, so it trained nothing: {reason}. Pass allow_skipped_terms=True "
+                    "(config key allow_skipped_terms) to train on regardless")
+
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
+        from rdl_neuro.train.losses import check_labels
+
         if self.val_data is None:
             return {}
         self.model.eval()
@@ -508,6 +541,7 @@ class Trainer:
             x, y, _ = unpack_batch(batch)
             x, y = x.to(self.device), y.to(self.device)
             logits = self.model(x)
+            check_labels(logits, y)  # cross-entropy's own error names neither the label nor the classes
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             count += int(y.shape[0])

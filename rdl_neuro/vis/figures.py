@@ -27,12 +27,13 @@ __all__ = ["save_figure", "plot_rdm_comparison", "plot_layer_profile", "plot_mds
 FORMATS = (".png", ".svg", ".pdf")
 
 
-def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
+def save_figure(fig: Figure | Axes, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
     """Write ``fig`` to ``path`` (format from the suffix: .png, .svg or .pdf) atomically.
 
-    The figure is rendered in memory and written with
-    ``rdl_neuro.io.atomic_write_bytes`` (temporary file, then rename), so
-    readers never see a half-written file.
+    ``fig`` may also be an ``Axes`` (as returned by the plotting functions
+    when given ``ax=``): its whole figure is written. The figure is rendered
+    in memory and written with ``rdl_neuro.io.atomic_write_bytes`` (temporary
+    file, then rename), so readers never see a half-written file.
 
     Examples
     --------
@@ -47,6 +48,10 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) ->
     ('empty.pdf', True)
     >>> plt.close(fig)
     """
+    if isinstance(fig, Axes):
+        fig = fig.figure
+    if not hasattr(fig, "savefig"):
+        raise TypeError(f"save_figure needs a matplotlib Figure or Axes, got {type(fig).__name__}")
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
