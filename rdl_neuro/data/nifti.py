@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from rsatoolbox.data import Dataset
     from rsatoolbox.rdm import RDMs
 
-__all__ = ["rdms_from_nifti", "DroppedVoxelsWarning", "METHODS"]
+__all__ = ["rdms_from_nifti", "DroppedVoxelsWarning", "METHODS", "Volumes", "as_ids", "check_design",
+           "check_same_space", "read_roi_array"]
 
 #: dissimilarity methods accepted by :func:`rdms_from_nifti`
 METHODS = ("correlation", "euclidean", "sqeuclidean", "crossnobis")
@@ -79,8 +80,9 @@ def _affine(img: Any) -> np.ndarray:
     return np.asarray(aff, dtype=np.float64)
 
 
-def _same_space(shape_a: tuple, affine_a: np.ndarray, name_a: str,
-                shape_b: tuple, affine_b: np.ndarray, name_b: str) -> None:
+def check_same_space(shape_a: tuple, affine_a: np.ndarray, name_a: str,
+                     shape_b: tuple, affine_b: np.ndarray, name_b: str) -> None:
+    """Raise a ValueError naming both images unless they share one grid (shape and affine)."""
     if tuple(shape_a) != tuple(shape_b):
         raise ValueError(f"{name_a} and {name_b} differ in shape: {name_a} {tuple(shape_a)} vs "
                          f"{name_b} {tuple(shape_b)}; resample one onto the other's grid")
@@ -91,7 +93,7 @@ def _same_space(shape_a: tuple, affine_a: np.ndarray, name_a: str,
                          "resample one onto the other's grid")
 
 
-class _Volumes:
+class Volumes:
     """A stack of 3D volumes on one grid, read lazily: only the requested voxels are kept."""
 
     def __init__(self, images: ImagesLike, what: str) -> None:
@@ -115,7 +117,7 @@ class _Volumes:
             if not self.images:
                 self.shape, self.affine, self.first = shape[:3], _affine(img), name
             else:
-                _same_space(self.shape, self.affine, self.first, shape[:3], _affine(img), name)
+                check_same_space(self.shape, self.affine, self.first, shape[:3], _affine(img), name)
             self.images.append(img)
             self.sources.append(name)
             self.counts.append(count)
@@ -134,7 +136,8 @@ class _Volumes:
         return out
 
 
-def _roi_array(obj: ImageLike, what: str, betas: _Volumes) -> tuple[np.ndarray, str]:
+def read_roi_array(obj: ImageLike, what: str, betas: Volumes) -> tuple[np.ndarray, str]:
+    """The 3D array of a mask/atlas image on the betas' grid (checked, finite) and its name for messages."""
     img = _load_image(obj, what)
     name = f"{what} ({_describe(obj)})"
     data = _image_data(img, name)
@@ -142,7 +145,7 @@ def _roi_array(obj: ImageLike, what: str, betas: _Volumes) -> tuple[np.ndarray, 
         data = data[..., 0]
     if data.ndim != 3:
         raise ValueError(f"{name} has shape {data.shape}; expected a 3D image")
-    _same_space(data.shape, _affine(img), name, betas.shape, betas.affine, betas.first)
+    check_same_space(data.shape, _affine(img), name, betas.shape, betas.affine, betas.first)
     if not np.all(np.isfinite(data)):
         raise ValueError(f"{name} contains {int((~np.isfinite(data)).sum())} NaN/inf voxels")
     return data, name
@@ -151,7 +154,8 @@ def _roi_array(obj: ImageLike, what: str, betas: _Volumes) -> tuple[np.ndarray, 
 # --------------------------------------------------------------------------- #
 # the public function
 # --------------------------------------------------------------------------- #
-def _as_ids(values: Any, what: str, n_volumes: int, volumes_desc: str) -> np.ndarray:
+def as_ids(values: Any, what: str, n_volumes: int, volumes_desc: str) -> np.ndarray:
+    """``values`` as a 1-D int or str array with one entry per volume (``what`` names it in errors)."""
     arr = np.asarray(values)
     if arr.dtype.kind == "O":  # e.g. a pandas Series of str: accept if homogeneous
         if all(isinstance(v, str) for v in arr):
@@ -169,9 +173,42 @@ def _as_ids(values: Any, what: str, n_volumes: int, volumes_desc: str) -> np.nda
     return arr
 
 
+def check_design(vols: Volumes, conditions: Any, runs: Any, method: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The conditions and runs of ``vols``' volumes, checked: ``(conditions (n,), runs (n,) or None)``.
+
+    One condition (and run) per volume, at least 2 distinct conditions; for
+    ``crossnobis`` at least 2 runs, each holding every condition.
+    """
+    if len(vols.sources) == 1:
+        vol_desc = vols.sources[0]
+    elif len(vols.sources) <= 4:
+        vol_desc = ", ".join(f"{s}: {c}" for s, c in zip(vols.sources, vols.counts))
+    else:  # long lists of 3D files: keep the message readable
+        vol_desc = f"{len(vols.sources)} images, first {vols.sources[0]}, last {vols.sources[-1]}"
+    cond = as_ids(conditions, "conditions", vols.n, vol_desc)
+    unique_cond = np.unique(cond)
+    if len(unique_cond) < 2:
+        raise ValueError(f"an RDM needs at least 2 distinct conditions, got {unique_cond.tolist()}")
+    run = None if runs is None else as_ids(runs, "runs", vols.n, vol_desc)
+    if method == "crossnobis":
+        if run is None:
+            raise ValueError("crossnobis needs runs= (one run/session label per volume) "
+                             "to cross-validate over")
+        unique_runs = np.unique(run)
+        if len(unique_runs) < 2:
+            raise ValueError(f"crossnobis needs at least 2 runs to cross-validate, got a single run "
+                             f"{unique_runs.tolist()}; use method='sqeuclidean' for one run")
+        for r in unique_runs:
+            missing = np.setdiff1d(unique_cond, cond[run == r])
+            if len(missing):
+                raise ValueError(f"crossnobis needs every condition in every run: run {r.item()!r} lacks "
+                                 f"condition(s) {missing[:10].tolist()}")
+    return cond, run
+
+
 def _roi_list(mask: ImageLike | None, atlas: ImageLike | None,
               labels: Sequence[int] | Mapping[int, str] | None, roi_name: str | None,
-              betas: _Volumes) -> list[dict[str, Any]]:
+              betas: Volumes) -> list[dict[str, Any]]:
     """[{'roi': name, 'label': int|None, 'voxels': bool (X, Y, Z)}] in output order."""
     if (mask is None) == (atlas is None):
         raise ValueError("give exactly one of mask= (a binary ROI image) or atlas= (an integer label "
@@ -179,7 +216,7 @@ def _roi_list(mask: ImageLike | None, atlas: ImageLike | None,
     if mask is not None:
         if labels is not None:
             raise ValueError("labels= selects atlas labels; it cannot be used with mask=")
-        data, name = _roi_array(mask, "mask", betas)
+        data, name = read_roi_array(mask, "mask", betas)
         values = np.unique(data)
         if not np.all(np.isin(values, (0, 1))):
             extra = values[~np.isin(values, (0, 1))][:5]
@@ -191,7 +228,7 @@ def _roi_list(mask: ImageLike | None, atlas: ImageLike | None,
         default = Path(_describe(mask)).name.split(".")[0] if isinstance(mask, (str, os.PathLike)) else "mask"
         return [{"roi": roi_name or default, "label": None, "voxels": voxels, "source": name}]
 
-    data, name = _roi_array(atlas, "atlas", betas)
+    data, name = read_roi_array(atlas, "atlas", betas)
     if not np.all(np.equal(np.mod(data, 1), 0)):
         raise ValueError(f"{name} is not an integer label image (it has non-integer values)")
     data = data.astype(np.int64)
@@ -334,36 +371,13 @@ def rdms_from_nifti(
         raise ValueError(f"residuals are only used by method='crossnobis' (noise precision), "
                          f"not by method={method!r}")
 
-    vols = _Volumes(betas, "betas")
-    if len(vols.sources) == 1:
-        vol_desc = vols.sources[0]
-    elif len(vols.sources) <= 4:
-        vol_desc = ", ".join(f"{s}: {c}" for s, c in zip(vols.sources, vols.counts))
-    else:  # long lists of 3D files: keep the message readable
-        vol_desc = f"{len(vols.sources)} images, first {vols.sources[0]}, last {vols.sources[-1]}"
-    cond = _as_ids(conditions, "conditions", vols.n, vol_desc)
-    unique_cond = np.unique(cond)
-    if len(unique_cond) < 2:
-        raise ValueError(f"an RDM needs at least 2 distinct conditions, got {unique_cond.tolist()}")
-    run = None if runs is None else _as_ids(runs, "runs", vols.n, vol_desc)
-    if method == "crossnobis":
-        if run is None:
-            raise ValueError("crossnobis needs runs= (one run/session label per volume) "
-                             "to cross-validate over")
-        unique_runs = np.unique(run)
-        if len(unique_runs) < 2:
-            raise ValueError(f"crossnobis needs at least 2 runs to cross-validate, got a single run "
-                             f"{unique_runs.tolist()}; use method='sqeuclidean' for one run")
-        for r in unique_runs:
-            missing = np.setdiff1d(unique_cond, cond[run == r])
-            if len(missing):
-                raise ValueError(f"crossnobis needs every condition in every run: run {r.item()!r} lacks "
-                                 f"condition(s) {missing[:10].tolist()}")
+    vols = Volumes(betas, "betas")
+    cond, run = check_design(vols, conditions, runs, method)
 
     res_vols = None
     if residuals is not None:
-        res_vols = _Volumes(residuals, "residuals")
-        _same_space(res_vols.shape, res_vols.affine, res_vols.first, vols.shape, vols.affine, vols.first)
+        res_vols = Volumes(residuals, "residuals")
+        check_same_space(res_vols.shape, res_vols.affine, res_vols.first, vols.shape, vols.affine, vols.first)
         if res_vols.n < 2:
             raise ValueError(f"residuals: need at least 2 volumes to estimate a noise covariance, got {res_vols.n}")
 
