@@ -1,0 +1,598 @@
+"""Searchlight RSA, first half: a sphere around every voxel of a mask and an RDM for each sphere.
+
+``searchlight_spheres`` finds the spheres exactly as rsatoolbox's
+``get_volume_searchlight`` does (same centres, same voxels in the same order);
+``prepare_searchlight`` reads the images once (the same inputs and checks as
+``rdms_from_nifti``) and ``SearchlightData.iter_rdms`` yields the spheres'
+RDMs chunk by chunk, so memory stays bounded however many spheres there are;
+``searchlight_rdms`` collects them into one rsatoolbox ``RDMs`` (what
+rsatoolbox's ``get_searchlight_RDMs`` returns). The evaluation against model
+RDMs and the brain maps live in ``rdl_neuro.inference.searchlight``.
+
+How it is made fast
+-------------------
+Every voxel's condition pattern is one row of a table on the device. A chunk
+of ``b`` spheres gathers its rows into a ``(b, k, n_conditions)`` block
+(``k`` = voxels of a full sphere; voxels outside the volume point at a zero
+row) and one batched matrix product gives every sphere's ``n x n`` inner
+products at once; the dissimilarities follow elementwise:
+
+- ``correlation``: patterns centred over the sphere's voxels, then
+  ``1 - G_ij / sqrt(G_ii G_jj)`` (rsatoolbox's ``correlation``);
+- ``sqeuclidean``: ``(G_ii + G_jj - 2 G_ij) / n_voxels`` (rsatoolbox's
+  ``euclidean``); ``euclidean`` is its square root times ``sqrt(n_voxels)``;
+- ``crossnobis``: leave-one-run-out, ``K = sum_f A_f^T P B_f`` with ``A_f``
+  the mean of the other runs, ``B_f`` run ``f`` and ``P`` the sphere's noise
+  precision (identity, or rsatoolbox's ``prec_from_residuals`` of the sphere's
+  residuals, estimated for all spheres of a chunk in one batch), then
+  ``(K_ii + K_jj - K_ij - K_ji) / (n_runs n_voxels)`` (rsatoolbox's
+  ``crossnobis`` with ``cv_descriptor``).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from rdl_neuro.data.nifti import (METHODS, ImagesLike, ImageLike, Volumes, check_design, check_same_space,
+                                  read_roi_array)
+
+__all__ = ["RADIUS_UNITS", "PRECISION_METHODS", "Spheres", "searchlight_spheres", "SearchlightData",
+           "prepare_searchlight", "searchlight_rdms"]
+
+RADIUS_UNITS = ("voxels", "mm")
+PRECISION_METHODS = ("shrinkage_diag", "shrinkage_eye", "diag", "full")
+
+# memory for one chunk's intermediates when chunk_size is not given
+_CHUNK_BYTES = 256 * 2**20
+
+
+# --------------------------------------------------------------------------- #
+# spheres
+# --------------------------------------------------------------------------- #
+def sphere_offsets(radius: float, voxel_to_mm: np.ndarray | None = None) -> np.ndarray:
+    """Integer voxel offsets ``(k, 3)`` closer than ``radius`` to the centre, in rsatoolbox's order.
+
+    rsatoolbox builds a sphere with ``np.meshgrid(x, y, z)`` (``'xy'`` indexing:
+    y slowest, then x, then z) and keeps the points at distance ``< radius``;
+    the offsets are listed in that order so the voxel lists agree exactly.
+    With ``voxel_to_mm`` (the affine's 3x3 part) the distance is measured in mm.
+    """
+    if voxel_to_mm is None:
+        reach = int(math.ceil(radius))
+    else:
+        smallest_step = float(np.linalg.svd(voxel_to_mm, compute_uv=False).min())
+        reach = int(math.ceil(radius / smallest_step))
+    steps = np.arange(-reach, reach + 1)
+    dx, dy, dz = np.meshgrid(steps, steps, steps)  # 'xy' indexing, as rsatoolbox
+    offsets = np.stack([dx.ravel(), dy.ravel(), dz.ravel()], axis=1)
+    points = offsets if voxel_to_mm is None else offsets @ np.asarray(voxel_to_mm, dtype=np.float64).T
+    distance = np.sqrt((points.astype(np.float64) ** 2).sum(axis=1))
+    return offsets[distance < radius].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Spheres:
+    """Searchlight spheres on a voxel grid: centres and the voxels of each sphere.
+
+    Attributes
+    ----------
+    shape : (int, int, int)
+        The grid.
+    affine : ndarray ``(4, 4)``
+        Voxel -> world (mm) transform of the grid.
+    mask : ndarray ``(X, Y, Z)`` bool
+        The mask the centres were chosen from.
+    centers : ndarray ``(n,)`` int64
+        Flat (C-order) voxel index of every centre, ascending (rsatoolbox's ``centers``).
+    offsets : ndarray ``(k, 3)`` int64
+        Voxel offsets of a full sphere, in rsatoolbox's voxel order.
+    n_voxels : ndarray ``(n,)`` int64
+        Voxels in each sphere (inside the grid, and inside the mask when truncated).
+    truncate_at_boundary : bool
+        Whether spheres keep only voxels inside the mask.
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    mask: np.ndarray
+    centers: np.ndarray
+    offsets: np.ndarray
+    n_voxels: np.ndarray
+    truncate_at_boundary: bool = False
+
+    def __len__(self) -> int:
+        return len(self.centers)
+
+    @property
+    def ijk(self) -> np.ndarray:
+        """Voxel coordinates ``(n, 3)`` of the centres."""
+        return np.stack(np.unravel_index(self.centers, self.shape), axis=1)
+
+    def neighbors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Flat voxel indices ``(b, k)`` of the spheres ``start:stop``; ``-1`` where an offset is not in the sphere."""
+        ijk = self.ijk[start:stop]
+        coords = ijk[:, None, :] + self.offsets[None, :, :]  # (b, k, 3)
+        inside = np.all((coords >= 0) & (coords < np.asarray(self.shape)), axis=2)
+        flat = np.ravel_multi_index(tuple(np.where(inside[..., None], coords, 0).transpose(2, 0, 1)), self.shape)
+        if self.truncate_at_boundary:
+            inside &= self.mask.reshape(-1)[flat]
+        return np.where(inside, flat, -1)
+
+    def to_rsatoolbox(self) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``(centers, neighbors)`` as rsatoolbox's ``get_volume_searchlight`` returns them."""
+        out = []
+        for start in range(0, len(self), 4096):
+            out.extend(row[row >= 0] for row in self.neighbors(start, start + 4096))
+        return self.centers.copy(), out
+
+    def rank_range(self, world_size: int, rank: int) -> tuple[int, int]:
+        """The contiguous block ``(start, stop)`` of centres that ``rank`` of ``world_size`` processes handles."""
+        edges = np.linspace(0, len(self), world_size + 1).round().astype(int)
+        return int(edges[rank]), int(edges[rank + 1])
+
+    def to_volume(self, values: np.ndarray, fill: float = np.nan) -> np.ndarray:
+        """Per-centre ``values`` ``(n,)`` or ``(n, m)`` -> volume ``(X, Y, Z)`` or ``(X, Y, Z, m)``, ``fill`` elsewhere."""
+        values = np.asarray(values)
+        if values.shape[0] != len(self):
+            raise ValueError(f"{values.shape[0]} values for {len(self)} searchlight centres")
+        out = np.full((int(np.prod(self.shape)),) + values.shape[1:], fill, dtype=np.float64)
+        out[self.centers] = values
+        return out.reshape(tuple(self.shape) + values.shape[1:])
+
+
+def check_binary_mask(data: np.ndarray, name: str = "mask") -> np.ndarray:
+    """``data`` as a 3D bool array; ValueError unless it is 3D, binary (0/1) and selects a voxel."""
+    data = np.asarray(data)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{name} has shape {data.shape}; expected a 3D image")
+    if data.dtype != bool:
+        values = np.unique(data)
+        if not np.all(np.isin(values, (0, 1))):
+            extra = values[~np.isin(values, (0, 1))][:5]
+            raise ValueError(f"{name} is not binary: it has values other than 0 and 1 (e.g. {extra.tolist()})")
+    data = data.astype(bool)
+    if not data.any():
+        raise ValueError(f"{name} is empty: it selects no voxels")
+    return data
+
+
+def searchlight_spheres(
+    mask: np.ndarray,
+    radius: float = 2,
+    threshold: float = 1.0,
+    *,
+    affine: np.ndarray | None = None,
+    radius_unit: Literal["voxels", "mm"] = "voxels",
+    truncate_at_boundary: bool = False,
+    min_voxels: int = 2,
+) -> Spheres:
+    """Searchlight spheres around the voxels of a mask, as rsatoolbox's ``get_volume_searchlight``.
+
+    Parameters
+    ----------
+    mask : ndarray ``(X, Y, Z)``
+        Binary mask; every voxel in it is a candidate centre.
+    radius : float
+        A voxel belongs to a sphere when its distance to the centre is
+        strictly less than ``radius`` (rsatoolbox's rule).
+    threshold : float in [0, 1]
+        A centre is kept when at least this fraction of its sphere's voxels
+        (those inside the grid) are in the mask.
+    affine : ndarray ``(4, 4)``, optional
+        Voxel -> mm transform; needed for ``radius_unit="mm"`` (anisotropic
+        and oblique voxels are measured in mm), recorded otherwise.
+    radius_unit : {"voxels", "mm"}
+    truncate_at_boundary : bool
+        Keep only the sphere voxels inside the mask (rsatoolbox's option of the same name).
+    min_voxels : int
+        A sphere needs at least this many voxels (an RDM over one voxel is not defined).
+
+    Returns
+    -------
+    Spheres
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mask = np.zeros((7, 7, 7), bool); mask[1:6, 1:6, 1:6] = True
+    >>> spheres = searchlight_spheres(mask, radius=2)
+    >>> len(spheres), spheres.offsets.shape[0]
+    (27, 33)
+    """
+    mask = check_binary_mask(mask)
+    if radius_unit not in RADIUS_UNITS:
+        raise ValueError(f"radius_unit must be one of {RADIUS_UNITS}, got {radius_unit!r}")
+    if not (isinstance(radius, (int, float, np.integer, np.floating)) and math.isfinite(radius)):
+        raise ValueError(f"radius must be a finite number, got {radius!r}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1] (a fraction of the sphere's voxels), got {threshold}")
+    if affine is None:
+        if radius_unit == "mm":
+            raise ValueError("radius_unit='mm' needs the affine (voxel -> mm) of the mask's image")
+        affine = np.eye(4)
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"affine must be a 4x4 matrix, got shape {affine.shape}")
+    voxel_to_mm = affine[:3, :3] if radius_unit == "mm" else None
+    offsets = sphere_offsets(float(radius), voxel_to_mm)
+    unit = "mm" if radius_unit == "mm" else "voxels"
+    if len(offsets) < min_voxels:
+        sizes = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        raise ValueError(
+            f"radius {radius} {unit} leaves the spheres empty: a sphere holds {len(offsets)} voxel(s) "
+            f"(voxel size {np.round(sizes, 3).tolist()} mm; a voxel belongs to a sphere when its distance to the "
+            f"centre is < radius) but an RDM needs at least {min_voxels}; use a larger radius")
+
+    shape = mask.shape
+    ijk = np.stack(np.nonzero(mask), axis=1)  # C order, as rsatoolbox's list(zip(*np.nonzero(mask)))
+    in_grid = np.zeros(len(ijk), dtype=np.int64)
+    in_mask = np.zeros(len(ijk), dtype=np.int64)
+    for offset in offsets:
+        coords = ijk + offset
+        inside = np.all((coords >= 0) & (coords < np.asarray(shape)), axis=1)
+        in_grid += inside
+        in_mask[inside] += mask[tuple(coords[inside].T)]
+    counts = in_mask if truncate_at_boundary else in_grid
+    # rsatoolbox: mask[neighbors].mean() >= threshold, over the voxels it keeps
+    keep = (in_mask / counts >= threshold) & (counts >= min_voxels)
+    if not keep.any():
+        raise ValueError(
+            f"no searchlight centre is left: none of the {len(ijk)} mask voxels has at least {threshold:.0%} of its "
+            f"sphere (radius {radius} {unit}, {len(offsets)} voxels) inside the mask; lower threshold or the radius")
+    centers = np.ravel_multi_index(tuple(ijk[keep].T), shape).astype(np.int64)
+    return Spheres(shape=tuple(int(s) for s in shape), affine=affine, mask=mask, centers=centers,
+                   offsets=offsets, n_voxels=counts[keep].astype(np.int64),
+                   truncate_at_boundary=bool(truncate_at_boundary))
+
+
+# --------------------------------------------------------------------------- #
+# the sphere RDMs
+# --------------------------------------------------------------------------- #
+@dataclass
+class SearchlightData:
+    """Everything the sphere RDMs need, on one device: built by :func:`prepare_searchlight`.
+
+    Attributes
+    ----------
+    spheres : Spheres
+    method : str
+        One of ``rdl_neuro.data.nifti.METHODS``.
+    conditions : ndarray ``(n_conditions,)``
+        The conditions (stimulus ids) in RDM order: sorted, as rsatoolbox's ``calc_rdm``.
+    table : Tensor ``(n_rows + 1, width)``
+        One row per voxel that some sphere holds (the last row is zeros, for
+        offsets outside the sphere): the condition means (``width =
+        n_conditions``), or for crossnobis the training means of every fold
+        followed by its test means (``width = 2 n_runs n_conditions``).
+    rows : ndarray ``(X*Y*Z,)`` int64
+        Row of ``table`` of every grid voxel (the zero row for voxels no sphere holds).
+    residuals : Tensor ``(n_rows + 1, n_residuals)`` or None
+        Crossnobis noise model: residuals of the same voxels.
+    precision_method : str
+    n_runs : int
+    """
+
+    spheres: Spheres
+    method: str
+    conditions: np.ndarray
+    table: torch.Tensor
+    rows: np.ndarray
+    residuals: torch.Tensor | None = None
+    precision_method: str = "shrinkage_diag"
+    n_runs: int = 1
+    noise_model: str = field(default="none")
+
+    @property
+    def n_conditions(self) -> int:
+        """Number of conditions (rows of each RDM)."""
+        return len(self.conditions)
+
+    def default_chunk_size(self) -> int:
+        """Spheres per chunk so that a chunk's intermediates take about 256 MB."""
+        k, c, w = self.spheres.offsets.shape[0], self.n_conditions, self.table.shape[1]
+        per_sphere = 3 * k * w + 4 * c * c
+        if self.residuals is not None:
+            per_sphere += 6 * k * k + 3 * k * self.residuals.shape[1]
+        return int(max(1, min(4096, _CHUNK_BYTES // (8 * per_sphere))))
+
+    def iter_rdms(self, start: int = 0, stop: int | None = None, *, chunk_size: int | None = None,
+                  progress: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield ``(lo, hi, rdms (hi - lo, n_pairs))`` for the spheres ``start:stop``, a chunk at a time.
+
+        RDMs are condensed (scipy ``squareform`` order over ``conditions``) in
+        the table's dtype and device. NaN marks undefined dissimilarities
+        (a pattern constant over a sphere under ``correlation``), as in rsatoolbox.
+        """
+        from rdl_neuro._progress import progress_bar
+
+        stop = len(self.spheres) if stop is None else stop
+        size = chunk_size or self.default_chunk_size()
+        if size < 1:
+            raise ValueError(f"chunk_size must be at least 1, got {size}")
+        bar = progress_bar(total=stop - start, desc="searchlight", unit="sphere", disable=not progress)
+        try:
+            for lo in range(start, stop, size):
+                hi = min(stop, lo + size)
+                yield lo, hi, self._chunk(lo, hi)
+                bar.update(hi - lo)
+        finally:
+            bar.close()
+
+    def _chunk(self, lo: int, hi: int) -> torch.Tensor:
+        device = self.table.device
+        neighbors = self.spheres.neighbors(lo, hi)
+        pad = self.table.shape[0] - 1
+        index = np.where(neighbors >= 0, self.rows[np.maximum(neighbors, 0)], pad)
+        index_t = torch.as_tensor(index, device=device)
+        b, k = index.shape
+        counts = torch.as_tensor(self.spheres.n_voxels[lo:hi], dtype=self.table.dtype, device=device)
+        patterns = self.table.index_select(0, index_t.reshape(-1)).view(b, k, -1)
+        valid = None if bool((neighbors >= 0).all()) else torch.as_tensor(neighbors >= 0, device=device)
+        c = self.n_conditions
+        rows, cols = torch.triu_indices(c, c, 1, device=device)
+        if self.method == "correlation":
+            centred = patterns - patterns.sum(dim=1, keepdim=True) / counts[:, None, None]
+            if valid is not None:  # offsets outside the sphere stay zero
+                centred = centred * valid[:, :, None]
+            gram = centred.transpose(1, 2) @ centred  # (b, c, c)
+            inv_norm = torch.diagonal(gram, dim1=1, dim2=2).rsqrt()
+            inner = gram.reshape(b, -1).index_select(1, rows * c + cols)
+            return 1 - inner * inv_norm.index_select(1, rows) * inv_norm.index_select(1, cols)
+        if self.method in ("sqeuclidean", "euclidean"):
+            gram = patterns.transpose(1, 2) @ patterns
+            diag = torch.diagonal(gram, dim1=1, dim2=2)
+            sq = diag.index_select(1, rows) + diag.index_select(1, cols) \
+                - 2 * gram.reshape(b, -1).index_select(1, rows * c + cols)
+            if self.method == "euclidean":
+                return sq.clamp_min(0).sqrt()
+            return sq / counts[:, None]
+        # crossnobis: the table holds every fold's training means, then its test means
+        r = self.n_runs
+        train = patterns[:, :, : r * c]  # (b, k, r*c)
+        test = patterns[:, :, r * c:].reshape(b, k * r, c)
+        if self.residuals is not None:
+            res = self.residuals.index_select(0, index_t.reshape(-1)).view(b, k, -1)
+            precision = batched_precision(res.transpose(1, 2), valid, self.precision_method, self.spheres, lo)
+            train = precision @ train
+        kernel = train.reshape(b, k * r, c).transpose(1, 2) @ test  # sum over folds of A_f^T P B_f
+        diag = torch.diagonal(kernel, dim1=1, dim2=2)
+        flat = kernel.reshape(b, -1)
+        dist = diag.index_select(1, rows) + diag.index_select(1, cols) \
+            - flat.index_select(1, rows * c + cols) - flat.index_select(1, cols * c + rows)
+        return dist / (counts[:, None] * r)
+
+
+def batched_precision(residuals: torch.Tensor, valid: torch.Tensor | None, method: str,
+                      spheres: Spheres | None = None, first: int = 0) -> torch.Tensor:
+    """rsatoolbox's ``prec_from_residuals`` for a batch of spheres at once.
+
+    Parameters
+    ----------
+    residuals : Tensor ``(b, n_residuals, k)``
+        Each sphere's residuals; columns where ``valid`` is False are zeros (padding).
+    valid : Tensor ``(b, k)`` bool or None (all valid)
+    method : {"shrinkage_diag", "shrinkage_eye", "diag", "full"}
+        As ``rsatoolbox.data.noise.cov_from_residuals`` (degrees of freedom ``n_residuals - 1``).
+    spheres, first : optional
+        Only to name a sphere whose covariance is singular.
+
+    Returns
+    -------
+    Tensor ``(b, k, k)``: the inverse covariances; padded voxels get an identity block (they carry no data).
+    """
+    x = residuals - residuals.mean(dim=1, keepdim=True)
+    b, n, k = x.shape
+    dof = n - 1
+    eye = torch.eye(k, dtype=x.dtype, device=x.device)
+    pair = torch.ones(b, k, k, dtype=torch.bool, device=x.device) if valid is None \
+        else valid[:, :, None] & valid[:, None, :]
+    s_sum = x.transpose(1, 2) @ x
+    if method == "full":
+        cov = s_sum / dof
+    elif method == "diag":
+        cov = torch.diag_embed(torch.diagonal(s_sum, dim1=1, dim2=2) / dof)
+    elif method in ("shrinkage_eye", "shrinkage_diag"):
+        sq = x * x
+        s2_sum = sq.transpose(1, 2) @ sq
+        if method == "shrinkage_eye":  # Ledoit & Wolf (2004), as rsatoolbox's _covariance_eye
+            s = s_sum / n
+            b2 = torch.where(pair, s2_sum / n - s * s, 0).sum(dim=(1, 2)) / n
+            count = valid.sum(dim=1) if valid is not None else torch.full((b,), k, device=x.device)
+            m = torch.diagonal(s, dim1=1, dim2=2).sum(dim=1) / count
+            d2 = torch.where(pair, (s - m[:, None, None] * eye) ** 2, 0).sum(dim=(1, 2))
+            b2 = torch.minimum(b2, d2)
+            cov = ((b2 / d2 * m)[:, None, None] * eye + ((d2 - b2) / d2)[:, None, None] * s) * (n / dof)
+        else:  # Schaefer & Strimmer (2005), as rsatoolbox's _covariance_diag
+            s = s_sum / dof
+            var = torch.diagonal(s, dim1=1, dim2=2)
+            std = var.sqrt()
+            s_mean = s_sum / std[:, None, :] / std[:, :, None] / (n - 1)
+            s2_mean = s2_sum / var[:, None, :] / var[:, :, None] / (n - 1)
+            var_hat = n / dof**2 * (s2_mean - s_mean**2)
+            off = pair & ~eye.bool()
+            lamb = torch.where(off, var_hat, 0).sum(dim=(1, 2)) / torch.where(off, s_mean**2, 0).sum(dim=(1, 2))
+            lamb = lamb.clamp(0, 1)
+            cov = s * (eye + (1 - lamb)[:, None, None] * (1 - eye))
+    else:
+        raise ValueError(f"precision_method must be one of {PRECISION_METHODS}, got {method!r}")
+    if valid is not None:
+        cov = torch.where(pair, cov, 0) + torch.diag_embed((~valid).to(cov.dtype))
+    precision, info = torch.linalg.inv_ex(cov)
+    if bool((info != 0).any()) or not bool(torch.isfinite(precision).all()):
+        bad = int(torch.nonzero((info != 0) | ~torch.isfinite(precision).all(dim=(1, 2)))[0])
+        where = f" (centre voxel {tuple(spheres.ijk[first + bad].tolist())})" if spheres is not None else ""
+        raise ValueError(f"the residuals' covariance of sphere {first + bad}{where} is singular under "
+                         f"precision_method={method!r}: a voxel with constant residuals? try 'shrinkage_diag'")
+    return precision
+
+
+def prepare_searchlight(
+    betas: ImagesLike,
+    conditions: Sequence[int] | Sequence[str] | np.ndarray,
+    *,
+    mask: ImageLike,
+    radius: float = 2,
+    threshold: float = 1.0,
+    radius_unit: Literal["voxels", "mm"] = "voxels",
+    truncate_at_boundary: bool = False,
+    runs: Sequence[int] | Sequence[str] | np.ndarray | None = None,
+    method: Literal["correlation", "euclidean", "sqeuclidean", "crossnobis"] = "correlation",
+    residuals: ImagesLike | None = None,
+    precision_method: Literal["shrinkage_diag", "shrinkage_eye", "diag", "full"] = "shrinkage_diag",
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> SearchlightData:
+    """Read the betas once and build the spheres: the input of every searchlight computation.
+
+    The inputs and their checks are those of ``rdl_neuro.data.nifti.rdms_from_nifti``
+    (betas as one 4D image, a list of 3D images or paths; one condition and run per
+    volume; crossnobis needs at least 2 runs holding every condition; mask and
+    residuals on the betas' grid). The sphere parameters are those of
+    :func:`searchlight_spheres`. Voxels that a sphere holds must be finite in
+    every volume (rsatoolbox would give NaN RDMs): the error names them.
+
+    Returns
+    -------
+    SearchlightData
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if residuals is not None and method != "crossnobis":
+        raise ValueError(f"residuals are only used by method='crossnobis' (noise precision), "
+                         f"not by method={method!r}")
+    if precision_method not in PRECISION_METHODS:
+        raise ValueError(f"precision_method must be one of {PRECISION_METHODS}, got {precision_method!r}")
+    vols = Volumes(betas, "betas")
+    cond, run = check_design(vols, conditions, runs, method)
+    mask_data, mask_name = read_roi_array(mask, "mask", vols)
+    spheres = searchlight_spheres(check_binary_mask(mask_data, mask_name), radius, threshold, affine=vols.affine,
+                                  radius_unit=radius_unit, truncate_at_boundary=truncate_at_boundary)
+
+    # the voxels that some sphere holds: read only those
+    union = np.zeros(int(np.prod(vols.shape)), dtype=bool)
+    for start in range(0, len(spheres), 8192):
+        held = spheres.neighbors(start, start + 8192)
+        union[held[held >= 0]] = True
+    union_flat = np.flatnonzero(union)
+    rows = np.full(union.shape, len(union_flat), dtype=np.int64)
+    rows[union_flat] = np.arange(len(union_flat))
+    data = vols.extract(union.reshape(vols.shape))  # (n_volumes, n_union)
+    bad = ~np.isfinite(data).all(axis=0)
+    if bad.any():
+        first = tuple(int(v) for v in np.unravel_index(union_flat[np.flatnonzero(bad)[0]], vols.shape))
+        raise ValueError(f"betas ({vols.first}): {int(bad.sum())} voxel(s) inside the searchlight spheres are NaN/inf "
+                         f"in some volume (first at voxel {first}); leave them out of the mask, or use threshold=1.0 "
+                         "or truncate_at_boundary=True so that spheres stay inside the mask")
+
+    unique_cond, cond_index = np.unique(cond, return_inverse=True)
+    noise_model = "none"
+    res_table = None
+    n_runs = 1
+    if method == "crossnobis":
+        unique_runs, run_index = np.unique(run, return_inverse=True)
+        n_runs, n_cond = len(unique_runs), len(unique_cond)
+        sums = np.zeros((n_runs, n_cond, data.shape[1]))
+        counts = np.zeros((n_runs, n_cond))
+        np.add.at(sums, (run_index, cond_index), data)
+        np.add.at(counts, (run_index, cond_index), 1)
+        test = sums / counts[:, :, None]
+        # fold f trains on the mean of every observation outside run f (rsatoolbox's average_dataset_by)
+        train = (sums.sum(axis=0) - sums) / (counts.sum(axis=0) - counts)[:, :, None]
+        table = np.concatenate([train.transpose(2, 0, 1).reshape(data.shape[1], -1),
+                                test.transpose(2, 0, 1).reshape(data.shape[1], -1)], axis=1)
+        noise_model = "identity"
+        if residuals is not None:
+            res_vols = Volumes(residuals, "residuals")
+            check_same_space(res_vols.shape, res_vols.affine, res_vols.first, vols.shape, vols.affine, vols.first)
+            if res_vols.n < 2:
+                raise ValueError(f"residuals: need at least 2 volumes to estimate a noise covariance, got {res_vols.n}")
+            res = res_vols.extract(union.reshape(vols.shape))
+            if not np.isfinite(res).all():
+                raise ValueError(f"residuals ({res_vols.first}): {int((~np.isfinite(res)).any(axis=0).sum())} voxels "
+                                 "inside the searchlight spheres are NaN/inf")
+            res_table = _with_zero_row(res.T, dtype, device)
+            noise_model = f"residuals:{precision_method}"
+    else:
+        sums = np.zeros((len(unique_cond), data.shape[1]))
+        np.add.at(sums, cond_index, data)
+        table = (sums / np.bincount(cond_index)[:, None]).T  # condition means, as rsatoolbox averages repeats
+    return SearchlightData(spheres=spheres, method=method, conditions=unique_cond,
+                           table=_with_zero_row(table, dtype, device), rows=rows, residuals=res_table,
+                           precision_method=precision_method, n_runs=n_runs, noise_model=noise_model)
+
+
+def _with_zero_row(array: np.ndarray, dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
+    out = torch.zeros(array.shape[0] + 1, array.shape[1], dtype=dtype, device=device)
+    out[:-1] = torch.as_tensor(np.ascontiguousarray(array), dtype=dtype, device=device)
+    return out
+
+
+def searchlight_rdms(
+    betas: ImagesLike,
+    conditions: Sequence[int] | Sequence[str] | np.ndarray,
+    *,
+    mask: ImageLike,
+    radius: float = 2,
+    threshold: float = 1.0,
+    radius_unit: Literal["voxels", "mm"] = "voxels",
+    truncate_at_boundary: bool = False,
+    runs: Sequence[int] | Sequence[str] | np.ndarray | None = None,
+    method: Literal["correlation", "euclidean", "sqeuclidean", "crossnobis"] = "correlation",
+    residuals: ImagesLike | None = None,
+    precision_method: Literal["shrinkage_diag", "shrinkage_eye", "diag", "full"] = "shrinkage_diag",
+    chunk_size: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+    progress: bool = False,
+) -> Any:
+    """The RDM of every searchlight sphere, as rsatoolbox's ``get_volume_searchlight`` + ``get_searchlight_RDMs``.
+
+    Parameters are those of :func:`prepare_searchlight`, plus ``chunk_size``
+    (spheres per batch; default: about 256 MB of intermediates) and ``progress``.
+    All RDMs are kept in memory (``n_spheres x n_pairs`` float64): for maps,
+    ``rdl_neuro.inference.searchlight.evaluate_searchlight`` streams them instead.
+
+    Returns
+    -------
+    rsatoolbox.rdm.RDMs
+        One RDM per sphere over the sorted conditions
+        (``pattern_descriptors['stimulus']``); ``rdm_descriptors``
+        ``voxel_index`` (the centre's flat index, as rsatoolbox's), ``i``, ``j``,
+        ``k`` (its voxel coordinates) and ``n_voxels``.
+
+    Examples
+    --------
+    >>> import nibabel as nib, numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> betas = nib.Nifti1Image(rng.normal(size=(6, 6, 6, 4)), np.eye(4))
+    >>> mask = nib.Nifti1Image(np.ones((6, 6, 6), np.uint8), np.eye(4))
+    >>> rdms = searchlight_rdms(betas, [1, 2, 3, 4], mask=mask, radius=2, threshold=0.5)
+    >>> rdms.n_rdm, rdms.n_cond
+    (216, 4)
+    """
+    from rsatoolbox.rdm import RDMs
+
+    data = prepare_searchlight(betas, conditions, mask=mask, radius=radius, threshold=threshold,
+                               radius_unit=radius_unit, truncate_at_boundary=truncate_at_boundary, runs=runs,
+                               method=method, residuals=residuals, precision_method=precision_method,
+                               device=device, dtype=dtype)
+    n = data.n_conditions
+    out = np.empty((len(data.spheres), n * (n - 1) // 2))
+    for lo, hi, rdms in data.iter_rdms(chunk_size=chunk_size, progress=progress):
+        out[lo:hi] = rdms.cpu().numpy()
+    ijk = data.spheres.ijk
+    measure = {"correlation": "correlation", "sqeuclidean": "squared euclidean",
+               "euclidean": "euclidean", "crossnobis": "crossnobis"}[method]
+    return RDMs(out, dissimilarity_measure=measure,
+                descriptors={"noise_model": data.noise_model} if method == "crossnobis" else {},
+                rdm_descriptors={"voxel_index": data.spheres.centers.copy(), "i": ijk[:, 0], "j": ijk[:, 1],
+                                 "k": ijk[:, 2], "n_voxels": data.spheres.n_voxels.copy()},
+                pattern_descriptors={"stimulus": data.conditions.copy()})
