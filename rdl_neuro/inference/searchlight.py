@@ -1,0 +1,447 @@
+"""Searchlight RSA, second half: every sphere's RDM against model RDMs -> brain maps, and tests across subjects.
+
+``evaluate_searchlight`` streams the sphere RDMs of
+``rdl_neuro.data.searchlight`` chunk by chunk into
+``rdl_neuro.rdm.compare_rdms`` (any of its methods), so only one score per
+sphere and model is kept; under ``torchrun`` the centres are split across the
+ranks and gathered back. The result turns into NIfTI images (nibabel) in the
+subject's space, one per model.
+
+``searchlight_group_test`` tests the maps of several subjects (on one grid)
+voxel by voxel: a one-sample t-test on Fisher-z values, or a sign-flip
+permutation test whose maximum statistic over voxels gives family-wise
+error (FWE) corrected p-values (Nichols & Holmes 2002).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from rdl_neuro.data.ids import plain_id
+from rdl_neuro.data.searchlight import Spheres, prepare_searchlight
+from rdl_neuro.rdm.calc import check_method, subset_rdms
+from rdl_neuro.rdm.compare import COMPARE_METHODS, compare_rdms
+from rdl_neuro.rdm.interop import from_rsatoolbox, rdm_names
+
+__all__ = ["SearchlightResult", "evaluate_searchlight", "model_matrix", "GroupTestResult",
+           "searchlight_group_test", "ALTERNATIVES", "GROUP_TESTS"]
+
+ALTERNATIVES = ("greater", "two-sided", "less")
+GROUP_TESTS = ("t", "permutation")
+
+
+def _nifti(volume: np.ndarray, affine: np.ndarray) -> Any:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(volume.astype(np.float64), affine)
+    img.header.set_xyzt_units("mm")
+    return img
+
+
+@dataclass
+class SearchlightResult:
+    """Scores of every searchlight sphere against every model RDM.
+
+    Attributes
+    ----------
+    spheres : Spheres
+        The centres (``spheres.centers``) and their grid.
+    scores : ndarray ``(n_spheres, n_models)``
+        ``compare_rdms(sphere RDM, model RDM, method)``; NaN where the sphere's
+        RDM is undefined (a pattern constant over the sphere).
+    models : list of str
+        Model names (``rdm_names``).
+    method : str
+        The comparison method.
+    rdm_method : str
+        The sphere RDMs' dissimilarity.
+    """
+
+    spheres: Spheres
+    scores: np.ndarray
+    models: list[str]
+    method: str
+    rdm_method: str
+
+    def to_nifti(self, model: str | int | None = None) -> Any:
+        """The map of one model as a 3D NIfTI image (float64, NaN outside the centres) in the subject's space.
+
+        ``model`` is a name or an index (default: the only model; required when there are several).
+        """
+        column = self._column(model)
+        return _nifti(self.spheres.to_volume(self.scores[:, column]), self.spheres.affine)
+
+    def _column(self, model: str | int | None) -> int:
+        if model is None:
+            if len(self.models) != 1:
+                raise ValueError(f"{len(self.models)} models were evaluated ({self.models}); say which with model=")
+            return 0
+        if isinstance(model, (int, np.integer)):
+            if not 0 <= model < len(self.models):
+                raise IndexError(f"model index {model} out of range for {len(self.models)} models")
+            return int(model)
+        if model not in self.models:
+            raise KeyError(f"no model named {model!r}; the models are {self.models}")
+        return self.models.index(model)
+
+    def save(self, folder: str | os.PathLike[str], prefix: str = "searchlight") -> list[Path]:
+        """Write one ``<prefix>_<model>.nii.gz`` per model into ``folder`` (atomically); returns the paths."""
+        from rdl_neuro.io import atomic_write_bytes
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, name in enumerate(self.models):
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+            path = folder / f"{prefix}_{safe}.nii.gz"
+            atomic_write_bytes(path, self.to_nifti(i).to_bytes())
+            paths.append(path)
+        return paths
+
+    def peaks(self) -> Any:
+        """A DataFrame with each model's best sphere: ``model, value, i, j, k, x, y, z`` (mm)."""
+        import pandas as pd
+
+        ijk = self.spheres.ijk
+        xyz = ijk @ self.spheres.affine[:3, :3].T + self.spheres.affine[:3, 3]
+        rows = []
+        for i, name in enumerate(self.models):
+            column = self.scores[:, i]
+            if np.isnan(column).all():
+                continue
+            best = int(np.nanargmax(column))
+            rows.append({"model": name, "value": float(column[best]), "i": int(ijk[best, 0]),
+                         "j": int(ijk[best, 1]), "k": int(ijk[best, 2]), "x": float(xyz[best, 0]),
+                         "y": float(xyz[best, 1]), "z": float(xyz[best, 2])})
+        return pd.DataFrame(rows, columns=["model", "value", "i", "j", "k", "x", "y", "z"])
+
+
+def model_matrix(models: Any, conditions: Sequence[Any], descriptor: str = "stimulus", *,
+                 dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, list[str]]:
+    """Model RDMs over ``conditions`` (in that order): ``(tensor (n_models, n_pairs), names)``.
+
+    ``models`` is an rsatoolbox ``RDMs`` or a sequence of them; rows and
+    columns are matched by ``pattern_descriptors[descriptor]``, and model
+    stimuli that are not among the conditions are dropped. A condition that a
+    model lacks is an error naming it.
+    """
+    from rsatoolbox.rdm import RDMs
+
+    items = [models] if isinstance(models, RDMs) else list(models)
+    if not items or not all(isinstance(m, RDMs) for m in items):
+        raise TypeError("models must be an rsatoolbox RDMs or a non-empty sequence of them")
+    wanted = [plain_id(c) for c in conditions]
+    vectors, names = [], []
+    for item in items:
+        values, ids = from_rsatoolbox(item, descriptor, dtype=dtype)
+        index = {sid: i for i, sid in enumerate(ids)}
+        missing = [c for c in wanted if c not in index]
+        label = ", ".join(rdm_names(item))
+        if missing:
+            raise ValueError(f"model RDM {label!r} lacks {len(missing)} of the {len(wanted)} conditions: "
+                             f"{missing[:10]}{' ...' if len(missing) > 10 else ''} (its stimulus ids start "
+                             f"{ids[:5]}; the conditions start {wanted[:5]})")
+        sub = subset_rdms(values, [index[c] for c in wanted])
+        if bool(torch.isnan(sub).any()):
+            raise ValueError(f"model RDM {label!r} has NaN dissimilarities among the conditions")
+        vectors.append(sub)
+        names.extend(rdm_names(item))
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:  # two models of one name would overwrite each other's map
+        seen[name] = seen.get(name, 0) + 1
+        unique.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return torch.cat(vectors), unique
+
+
+def evaluate_searchlight(
+    betas: Any,
+    conditions: Any,
+    models: Any,
+    *,
+    mask: Any,
+    method: str = "corr",
+    radius: float = 2,
+    threshold: float = 1.0,
+    radius_unit: Literal["voxels", "mm"] = "voxels",
+    truncate_at_boundary: bool = False,
+    runs: Any = None,
+    rdm_method: Literal["correlation", "euclidean", "sqeuclidean", "crossnobis"] = "correlation",
+    residuals: Any = None,
+    precision_method: Literal["shrinkage_diag", "shrinkage_eye", "diag", "full"] = "shrinkage_diag",
+    descriptor: str = "stimulus",
+    chunk_size: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float64,
+    progress: bool = False,
+    distributed: bool | Literal["auto"] = "auto",
+) -> SearchlightResult:
+    """Searchlight RSA of one subject: every sphere's RDM compared with every model RDM.
+
+    The same numbers as rsatoolbox's ``get_volume_searchlight`` +
+    ``get_searchlight_RDMs`` + ``evaluate_models_searchlight`` with
+    ``eval_fixed`` (for a fixed model, its evaluation is the comparison).
+
+    Parameters
+    ----------
+    betas, conditions, mask, radius, threshold, radius_unit, truncate_at_boundary, runs, residuals, precision_method
+        As ``rdl_neuro.data.searchlight.prepare_searchlight``.
+    models : rsatoolbox RDMs or sequence of them
+        Matched to the conditions by ``pattern_descriptors[descriptor]``.
+    method : str
+        Any ``rdl_neuro.rdm.COMPARE_METHODS`` (rsatoolbox's names).
+    rdm_method : {"correlation", "euclidean", "sqeuclidean", "crossnobis"}
+        The sphere RDMs' dissimilarity.
+    chunk_size : int, optional
+        Spheres per batch (default: about 256 MB of intermediates).
+    device, dtype
+        Where and in which precision the RDMs are computed.
+    progress : bool
+        Show a progress bar (rank 0 only).
+    distributed : bool or "auto"
+        Under ``torch.distributed`` (e.g. ``torchrun``) each rank computes a
+        contiguous block of centres and every rank receives all scores
+        (``"auto"``: whenever a process group with several ranks is initialised).
+
+    Returns
+    -------
+    SearchlightResult
+
+    Examples
+    --------
+    >>> import nibabel as nib, numpy as np
+    >>> from rdl_neuro.rdm import to_rsatoolbox
+    >>> rng = np.random.default_rng(0)
+    >>> betas = nib.Nifti1Image(rng.normal(size=(6, 6, 6, 4)), np.eye(4))
+    >>> mask = nib.Nifti1Image(np.ones((6, 6, 6), np.uint8), np.eye(4))
+    >>> model = to_rsatoolbox(np.array([1.0, 2, 3, 4, 5, 6]), [1, 2, 3, 4], rdm_descriptors={"name": ["m"]})
+    >>> result = evaluate_searchlight(betas, [1, 2, 3, 4], model, mask=mask, threshold=0.5)
+    >>> result.scores.shape, result.to_nifti().shape
+    ((216, 1), (6, 6, 6))
+    """
+    from rdl_neuro.train.distributed import gather_no_grad, world_size_and_rank
+
+    check_method(method, COMPARE_METHODS, "comparison method")
+    if distributed not in ("auto", True, False):
+        raise ValueError(f"distributed must be 'auto', True or False, got {distributed!r}")
+    data = prepare_searchlight(betas, conditions, mask=mask, radius=radius, threshold=threshold,
+                               radius_unit=radius_unit, truncate_at_boundary=truncate_at_boundary, runs=runs,
+                               method=rdm_method, residuals=residuals, precision_method=precision_method,
+                               device=device, dtype=dtype)
+    model_rdms, names = model_matrix(models, data.conditions, descriptor, dtype=dtype)
+    model_rdms = model_rdms.to(data.table.device)
+    world, rank = world_size_and_rank() if distributed is not False else (1, 0)
+    if distributed is True and world == 1:
+        raise ValueError("distributed=True but no torch.distributed process group with several ranks is running")
+    start, stop = data.spheres.rank_range(world, rank)
+    local = torch.full((stop - start, len(names)), float("nan"), dtype=dtype, device=data.table.device)
+    for lo, hi, rdms in data.iter_rdms(start, stop, chunk_size=chunk_size, progress=progress and rank == 0):
+        finite = torch.isfinite(rdms).all(dim=1)
+        if bool(finite.all()):
+            local[lo - start:hi - start] = compare_rdms(rdms, model_rdms, method)
+        elif bool(finite.any()):
+            block = local[lo - start:hi - start]
+            block[finite] = compare_rdms(rdms[finite], model_rdms, method)
+    scores = gather_no_grad(local) if world > 1 else local
+    scores_np = scores.cpu().numpy().astype(np.float64)
+    n_undefined = int(np.isnan(scores_np).all(axis=1).sum())
+    if n_undefined:
+        warnings.warn(f"{n_undefined} of {len(scores_np)} searchlight spheres have undefined {rdm_method} RDMs "
+                      "(a condition's pattern is constant over the sphere); their scores are NaN", stacklevel=2)
+    return SearchlightResult(spheres=data.spheres, scores=scores_np, models=names, method=method,
+                             rdm_method=rdm_method)
+
+
+# --------------------------------------------------------------------------- #
+# across subjects
+# --------------------------------------------------------------------------- #
+@dataclass
+class GroupTestResult:
+    """Voxel-wise test of searchlight maps across subjects; images on the maps' grid (NaN where untested).
+
+    Attributes
+    ----------
+    t : Nifti1Image
+        One-sample t statistic (on Fisher-z values when ``fisher_z``).
+    p : Nifti1Image
+        Uncorrected p-values: parametric (t-test) or from the permutations.
+    p_fwe : Nifti1Image or None
+        Family-wise error corrected p-values from the maximum statistic over
+        voxels (permutation test only).
+    fwe_threshold : float or None
+        The statistic a voxel must exceed for ``p_fwe < alpha`` (permutation test only): on the scale
+        of ``t`` for ``greater``, of ``-t`` for ``less`` and of ``|t|`` for ``two-sided``.
+    n_subjects, n_voxels, n_permutations : int
+    test, alternative : str
+    alpha : float
+    """
+
+    t: Any
+    p: Any
+    p_fwe: Any
+    fwe_threshold: float | None
+    n_subjects: int
+    n_voxels: int
+    n_permutations: int
+    test: str
+    alternative: str
+    alpha: float
+
+
+def _stack_maps(maps: Any, model: str | int | None) -> tuple[np.ndarray, Any]:
+    """``(values (n_subjects, X, Y, Z), Volumes)`` from images, paths or SearchlightResults."""
+    from rdl_neuro.data.nifti import Volumes
+
+    items = list(maps)
+    if len(items) < 2:
+        raise ValueError(f"a test across subjects needs at least 2 subjects' maps, got {len(items)}")
+    if all(isinstance(m, SearchlightResult) for m in items):
+        items = [m.to_nifti(model) for m in items]
+    vols = Volumes(items, "maps")
+    if vols.n != len(items):
+        raise ValueError(f"maps: expected one 3D map per subject, got {vols.n} volumes in {len(items)} images")
+    values = np.stack([np.asarray(img.dataobj, dtype=np.float64).reshape(vols.shape) for img in vols.images])
+    return values, vols
+
+
+def _sign_flips(n: int, n_permutations: int, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
+    """Sign vectors ``(n_perm, n)``: every one of the ``2^n`` when that is at most ``n_permutations``
+    (an exact test), else the identity followed by random ones. The first row is always the identity."""
+    if 2**n <= n_permutations:
+        flips = torch.tensor(list(itertools.product((1.0, -1.0), repeat=n)), dtype=torch.float64)
+        return flips, True
+    flips = torch.randint(0, 2, (n_permutations, n), generator=generator, dtype=torch.int64).double() * 2 - 1
+    flips[0] = 1.0
+    return flips, False
+
+
+def _t_values(signs: torch.Tensor, z: torch.Tensor, sq_sum: torch.Tensor) -> torch.Tensor:
+    """One-sample t of every sign-flipped sample: ``(n_perm, n_voxels)`` from ``z (n, n_voxels)``."""
+    n = z.shape[0]
+    mean = signs @ z / n
+    var = (sq_sum - n * mean**2) / (n - 1)
+    return torch.where(var > 0, mean / torch.sqrt(var.clamp_min(0) / n), torch.nan)
+
+
+def searchlight_group_test(
+    maps: Any,
+    *,
+    mask: Any = None,
+    model: str | int | None = None,
+    test: Literal["t", "permutation"] = "t",
+    alternative: Literal["greater", "two-sided", "less"] = "greater",
+    fisher_z: bool = True,
+    n_permutations: int = 5000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> GroupTestResult:
+    """Test searchlight maps of several subjects against 0, voxel by voxel.
+
+    Parameters
+    ----------
+    maps : sequence of images, paths or SearchlightResult
+        One 3D map per subject, all on one grid (normalised to a common space).
+    mask : image, path or bool array, optional
+        Voxels to test; always restricted to voxels finite in every map.
+    model : str or int, optional
+        The model's map to take from SearchlightResults with several models.
+    test : {"t", "permutation"}
+        ``"t"``: one-sample t-test (scipy's ``ttest_1samp``), p uncorrected.
+        ``"permutation"``: sign-flip permutations of the subjects' values
+        (every one of the ``2^n`` flips when there are at most
+        ``n_permutations``, otherwise random ones with the identity first); p
+        uncorrected per voxel and ``p_fwe`` from the maximum t over voxels.
+    alternative : {"greater", "two-sided", "less"}
+    fisher_z : bool
+        Test ``arctanh`` of the values (for correlation-like comparisons; an
+        absolute value of 1 or more is then an error).
+    n_permutations : int
+    alpha : float
+        FWE level of ``fwe_threshold``.
+    seed : int
+        Seed of the random sign flips.
+
+    Returns
+    -------
+    GroupTestResult
+    """
+    from scipy import stats
+
+    if test not in GROUP_TESTS:
+        raise ValueError(f"test must be one of {GROUP_TESTS}, got {test!r}")
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+    if n_permutations < 1:
+        raise ValueError(f"n_permutations must be at least 1, got {n_permutations}")
+    values, vols = _stack_maps(maps, model)
+    affine = vols.affine
+    n = values.shape[0]
+    tested = np.isfinite(values).all(axis=0)
+    if mask is not None:
+        if isinstance(mask, np.ndarray):
+            if mask.shape != tested.shape:
+                raise ValueError(f"mask has shape {mask.shape} but the maps have shape {tested.shape}")
+            mask_data = mask.astype(bool)
+        else:
+            from rdl_neuro.data.nifti import read_roi_array
+
+            mask_data = read_roi_array(mask, "mask", vols)[0] != 0
+        tested &= mask_data
+    if not tested.any():
+        raise ValueError("no voxel is finite in every subject's map (and inside the mask): nothing to test")
+    z = values[:, tested]
+    if fisher_z:
+        if np.abs(z).max() >= 1:
+            raise ValueError(f"Fisher z needs values in (-1, 1); the maps reach {np.abs(z).max():.3g}: "
+                             "pass fisher_z=False for comparisons that are not correlations")
+        z = np.arctanh(z)
+    zt = torch.from_numpy(z)
+    sign = {"greater": 1.0, "less": -1.0, "two-sided": 1.0}[alternative]
+    sq_sum = (zt**2).sum(dim=0)
+    t_obs = _t_values(torch.ones(1, n, dtype=torch.float64), zt, sq_sum)[0]
+    p_fwe_vol, threshold, n_perm = None, None, 0
+    if test == "t":
+        p = stats.ttest_1samp(z, 0.0, axis=0, alternative=alternative).pvalue
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        flips, _ = _sign_flips(n, n_permutations, generator)
+        n_perm = flips.shape[0]
+        observed = (t_obs * sign).abs() if alternative == "two-sided" else t_obs * sign
+        # sign flips that tie with the data mathematically (e.g. all signs flipped, two-sided) must
+        # count however the rounding falls
+        reach = observed - 1e-12 * observed.abs().clamp_min(1.0)
+        exceed = torch.zeros_like(observed)
+        maxima = torch.empty(n_perm, dtype=torch.float64)
+        step = max(1, int(2e7 // max(1, zt.shape[1])))  # bound the (perm, voxel) block to ~160 MB
+        for lo in range(0, n_perm, step):
+            t_perm = _t_values(flips[lo:lo + step], zt, sq_sum) * sign
+            if alternative == "two-sided":
+                t_perm = t_perm.abs()
+            t_perm = torch.nan_to_num(t_perm, nan=-torch.inf)
+            exceed += (t_perm >= reach).sum(dim=0)
+            maxima[lo:lo + step] = t_perm.max(dim=1).values
+        p = (exceed / n_perm).numpy()
+        p_fwe = ((maxima[:, None] >= reach[None, :]).sum(dim=0) / n_perm).numpy()
+        p_fwe_vol = np.full(tested.shape, np.nan)
+        p_fwe_vol[tested] = p_fwe
+        # p_fwe < alpha  <=>  fewer than alpha * n_perm maxima reach the statistic  <=>  it exceeds
+        # the (ceil(alpha n_perm))-th largest maximum
+        threshold = float(torch.sort(maxima, descending=True).values[max(0, math.ceil(alpha * n_perm) - 1)])
+    t_vol = np.full(tested.shape, np.nan)
+    t_vol[tested] = t_obs.numpy()
+    p_vol = np.full(tested.shape, np.nan)
+    p_vol[tested] = p
+    return GroupTestResult(
+        t=_nifti(t_vol, affine), p=_nifti(p_vol, affine),
+        p_fwe=None if p_fwe_vol is None else _nifti(p_fwe_vol, affine), fwe_threshold=threshold,
+        n_subjects=n, n_voxels=int(tested.sum()), n_permutations=n_perm, test=test, alternative=alternative,
+        alpha=alpha)
