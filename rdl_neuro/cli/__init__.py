@@ -6,6 +6,7 @@
 ``rdl_neuro.cli.demo``          ``rdl-neuro demo``
 ``rdl_neuro.cli.train``         ``rdl-neuro train CONFIG``
 ``rdl_neuro.cli.evaluate``      ``rdl-neuro evaluate``
+``rdl_neuro.cli.searchlight``   ``rdl-neuro searchlight``
 ==============================  ===============================================
 """
 from rdl_neuro.cli.main import build_parser, main

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from rdl_neuro import __version__
 
-COMMANDS = ("demo", "train", "evaluate")
+COMMANDS = ("demo", "train", "evaluate", "searchlight")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ error (FWE) corrected p-values (Nichols & Holmes 2002).
 """
 from __future__ import annotations
 
+import gzip
 import itertools
 import math
 import os
@@ -103,7 +104,7 @@ class SearchlightResult:
         for i, name in enumerate(self.models):
             safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
             path = folder / f"{prefix}_{safe}.nii.gz"
-            atomic_write_bytes(path, self.to_nifti(i).to_bytes())
+            atomic_write_bytes(path, gzip.compress(self.to_nifti(i).to_bytes(), mtime=0))
             paths.append(path)
         return paths
 
