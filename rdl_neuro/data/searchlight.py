@@ -114,9 +114,9 @@ class Spheres:
         """Voxel coordinates ``(n, 3)`` of the centres."""
         return np.stack(np.unravel_index(self.centers, self.shape), axis=1)
 
-    def neighbors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Flat voxel indices ``(b, k)`` of the spheres ``start:stop``; ``-1`` where an offset is not in the sphere."""
-        ijk = self.ijk[start:stop]
+    def neighbors(self, index: slice | np.ndarray = slice(None)) -> np.ndarray:
+        """Flat voxel indices ``(b, k)`` of the spheres ``index``; ``-1`` where an offset is not in the sphere."""
+        ijk = self.ijk[index]
         coords = ijk[:, None, :] + self.offsets[None, :, :]  # (b, k, 3)
         inside = np.all((coords >= 0) & (coords < np.asarray(self.shape)), axis=2)
         flat = np.ravel_multi_index(tuple(np.where(inside[..., None], coords, 0).transpose(2, 0, 1)), self.shape)
@@ -128,7 +128,7 @@ class Spheres:
         """``(centers, neighbors)`` as rsatoolbox's ``get_volume_searchlight`` returns them."""
         out = []
         for start in range(0, len(self), 4096):
-            out.extend(row[row >= 0] for row in self.neighbors(start, start + 4096))
+            out.extend(row[row >= 0] for row in self.neighbors(slice(start, start + 4096)))
         return self.centers.copy(), out
 
     def rank_range(self, world_size: int, rank: int) -> tuple[int, int]:
@@ -321,20 +321,20 @@ class SearchlightData:
         try:
             for lo in range(start, stop, size):
                 hi = min(stop, lo + size)
-                yield lo, hi, self._chunk(lo, hi)
+                yield lo, hi, self.rdms_at(slice(lo, hi))
                 bar.update(hi - lo)
         finally:
             bar.close()
 
-    def _chunk(self, lo: int, hi: int) -> torch.Tensor:
+    def rdms_at(self, index: slice | np.ndarray) -> torch.Tensor:
+        """RDMs ``(b, n_pairs)`` of the spheres ``index`` (a slice or positions), in one batch."""
         device = self.table.device
-        neighbors = self.spheres.neighbors(lo, hi)
+        neighbors = self.spheres.neighbors(index)
         pad = self.table.shape[0] - 1
-        index = np.where(neighbors >= 0, self.rows[np.maximum(neighbors, 0)], pad)
-        index_t = torch.as_tensor(index, device=device)
-        b, k = index.shape
-        counts = torch.as_tensor(self.spheres.n_voxels[lo:hi], dtype=self.table.dtype, device=device)
-        patterns = self.table.index_select(0, index_t.reshape(-1)).view(b, k, -1)
+        gather = torch.as_tensor(np.where(neighbors >= 0, self.rows[np.maximum(neighbors, 0)], pad), device=device)
+        b, k = gather.shape
+        counts = torch.as_tensor(self.spheres.n_voxels[index], dtype=self.table.dtype, device=device)
+        patterns = self.table.index_select(0, gather.reshape(-1)).view(b, k, -1)
         valid = None if bool((neighbors >= 0).all()) else torch.as_tensor(neighbors >= 0, device=device)
         c = self.n_conditions
         rows, cols = torch.triu_indices(c, c, 1, device=device)
@@ -359,8 +359,8 @@ class SearchlightData:
         train = patterns[:, :, : r * c]  # (b, k, r*c)
         test = patterns[:, :, r * c:].reshape(b, k * r, c)
         if self.residuals is not None:
-            res = self.residuals.index_select(0, index_t.reshape(-1)).view(b, k, -1)
-            precision = batched_precision(res.transpose(1, 2), valid, self.precision_method, self.spheres, lo)
+            res = self.residuals.index_select(0, gather.reshape(-1)).view(b, k, -1)
+            precision = batched_precision(res.transpose(1, 2), valid, self.precision_method, self.spheres.ijk[index])
             train = precision @ train
         kernel = train.reshape(b, k * r, c).transpose(1, 2) @ test  # sum over folds of A_f^T P B_f
         diag = torch.diagonal(kernel, dim1=1, dim2=2)
@@ -371,7 +371,7 @@ class SearchlightData:
 
 
 def batched_precision(residuals: torch.Tensor, valid: torch.Tensor | None, method: str,
-                      spheres: Spheres | None = None, first: int = 0) -> torch.Tensor:
+                      centres: np.ndarray | None = None) -> torch.Tensor:
     """rsatoolbox's ``prec_from_residuals`` for a batch of spheres at once.
 
     Parameters
@@ -381,8 +381,8 @@ def batched_precision(residuals: torch.Tensor, valid: torch.Tensor | None, metho
     valid : Tensor ``(b, k)`` bool or None (all valid)
     method : {"shrinkage_diag", "shrinkage_eye", "diag", "full"}
         As ``rsatoolbox.data.noise.cov_from_residuals`` (degrees of freedom ``n_residuals - 1``).
-    spheres, first : optional
-        Only to name a sphere whose covariance is singular.
+    centres : ndarray ``(b, 3)``, optional
+        The spheres' centre voxels, to name one whose covariance is singular.
 
     Returns
     -------
@@ -428,8 +428,8 @@ def batched_precision(residuals: torch.Tensor, valid: torch.Tensor | None, metho
     precision, info = torch.linalg.inv_ex(cov)
     if bool((info != 0).any()) or not bool(torch.isfinite(precision).all()):
         bad = int(torch.nonzero((info != 0) | ~torch.isfinite(precision).all(dim=(1, 2)))[0])
-        where = f" (centre voxel {tuple(spheres.ijk[first + bad].tolist())})" if spheres is not None else ""
-        raise ValueError(f"the residuals' covariance of sphere {first + bad}{where} is singular under "
+        where = f"centred on voxel {tuple(centres[bad].tolist())}" if centres is not None else f"{bad} of the batch"
+        raise ValueError(f"the residuals' covariance of the sphere {where} is singular under "
                          f"precision_method={method!r}: a voxel with constant residuals? try 'shrinkage_diag'")
     return precision
 
@@ -479,7 +479,7 @@ def prepare_searchlight(
     # the voxels that some sphere holds: read only those
     union = np.zeros(int(np.prod(vols.shape)), dtype=bool)
     for start in range(0, len(spheres), 8192):
-        held = spheres.neighbors(start, start + 8192)
+        held = spheres.neighbors(slice(start, start + 8192))
         union[held[held >= 0]] = True
     union_flat = np.flatnonzero(union)
     rows = np.full(union.shape, len(union_flat), dtype=np.int64)

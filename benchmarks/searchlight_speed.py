@@ -1,0 +1,218 @@
+"""Searchlight RSA speed: rdl_neuro against rsatoolbox, side by side in one run, on a synthetic brain.
+
+The synthetic brain is an ellipsoid mask in a box, with random float64 betas
+(one volume per condition). Both libraries run the same searchlight: spheres
+(``get_volume_searchlight``), correlation RDMs per sphere
+(``get_searchlight_RDMs``) and the evaluation of one fixed model RDM with
+Pearson correlation (``evaluate_models_searchlight`` with ``eval_fixed``).
+
+rsatoolbox finds all spheres, but computes RDMs and evaluations only for a
+subset of the centres (``--rsatoolbox-centres``, spread evenly over the mask);
+its time for all centres is **extrapolated** linearly from that subset (its
+cost per centre does not depend on which centres). rdl_neuro runs the whole
+searchlight, from the NIfTI images to the map. ``max_abs_diff`` compares
+rdl_neuro's RDMs and evaluations with rsatoolbox's on the subset.
+
+Peak memory is measured in a fresh subprocess (its maximum resident set size)
+running rdl_neuro's whole searchlight on a larger mask (``--memory-voxels``,
+default 100,000 voxels) with the same number of conditions; its wall time is
+shown too.
+
+    python benchmarks/searchlight_speed.py            # 35k-voxel brain, 92 conditions (a few minutes)
+    python benchmarks/searchlight_speed.py --quick    # small brain (seconds; used by the tests)
+
+The last line is machine-readable:
+
+    RESULT searchlight_speedup=... max_abs_diff=... peak_memory_gb=... memory_voxels=...
+
+``searchlight_speedup``: rsatoolbox's (extrapolated) time for spheres + RDMs +
+evaluation over all centres / rdl_neuro's time for the same.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+import time
+import warnings
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import add_arguments, start_record  # noqa: E402
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def synthetic_brain(n_voxels: int, n_conditions: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mask (X, Y, Z) bool, betas (X, Y, Z, n_conditions), affine)``: an ellipsoid of about ``n_voxels``."""
+    # semi-axes in the proportions of a brain (x : y : z = 0.8 : 1 : 0.75), 2 mm voxels
+    scale = (n_voxels / (4 / 3 * np.pi * 0.8 * 0.75)) ** (1 / 3)
+    axes = np.array([0.8, 1.0, 0.75]) * scale
+    shape = tuple(int(np.ceil(2 * a)) + 4 for a in axes)
+    ijk = np.indices(shape).reshape(3, -1).T + 0.5
+    centre = np.array(shape) / 2
+    mask = (((ijk - centre) / axes) ** 2).sum(axis=1) < 1
+    rng = np.random.default_rng(seed)
+    betas = rng.normal(size=shape + (n_conditions,))
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    return mask.reshape(shape), betas, affine
+
+
+def ours(mask, betas, affine, model, radius, threshold, chunk_size):
+    """rdl_neuro's searchlight from NIfTI images to scores; returns (seconds, result)."""
+    import nibabel as nib
+    from rsatoolbox.rdm import RDMs
+
+    from rdl_neuro.inference.searchlight import evaluate_searchlight
+
+    n = betas.shape[-1]
+    model_rdm = RDMs(model[None], pattern_descriptors={"stimulus": np.arange(n)}, rdm_descriptors={"name": ["m"]})
+    start = time.perf_counter()
+    result = evaluate_searchlight(nib.Nifti1Image(betas, affine), np.arange(n), model_rdm,
+                                  mask=nib.Nifti1Image(mask.astype(np.uint8), affine), radius=radius,
+                                  threshold=threshold, chunk_size=chunk_size)
+    return time.perf_counter() - start, result
+
+
+def memory_child(n_voxels: int, n_conditions: int, radius: float, threshold: float, seed: int) -> None:
+    """In a subprocess: the whole searchlight on a larger brain; prints JSON with time and peak RSS."""
+    import resource
+
+    mask, betas, affine = synthetic_brain(n_voxels, n_conditions, seed)
+    model = np.random.default_rng(seed + 1).random(n_conditions * (n_conditions - 1) // 2)
+    seconds, result = ours(mask, betas, affine, model, radius, threshold, None)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_gb": peak_kb / 2**20, "n_voxels": int(mask.sum()),
+                      "n_spheres": len(result.spheres), "mean_sphere": float(result.spheres.n_voxels.mean())}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small brain (a smoke test of the script)")
+    parser.add_argument("--voxels", type=int, default=35_000, help="voxels in the brain mask (default 35,000)")
+    parser.add_argument("--conditions", type=int, default=92, help="conditions (default 92)")
+    parser.add_argument("--radius", type=float, default=3.0, help="sphere radius in voxels (default 3)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="sphere fraction inside the mask (default 0.5)")
+    parser.add_argument("--rsatoolbox-centres", type=int, default=2000,
+                        help="centres rsatoolbox computes RDMs and evaluations for (default 2,000)")
+    parser.add_argument("--memory-voxels", type=int, default=100_000,
+                        help="mask size of the peak-memory run (default 100,000; 0 skips it)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="folder for the table and the record (default results/)")
+    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.voxels, args.conditions, args.rsatoolbox_centres, args.memory_voxels = 3000, 20, 200, 5000
+    if args.memory_child:
+        memory_child(args.memory_voxels, args.conditions, args.radius, args.threshold, args.seed)
+        return 0
+
+    import nibabel as nib
+    from rsatoolbox.inference import eval_fixed
+    from rsatoolbox.model import ModelFixed
+    from rsatoolbox.rdm import RDMs
+    from rsatoolbox.util.searchlight import (evaluate_models_searchlight, get_searchlight_RDMs,
+                                             get_volume_searchlight)
+
+    from rdl_neuro.data.searchlight import prepare_searchlight
+
+    rec = start_record("searchlight_speed", args, argv, seeds=args.seed,
+                       depends_on=["rdl_neuro/data/searchlight.py", "rdl_neuro/data/nifti.py",
+                                   "rdl_neuro/inference/searchlight.py", "rdl_neuro/rdm",
+                                   "benchmarks/searchlight_speed.py"])
+    mask, betas, affine = synthetic_brain(args.voxels, args.conditions, args.seed)
+    n_cond = args.conditions
+    model = np.random.default_rng(args.seed + 1).random(n_cond * (n_cond - 1) // 2)
+    print(f"synthetic brain: {int(mask.sum())} voxels in a {mask.shape} box, {n_cond} conditions, "
+          f"radius {args.radius:g} voxels, threshold {args.threshold:g}; torch threads {torch.get_num_threads()}",
+          flush=True)
+
+    ours_s, result = ours(mask, betas, affine, model, args.radius, args.threshold, None)
+    n_spheres = len(result.spheres)
+    print(f"rdl_neuro: {n_spheres} spheres ({result.spheres.n_voxels.mean():.1f} voxels on average) in "
+          f"{ours_s:.2f} s", flush=True)
+
+    # rsatoolbox: all spheres, then RDMs and evaluations for an even subset of the centres
+    quiet = io.StringIO()
+    with redirect_stdout(quiet), redirect_stderr(quiet):
+        start = time.perf_counter()
+        centers, neighbors = get_volume_searchlight(mask, radius=args.radius, threshold=args.threshold)
+        spheres_s = time.perf_counter() - start
+        subset = np.linspace(0, len(centers) - 1, min(args.rsatoolbox_centres, len(centers))).round().astype(int)
+        data_2d = betas.reshape(-1, n_cond).T
+        start = time.perf_counter()
+        sl_rdms = get_searchlight_RDMs(data_2d, centers[subset], [neighbors[i] for i in subset], np.arange(n_cond),
+                                       method="correlation", verbose=False)
+        rdms_s = time.perf_counter() - start
+        fixed = ModelFixed("m", RDMs(model[None], pattern_descriptors={"stimulus": np.arange(n_cond)}))
+        start = time.perf_counter()
+        evaluations = evaluate_models_searchlight(sl_rdms, fixed, eval_fixed, method="corr")
+        eval_s = time.perf_counter() - start
+    if len(centers) != n_spheres:
+        raise RuntimeError(f"rsatoolbox found {len(centers)} spheres, rdl_neuro {n_spheres}")
+    scale = len(centers) / len(subset)
+    theirs = np.array([e.evaluations.ravel()[0] for e in evaluations])
+    position = np.searchsorted(result.spheres.centers, centers[subset])
+    eval_diff = float(np.abs(result.scores[position, 0] - theirs).max())
+    # the RDMs themselves, on the subset
+    data = prepare_searchlight(nib.Nifti1Image(betas, affine), np.arange(n_cond),
+                               mask=nib.Nifti1Image(mask.astype(np.uint8), affine), radius=args.radius,
+                               threshold=args.threshold)
+    rdm_diff = float(np.abs(data.rdms_at(position).numpy() - sl_rdms.dissimilarities).max())
+    worst = max(eval_diff, rdm_diff)
+
+    rsa_total = spheres_s + scale * (rdms_s + eval_s)
+    rows = [
+        {"step": "spheres (get_volume_searchlight)", "rsatoolbox_s": spheres_s, "basis": "all centres"},
+        {"step": "RDMs (get_searchlight_RDMs)", "rsatoolbox_s": scale * rdms_s,
+         "basis": f"{len(subset)} centres x {scale:.1f}"},
+        {"step": "evaluation (evaluate_models_searchlight)", "rsatoolbox_s": scale * eval_s,
+         "basis": f"{len(subset)} centres x {scale:.1f}"},
+        {"step": "total", "rsatoolbox_s": rsa_total, "rdl_neuro_s": ours_s, "speedup": rsa_total / ours_s,
+         "basis": f"{n_spheres} spheres"},
+    ]
+    memory = None
+    if args.memory_voxels:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", "--memory-voxels",
+               str(args.memory_voxels), "--conditions", str(n_cond), "--radius", str(args.radius), "--threshold",
+               str(args.threshold), "--seed", str(args.seed)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"the peak-memory run failed:\n{res.stderr[-3000:]}")
+        memory = json.loads(res.stdout.strip().splitlines()[-1])
+        rows.append({"step": f"rdl_neuro, {memory['n_voxels']}-voxel mask ({memory['n_spheres']} spheres)",
+                     "rdl_neuro_s": memory["seconds"], "peak_memory_gb": memory["peak_gb"],
+                     "rsatoolbox_s": rsa_total / n_spheres * memory["n_spheres"],
+                     "basis": "rsatoolbox: per-sphere rate above"})
+        rows[-1]["speedup"] = rows[-1]["rsatoolbox_s"] / memory["seconds"]
+    table = pd.DataFrame(rows, columns=["step", "rsatoolbox_s", "rdl_neuro_s", "speedup", "peak_memory_gb", "basis"])
+    shown = table.copy()
+    for col, fmt in (("rsatoolbox_s", "{:.2f}"), ("rdl_neuro_s", "{:.2f}"), ("speedup", "{:.1f}"),
+                     ("peak_memory_gb", "{:.2f}")):
+        shown[col] = [fmt.format(v) if pd.notna(v) else "" for v in table[col]]
+    print(shown.to_string(index=False))
+    print(f"max |difference| on the {len(subset)} rsatoolbox centres: RDMs {rdm_diff:.1e}, evaluations {eval_diff:.1e}")
+    out = Path(args.out) if args.out else Path("results")
+    out.mkdir(parents=True, exist_ok=True)
+    shown.to_csv(out / "searchlight_speed.csv", index=False)
+    line = (f"RESULT searchlight_speedup={rsa_total / ours_s:.1f} max_abs_diff={worst:.1e} "
+            f"peak_memory_gb={memory['peak_gb'] if memory else float('nan'):.2f} "
+            f"memory_voxels={memory['n_voxels'] if memory else 0}")
+    rec.finish(shown, result_line=line,
+               notes=(f"rsatoolbox's RDM and evaluation times are extrapolated from {len(subset)} of the "
+                      f"{n_spheres} centres (x{scale:.1f}); its sphere search ran on all of them."),
+               title="Searchlight RSA: rdl_neuro vs rsatoolbox")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
