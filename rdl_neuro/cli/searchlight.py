@@ -61,7 +61,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bg", default=None, help="background of the figure: an anatomical image in the betas' space, "
                                                "or MNI152 (nilearn's template; for normalised data)")
     p.add_argument("--plot-threshold", type=float, default=None, help="values below this are not drawn")
-    p.add_argument("--chunk-size", type=int, default=None, help="spheres per batch (default: ~256 MB)")
+    p.add_argument("--chunk-size", type=int, default=None, help="spheres per batch (default: ~64 MB)")
     p.add_argument("--device", default=None, help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

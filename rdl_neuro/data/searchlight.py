@@ -34,6 +34,7 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -48,8 +49,9 @@ __all__ = ["RADIUS_UNITS", "PRECISION_METHODS", "Spheres", "searchlight_spheres"
 RADIUS_UNITS = ("voxels", "mm")
 PRECISION_METHODS = ("shrinkage_diag", "shrinkage_eye", "diag", "full")
 
-# memory for one chunk's intermediates when chunk_size is not given
-_CHUNK_BYTES = 256 * 2**20
+# memory for one chunk's intermediates when chunk_size is not given: small enough for the chunk to
+# stay in cache between the steps (about 140 spheres of 93 voxels and 92 conditions)
+_CHUNK_BYTES = 64 * 2**20
 
 
 # --------------------------------------------------------------------------- #
@@ -296,7 +298,7 @@ class SearchlightData:
         return len(self.conditions)
 
     def default_chunk_size(self) -> int:
-        """Spheres per chunk so that a chunk's intermediates take about 256 MB."""
+        """Spheres per chunk so that a chunk's intermediates take about 64 MB."""
         k, c, w = self.spheres.offsets.shape[0], self.n_conditions, self.table.shape[1]
         per_sphere = 3 * k * w + 4 * c * c
         if self.residuals is not None:
@@ -326,6 +328,13 @@ class SearchlightData:
         finally:
             bar.close()
 
+    @cached_property
+    def _pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows, columns and flat square positions ``(n_pairs,)`` of the condensed entries, on the device."""
+        c = self.n_conditions
+        rows, cols = torch.triu_indices(c, c, 1, device=self.table.device)
+        return rows, cols, rows * c + cols
+
     def rdms_at(self, index: slice | np.ndarray) -> torch.Tensor:
         """RDMs ``(b, n_pairs)`` of the spheres ``index`` (a slice or positions), in one batch."""
         device = self.table.device
@@ -334,39 +343,42 @@ class SearchlightData:
         gather = torch.as_tensor(np.where(neighbors >= 0, self.rows[np.maximum(neighbors, 0)], pad), device=device)
         b, k = gather.shape
         counts = torch.as_tensor(self.spheres.n_voxels[index], dtype=self.table.dtype, device=device)
+        # offsets outside a sphere read the zero row: they add nothing to the sums and products below
         patterns = self.table.index_select(0, gather.reshape(-1)).view(b, k, -1)
-        valid = None if bool((neighbors >= 0).all()) else torch.as_tensor(neighbors >= 0, device=device)
         c = self.n_conditions
-        rows, cols = torch.triu_indices(c, c, 1, device=device)
+        rows, cols, upper = self._pairs
         if self.method == "correlation":
-            centred = patterns - patterns.sum(dim=1, keepdim=True) / counts[:, None, None]
-            if valid is not None:  # offsets outside the sphere stay zero
-                centred = centred * valid[:, :, None]
-            gram = centred.transpose(1, 2) @ centred  # (b, c, c)
-            inv_norm = torch.diagonal(gram, dim1=1, dim2=2).rsqrt()
-            inner = gram.reshape(b, -1).index_select(1, rows * c + cols)
-            return 1 - inner * inv_norm.index_select(1, rows) * inv_norm.index_select(1, cols)
+            # centring over the sphere's voxels through the sums: G - s s^T / p. The table is centred per
+            # condition over the whole volume (correlations are blind to that), so the sums stay small
+            # next to the spread and the subtraction loses no precision. The patterns are scaled to unit
+            # centred norm first, so one batched product gives 1 - r directly.
+            sums = patterns.sum(dim=1)  # (b, c)
+            inv = (torch.linalg.vector_norm(patterns, dim=1).square_() - sums * sums / counts[:, None]).rsqrt_()
+            patterns.mul_(inv[:, None, :])
+            sums.mul_(inv)
+            ones = torch.ones((), dtype=patterns.dtype, device=device).expand(b, c, c)
+            one_minus_r = torch.baddbmm(ones, patterns.transpose(1, 2), patterns, alpha=-1)
+            one_minus_r.baddbmm_((sums / counts[:, None]).unsqueeze(2), sums.unsqueeze(1))
+            return one_minus_r.reshape(b, -1).index_select(1, upper)
         if self.method in ("sqeuclidean", "euclidean"):
-            gram = patterns.transpose(1, 2) @ patterns
-            diag = torch.diagonal(gram, dim1=1, dim2=2)
-            sq = diag.index_select(1, rows) + diag.index_select(1, cols) \
-                - 2 * gram.reshape(b, -1).index_select(1, rows * c + cols)
-            if self.method == "euclidean":
-                return sq.clamp_min(0).sqrt()
-            return sq / counts[:, None]
+            sq = torch.linalg.vector_norm(patterns, dim=1).square_()  # (b, c)
+            dist = torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), patterns.transpose(1, 2), patterns, alpha=-2)
+            dist = dist.reshape(b, -1).index_select(1, upper)
+            return dist.clamp_min_(0).sqrt_() if self.method == "euclidean" else dist.div_(counts[:, None])
         # crossnobis: the table holds every fold's training means, then its test means
         r = self.n_runs
         train = patterns[:, :, : r * c]  # (b, k, r*c)
         test = patterns[:, :, r * c:].reshape(b, k * r, c)
         if self.residuals is not None:
             res = self.residuals.index_select(0, gather.reshape(-1)).view(b, k, -1)
+            valid = None if bool((neighbors >= 0).all()) else torch.as_tensor(neighbors >= 0, device=device)
             precision = batched_precision(res.transpose(1, 2), valid, self.precision_method, self.spheres.ijk[index])
             train = precision @ train
         kernel = train.reshape(b, k * r, c).transpose(1, 2) @ test  # sum over folds of A_f^T P B_f
         diag = torch.diagonal(kernel, dim1=1, dim2=2)
         flat = kernel.reshape(b, -1)
         dist = diag.index_select(1, rows) + diag.index_select(1, cols) \
-            - flat.index_select(1, rows * c + cols) - flat.index_select(1, cols * c + rows)
+            - flat.index_select(1, upper) - flat.index_select(1, cols * c + rows)
         return dist / (counts[:, None] * r)
 
 
@@ -524,6 +536,9 @@ def prepare_searchlight(
         sums = np.zeros((len(unique_cond), data.shape[1]))
         np.add.at(sums, cond_index, data)
         table = (sums / np.bincount(cond_index)[:, None]).T  # condition means, as rsatoolbox averages repeats
+        # shifts that leave the dissimilarities unchanged and keep the sums in rdms_at small (precision):
+        # correlation is blind to a constant added to a condition's pattern, distances to one added to a voxel
+        table = table - table.mean(axis=0 if method == "correlation" else 1, keepdims=True)
     return SearchlightData(spheres=spheres, method=method, conditions=unique_cond,
                            table=_with_zero_row(table, dtype, device), rows=rows, residuals=res_table,
                            precision_method=precision_method, n_runs=n_runs, noise_model=noise_model)
@@ -556,7 +571,7 @@ def searchlight_rdms(
     """The RDM of every searchlight sphere, as rsatoolbox's ``get_volume_searchlight`` + ``get_searchlight_RDMs``.
 
     Parameters are those of :func:`prepare_searchlight`, plus ``chunk_size``
-    (spheres per batch; default: about 256 MB of intermediates) and ``progress``.
+    (spheres per batch; default: about 64 MB of intermediates) and ``progress``.
     All RDMs are kept in memory (``n_spheres x n_pairs`` float64): for maps,
     ``rdl_neuro.inference.searchlight.evaluate_searchlight`` streams them instead.
 

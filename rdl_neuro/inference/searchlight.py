@@ -203,7 +203,7 @@ def evaluate_searchlight(
     rdm_method : {"correlation", "euclidean", "sqeuclidean", "crossnobis"}
         The sphere RDMs' dissimilarity.
     chunk_size : int, optional
-        Spheres per batch (default: about 256 MB of intermediates).
+        Spheres per batch (default: about 64 MB of intermediates).
     device, dtype
         Where and in which precision the RDMs are computed.
     progress : bool
