@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="centres rsatoolbox computes RDMs and evaluations for (default 2,000)")
     parser.add_argument("--memory-voxels", type=int, default=100_000,
                         help="mask size of the peak-memory run (default 100,000; 0 skips it)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of torch and of numpy's BLAS, for both libraries (default 1: per core)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="folder for the table and the record (default results/)")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
@@ -111,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.voxels, args.conditions, args.rsatoolbox_centres, args.memory_voxels = 3000, 20, 200, 5000
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
     if args.memory_child:
         memory_child(args.memory_voxels, args.conditions, args.radius, args.threshold, args.seed)
         return 0
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     n_cond = args.conditions
     model = np.random.default_rng(args.seed + 1).random(n_cond * (n_cond - 1) // 2)
     print(f"synthetic brain: {int(mask.sum())} voxels in a {mask.shape} box, {n_cond} conditions, "
-          f"radius {args.radius:g} voxels, threshold {args.threshold:g}; torch threads {torch.get_num_threads()}",
+          f"radius {args.radius:g} voxels, threshold {args.threshold:g}; {args.threads} thread(s) for both libraries",
           flush=True)
 
     ours_s, result = ours(mask, betas, affine, model, args.radius, args.threshold, None)
@@ -183,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_voxels:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", "--memory-voxels",
                str(args.memory_voxels), "--conditions", str(n_cond), "--radius", str(args.radius), "--threshold",
-               str(args.threshold), "--seed", str(args.seed)]
+               str(args.threshold), "--seed", str(args.seed), "--threads", str(args.threads)]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"the peak-memory run failed:\n{res.stderr[-3000:]}")

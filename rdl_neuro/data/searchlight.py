@@ -353,7 +353,8 @@ class SearchlightData:
             # next to the spread and the subtraction loses no precision. The patterns are scaled to unit
             # centred norm first, so one batched product gives 1 - r directly.
             sums = patterns.sum(dim=1)  # (b, c)
-            inv = (torch.linalg.vector_norm(patterns, dim=1).square_() - sums * sums / counts[:, None]).rsqrt_()
+            # (a reduction of the squares is several times faster than vector_norm over dim 1)
+            inv = (patterns.square().sum(dim=1) - sums * sums / counts[:, None]).rsqrt_()
             patterns.mul_(inv[:, None, :])
             sums.mul_(inv)
             ones = torch.ones((), dtype=patterns.dtype, device=device).expand(b, c, c)
@@ -361,7 +362,7 @@ class SearchlightData:
             one_minus_r.baddbmm_((sums / counts[:, None]).unsqueeze(2), sums.unsqueeze(1))
             return one_minus_r.reshape(b, -1).index_select(1, upper)
         if self.method in ("sqeuclidean", "euclidean"):
-            sq = torch.linalg.vector_norm(patterns, dim=1).square_()  # (b, c)
+            sq = patterns.square().sum(dim=1)  # (b, c)
             dist = torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), patterns.transpose(1, 2), patterns, alpha=-2)
             dist = dist.reshape(b, -1).index_select(1, upper)
             return dist.clamp_min_(0).sqrt_() if self.method == "euclidean" else dist.div_(counts[:, None])

@@ -246,7 +246,7 @@ def evaluate_searchlight(
     start, stop = data.spheres.rank_range(world, rank)
     local = torch.full((stop - start, len(names)), float("nan"), dtype=dtype, device=data.table.device)
     for lo, hi, rdms in data.iter_rdms(start, stop, chunk_size=chunk_size, progress=progress and rank == 0):
-        finite = torch.isfinite(rdms).all(dim=1)
+        finite = torch.isfinite(rdms.sum(dim=1))  # a NaN anywhere makes the row's sum NaN
         if bool(finite.all()):
             local[lo - start:hi - start] = compare_rdms(rdms, model_rdms, method)
         elif bool(finite.any()):
