@@ -46,7 +46,9 @@ from rdl_neuro.data.nifti import (METHODS, ImagesLike, ImageLike, Volumes, check
 __all__ = ["RADIUS_UNITS", "PRECISION_METHODS", "Spheres", "searchlight_spheres", "SearchlightData",
            "prepare_searchlight", "searchlight_rdms"]
 
+#: units of the searchlight radius
 RADIUS_UNITS = ("voxels", "mm")
+#: covariance estimators of the crossnobis noise precision (rsatoolbox's ``prec_from_residuals``)
 PRECISION_METHODS = ("shrinkage_diag", "shrinkage_eye", "diag", "full")
 
 # memory for one chunk's intermediates when chunk_size is not given: small enough for the chunk to

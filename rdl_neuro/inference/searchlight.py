@@ -36,7 +36,9 @@ from rdl_neuro.rdm.interop import from_rsatoolbox, rdm_names
 __all__ = ["SearchlightResult", "evaluate_searchlight", "model_matrix", "GroupTestResult",
            "searchlight_group_test", "ALTERNATIVES", "GROUP_TESTS"]
 
+#: alternative hypotheses of the group test
 ALTERNATIVES = ("greater", "two-sided", "less")
+#: tests across subjects: one-sample t, or sign-flip permutations
 GROUP_TESTS = ("t", "permutation")
 
 

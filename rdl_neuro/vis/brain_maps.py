@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 __all__ = ["plot_brain_map", "BRAIN_MAP_KINDS"]
 
+#: kinds of brain map figures
 BRAIN_MAP_KINDS = ("stat_map", "glass_brain")
 
 
