@@ -22,11 +22,14 @@ if TYPE_CHECKING:
     from rsatoolbox.data import Dataset
     from rsatoolbox.rdm import RDMs
 
-__all__ = ["rdms_from_nifti", "DroppedVoxelsWarning", "METHODS", "Volumes", "as_ids", "check_design",
-           "check_same_space", "read_roi_array"]
+__all__ = ["rdms_from_nifti", "DroppedVoxelsWarning", "METHODS", "DISSIMILARITY_MEASURES", "Volumes", "as_ids",
+           "check_design", "check_same_space", "read_roi_array"]
 
 #: dissimilarity methods accepted by :func:`rdms_from_nifti`
 METHODS = ("correlation", "euclidean", "sqeuclidean", "crossnobis")
+#: rsatoolbox's ``dissimilarity_measure`` of each of :data:`METHODS`
+DISSIMILARITY_MEASURES = {"correlation": "correlation", "sqeuclidean": "squared euclidean",
+                          "euclidean": "euclidean", "crossnobis": "crossnobis"}
 
 ImageLike = Union[str, os.PathLike, "nib.spatialimages.SpatialImage"]
 ImagesLike = Union[ImageLike, Sequence[ImageLike]]
@@ -474,8 +477,7 @@ def rdms_from_nifti(
         raise ValueError(f"{rois[bad_roi]['source']}: {method} dissimilarities are NaN for condition(s) "
                          f"{bad[:10].tolist()}: their patterns are constant across the ROI's "
                          f"{datasets[bad_roi].n_channel} voxels")
-    measure = {"correlation": "correlation", "sqeuclidean": "squared euclidean",
-               "euclidean": "euclidean", "crossnobis": "crossnobis"}[method]
+    measure = DISSIMILARITY_MEASURES[method]
     if method == "euclidean":
         n_vox = np.array([ds.n_channel for ds in datasets], dtype=np.float64)[:, None]
         # rsatoolbox's euclidean is sum of squares / n_channels; clip rounding below 0 before sqrt

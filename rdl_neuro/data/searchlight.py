@@ -40,7 +40,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from rdl_neuro.data.nifti import (METHODS, ImagesLike, ImageLike, Volumes, check_design, check_same_space,
+from rdl_neuro.data.nifti import (DISSIMILARITY_MEASURES, METHODS, ImagesLike, ImageLike, Volumes, check_design, check_same_space,
                                   read_roi_array)
 
 __all__ = ["RADIUS_UNITS", "PRECISION_METHODS", "Spheres", "searchlight_spheres", "SearchlightData",
@@ -557,26 +557,27 @@ def searchlight_rdms(
     betas: ImagesLike,
     conditions: Sequence[int] | Sequence[str] | np.ndarray,
     *,
-    mask: ImageLike,
-    radius: float = 2,
-    threshold: float = 1.0,
-    radius_unit: Literal["voxels", "mm"] = "voxels",
-    truncate_at_boundary: bool = False,
-    runs: Sequence[int] | Sequence[str] | np.ndarray | None = None,
-    method: Literal["correlation", "euclidean", "sqeuclidean", "crossnobis"] = "correlation",
-    residuals: ImagesLike | None = None,
-    precision_method: Literal["shrinkage_diag", "shrinkage_eye", "diag", "full"] = "shrinkage_diag",
     chunk_size: int | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float64,
     progress: bool = False,
+    **options: Any,
 ) -> Any:
     """The RDM of every searchlight sphere, as rsatoolbox's ``get_volume_searchlight`` + ``get_searchlight_RDMs``.
 
-    Parameters are those of :func:`prepare_searchlight`, plus ``chunk_size``
-    (spheres per batch; default: about 64 MB of intermediates) and ``progress``.
     All RDMs are kept in memory (``n_spheres x n_pairs`` float64): for maps,
     ``rdl_neuro.inference.searchlight.evaluate_searchlight`` streams them instead.
+
+    Parameters
+    ----------
+    betas, conditions
+        As :func:`prepare_searchlight`.
+    chunk_size : int, optional
+        Spheres per batch (default: about 64 MB of intermediates).
+    progress : bool
+        Show a progress bar.
+    **options
+        The keyword arguments of :func:`prepare_searchlight` (``mask``, ``radius``,
+        ``threshold``, ``radius_unit``, ``truncate_at_boundary``, ``runs``, ``method``,
+        ``residuals``, ``precision_method``, ``device``, ``dtype``).
 
     Returns
     -------
@@ -598,19 +599,14 @@ def searchlight_rdms(
     """
     from rsatoolbox.rdm import RDMs
 
-    data = prepare_searchlight(betas, conditions, mask=mask, radius=radius, threshold=threshold,
-                               radius_unit=radius_unit, truncate_at_boundary=truncate_at_boundary, runs=runs,
-                               method=method, residuals=residuals, precision_method=precision_method,
-                               device=device, dtype=dtype)
+    data = prepare_searchlight(betas, conditions, **options)
     n = data.n_conditions
     out = np.empty((len(data.spheres), n * (n - 1) // 2))
     for lo, hi, rdms in data.iter_rdms(chunk_size=chunk_size, progress=progress):
         out[lo:hi] = rdms.cpu().numpy()
     ijk = data.spheres.ijk
-    measure = {"correlation": "correlation", "sqeuclidean": "squared euclidean",
-               "euclidean": "euclidean", "crossnobis": "crossnobis"}[method]
-    return RDMs(out, dissimilarity_measure=measure,
-                descriptors={"noise_model": data.noise_model} if method == "crossnobis" else {},
+    return RDMs(out, dissimilarity_measure=DISSIMILARITY_MEASURES[data.method],
+                descriptors={"noise_model": data.noise_model} if data.method == "crossnobis" else {},
                 rdm_descriptors={"voxel_index": data.spheres.centers.copy(), "i": ijk[:, 0], "j": ijk[:, 1],
                                  "k": ijk[:, 2], "n_voxels": data.spheres.n_voxels.copy()},
                 pattern_descriptors={"stimulus": data.conditions.copy()})
