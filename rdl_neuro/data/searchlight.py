@@ -31,7 +31,6 @@ products at once; the dissimilarities follow elementwise:
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -40,8 +39,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from rdl_neuro.data.nifti import (DISSIMILARITY_MEASURES, METHODS, ImagesLike, ImageLike, Volumes, check_design, check_same_space,
-                                  read_roi_array)
+from rdl_neuro.data.nifti import (DISSIMILARITY_MEASURES, METHODS, ImageLike, ImagesLike, Volumes, check_design,
+                                  check_same_space, read_roi_array)
 
 __all__ = ["RADIUS_UNITS", "PRECISION_METHODS", "Spheres", "searchlight_spheres", "SearchlightData",
            "prepare_searchlight", "searchlight_rdms"]
@@ -141,7 +140,7 @@ class Spheres:
         return int(edges[rank]), int(edges[rank + 1])
 
     def to_volume(self, values: np.ndarray, fill: float = np.nan) -> np.ndarray:
-        """Per-centre ``values`` ``(n,)`` or ``(n, m)`` -> volume ``(X, Y, Z)`` or ``(X, Y, Z, m)``, ``fill`` elsewhere."""
+        """Per-centre ``values`` ``(n,)`` or ``(n, m)`` -> a volume ``(X, Y, Z[, m])``, ``fill`` outside the centres."""
         values = np.asarray(values)
         if values.shape[0] != len(self):
             raise ValueError(f"{values.shape[0]} values for {len(self)} searchlight centres")
