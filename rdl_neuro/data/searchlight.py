@@ -208,7 +208,7 @@ def searchlight_spheres(
     >>> mask = np.zeros((7, 7, 7), bool); mask[1:6, 1:6, 1:6] = True
     >>> spheres = searchlight_spheres(mask, radius=2)
     >>> len(spheres), spheres.offsets.shape[0]
-    (27, 33)
+    (27, 27)
     """
     mask = check_binary_mask(mask)
     if radius_unit not in RADIUS_UNITS:
