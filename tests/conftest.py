@@ -10,7 +10,8 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-KRIEGESKORTE_DIR = SHARED_DATA / "kriegeskorte2008"
+# $RDL_NEURO_KRIEGESKORTE92 (as the loader) points elsewhere, e.g. from a git worktree
+KRIEGESKORTE_DIR = Path(os.environ.get("RDL_NEURO_KRIEGESKORTE92", SHARED_DATA / "kriegeskorte2008"))
 
 # Under pytest-xdist each worker gets one thread so two workers share 2 cores fairly.
 if os.environ.get("PYTEST_XDIST_WORKER"):
