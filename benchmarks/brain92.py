@@ -1,51 +1,72 @@
 """Brain-RDL on the 92 images: does a CNN trained toward human-IT RDMs become more brain-like on new images and people?
 
 Data: the 92 object images of Kriegeskorte et al. (2008) with the human-IT fMRI
-RDMs of 4 subjects x 2 sessions (``load_kriegeskorte92``, read from
-``../shared/data/kriegeskorte2008``). A subject's two sessions are averaged
-(one RDM per person: the unit of generalisation is the person, and the session
-mean is the more reliable estimate of that person's RDM).
+RDMs of 4 subjects x 2 sessions (``load_kriegeskorte92``). A subject's two
+sessions are averaged (one RDM per person: the unit of generalisation is the
+person).
 
 Cross-validation: 4 image folds (stratified by the 6 categories: train on 69
-images, test on 23) crossed with leave-one-subject-out. For fold ``f`` and
-held-out subject ``h`` the teacher is the mean human-IT RDM of the 3 other
-subjects over the 69 training images; the student is evaluated by the
-correlation of its RDM over the 23 held-out images with subject ``h``'s RDM over
-the same images: images *and* a person it never saw.
+images, test on 23) crossed with leave-one-subject-out: 16 units. For fold
+``f`` and held-out subject ``h`` a brain teacher is the mean human-IT RDM of
+the 3 other subjects over the training images; every student is scored by the
+correlation (rsatoolbox ``corr``) of its ``hidden1`` RDM over the 23 held-out
+images with subject ``h``'s RDM over the same images: images *and* a person it
+never saw.
 
-Student: a small CNN (``build_model`` cnn, 3 conv blocks 16-32-64, a 128-unit
-hidden layer, 6-way readout) on 32x32 images with random crops/zooms, flips and
-colour jitter (torch only). The pulled layer is ``hidden1``, fixed before any
-run: the last representation before the readout, the network's "IT".
+Students (``brain92_students.py``): the ``small`` CNN of earlier runs and a
+stronger one chosen on inner validation *accuracy* among ``bn`` (batch norm,
+global average pooling) and ``bn+flags`` (the same, also learning the 9
+semantic category flags that ship with the images) -- the choice sees no brain
+data and no test image. Every teacher row uses the chosen student.
 
-Methods: ``baseline`` (CE on the 6 categories), ``RDL`` (CE + w * RDL toward
-human IT: correlation-distance RDMs, criterion 1 - Pearson r), ``RDL only``
-(no labels), ``untrained`` (random weights); reference rows: the 8 classic
-model RDMs and the noise ceiling (rsatoolbox's leave-one-subject-out lower and
-upper bounds), all on the same held-out pairs.
+Rows (all at the pulled layer ``hidden1``, fixed a priori):
 
-No hyperparameter sees test data: the RDL weight ``w`` is chosen per (fold,
-held-out subject) from a fixed grid by an inner split of the *training*
-images (3/4 fit, 1/4 validation) against the *training* subjects only; every
-grid point and its validation score is logged.
+- ``baseline`` (cross-entropy only), ``untrained`` (random weights);
+- brain teachers: ``RDL`` (CE + w * RDL toward human IT: correlation-distance
+  RDMs, criterion 1 - Pearson r), ``RDL only`` (no labels, w = 1), and the
+  alignment losses ``CKA`` / ``log-CKA`` (``CKAAlignmentLoss``: CKA between the
+  student's centred Gram matrix and the brain RDM's double-centred kernel) and
+  ``similarity (Li)`` (``SimilarityLoss``: squared differences of
+  arctanh-transformed similarities);
+- null teachers (``rdl_neuro.train.control_teachers``): the brain teacher with
+  its stimulus labels permuted (everywhere, or within each category);
+- reference teachers: the 6-way category RDM, the animacy model RDM, the
+  pixel RDM of the input images;
+- ``small CNN`` baseline and RDL (the student of earlier runs);
+- the 8 classic model RDMs and the noise ceiling on the same held-out pairs.
 
-Statistics: rsatoolbox ``corr`` (and ``tau-a``) between the student's held-out
-RDM and the held-out subject's, averaged over seeds within a (fold, subject)
-unit, then over the 16 units; 95% intervals from a bootstrap that resamples
-held-out images within folds and subjects; fraction of the lower noise
-ceiling; paired t-test and Wilcoxon over the 16 units (RDL vs baseline).
+No hyperparameter sees test images or the held-out subject: the loss weight of
+every teacher row is chosen per (fold, held-out subject) from the same grid by
+an inner split of the training images (3/4 fit, 1/4 validation), scored
+against the training subjects only; every grid point and its score is logged.
+Teachers that do not depend on subjects (category, animacy, pixel) are trained
+once per fold and weight; their weight is still chosen per unit on the
+training subjects.
 
-Outputs (``--out``, default ``results/``): ``brain92.csv`` (every unit x
-method x layer x seed, models, noise ceiling), ``brain92_summary.csv``,
-``brain92_search.csv``, ``brain92.md``, ``brain92_layers.png`` (layer profile
-with the noise-ceiling band) and ``brain92_rdms.png`` (held-out human IT vs
-baseline vs RDL). The last line is
-``RESULT rdl_heldout_r=... base_heldout_r=... animacy_heldout_r=... rdl_vs_base_p=... nc_lower=...``.
+Statistics (all from the library): layer RDMs by ``rdl_neuro.model.layer_rdms``;
+per-unit pattern bootstraps of held-out images by
+``rdl_neuro.inference.rsa_evaluate`` (the same draws for every row of a fold),
+averaged over seeds, then over units with the subjects resampled, for 95%
+intervals; noise ceilings by ``rdl_neuro.inference.pool_rdm`` /
+``noise_ceiling_bounds``; paired tests over the 16 units with FDR correction
+by ``rdl_neuro.inference.paired_unit_tests`` / ``correct_pvalues``: every row
+against the baseline, and every brain-teacher row against every null and
+reference teacher (one family). Units of a fold share networks (the baseline,
+fold-level teachers), so they are not independent.
+
+Outputs (``--out``, default ``results/``): ``brain92.csv`` (every unit x row x
+layer x seed), ``brain92_summary.csv``, ``brain92_tests.csv``,
+``brain92_search.csv``, ``brain92_students.csv``, ``brain92.md``,
+``brain92_rows.png`` (held-out r per row with intervals and the noise-ceiling
+band), ``brain92_layers.png`` and ``brain92_rdms.png``; a result record
+(``benchmarks/_provenance.py``). The last line is
+``RESULT rdl_heldout_r=... base_heldout_r=... best_brain_row=... best_brain_r=... best_control_r=...
+best_vs_controls_max_p=... animacy_heldout_r=... nc_lower=...``.
 
 Usage::
 
-    python benchmarks/brain92.py            # ~10-20 min on 2 cores
-    python benchmarks/brain92.py --quick    # seconds, for the test suite
+    python benchmarks/brain92.py            # about 30 min on 2 idle cores
+    python benchmarks/brain92.py --quick    # well under a minute, for the test suite
 """
 from __future__ import annotations
 
@@ -53,74 +74,74 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _experiments import (_WORKER_STATE, TrainSpec, base_parser, start_run,  # noqa: E402
-                          machine_info, markdown_table, paired_tests, result_line, run_jobs, seed_of,
-                          stratified_holdout, train_model, write_text)
+from _experiments import (_WORKER_STATE, TrainSpec, base_parser, machine_info, markdown_table,  # noqa: E402
+                          result_line, run_jobs, seed_of, start_run, stratified_holdout, train_model, write_text)
+from brain92_students import FLAGS, LAYERS, FlagLoss, build_student, has_flags  # noqa: E402
 
-from rdl_neuro.rdm.compare import compare_rdms  # noqa: E402
-from rdl_neuro.io import atomic_write_csv  # noqa: E402
 from rdl_neuro.data import StimulusDataset, load_kriegeskorte92  # noqa: E402
-from rdl_neuro.model.recorder import LayerRecorder  # noqa: E402
-from rdl_neuro.train.losses import CELoss, RDLLoss  # noqa: E402
-from rdl_neuro.model.networks import build_model  # noqa: E402
-from rdl_neuro.rdm import compute_rdm, to_condensed  # noqa: E402
-from rdl_neuro.train.teachers import RDMTeacher  # noqa: E402
-from rdl_neuro.train import seed_everything  # noqa: E402
+from rdl_neuro.inference import noise_ceiling_bounds, paired_unit_tests, correct_pvalues, pool_rdm, rsa_evaluate  # noqa: E402
+from rdl_neuro.io import atomic_write_csv  # noqa: E402
+from rdl_neuro.model.layer_rdms import layer_rdms  # noqa: E402
+from rdl_neuro.rdm import compare_rdms, to_condensed  # noqa: E402
+from rdl_neuro.rdm.interop import to_rsatoolbox  # noqa: E402
+from rdl_neuro.train import (CELoss, CKAAlignmentLoss, RDLLoss, RDMTeacher, SimilarityLoss,  # noqa: E402
+                             category_teacher, model_teacher, permuted_teacher, pixel_teacher, seed_everything)
 
-PULLED = "hidden1"  # fixed a priori (see the module docstring)
-LAYERS = ["pool1", "pool2", "pool3", "hidden1", "out"]
-METHODS = ["baseline", "RDL", "RDL only", "untrained"]
-TRAINED = ["baseline", "RDL", "RDL only"]
+PULLED = "hidden1"  # fixed a priori: the last representation before the readout, the network's "IT"
+CANDIDATES = ["bn", "bn+flags"]  # stronger-student candidates, chosen on inner-validation accuracy
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: a student trained (or not) with a loss toward a teacher."""
+
+    name: str
+    kind: str  # "student", "brain teacher", "null teacher", "reference teacher"
+    student: str = "strong"  # "strong" (chosen on validation) or "small"
+    teacher: str | None = None  # see make_teacher
+    loss: str | None = None  # "rdl", "cka", "logcka", "similarity"
+    ce: bool = True
+    trained: bool = True
+    searched: bool = True  # loss weight chosen on inner validation (else 1)
+    seeds: str = "extra"  # "main" rows get --seeds seeds, "extra" rows --extra-seeds
+
+
+ROWS = [
+    Row("baseline", "student", seeds="main"),
+    Row("untrained", "student", trained=False, seeds="main"),
+    Row("RDL", "brain teacher", teacher="brain", loss="rdl", seeds="main"),
+    Row("RDL only", "brain teacher", teacher="brain", loss="rdl", ce=False, searched=False),
+    Row("CKA", "brain teacher", teacher="brain", loss="cka"),
+    Row("log-CKA", "brain teacher", teacher="brain", loss="logcka"),
+    Row("similarity (Li)", "brain teacher", teacher="brain", loss="similarity"),
+    Row("RDL, permuted teacher", "null teacher", teacher="permuted", loss="rdl"),
+    Row("RDL, permuted within category", "null teacher", teacher="permuted within category", loss="rdl"),
+    Row("RDL, 6-category teacher", "reference teacher", teacher="category", loss="rdl"),
+    Row("RDL, animacy teacher", "reference teacher", teacher="animacy", loss="rdl"),
+    Row("RDL, pixel teacher", "reference teacher", teacher="pixel", loss="rdl"),
+    Row("small CNN baseline", "student", student="small"),
+    Row("small CNN RDL", "brain teacher", student="small", teacher="brain", loss="rdl"),
+]
+ROW = {r.name: r for r in ROWS}
+SUBJECT_TEACHERS = ("brain", "permuted", "permuted within category")  # built from the training subjects
+CONTROLS = [r.name for r in ROWS if r.kind in ("null teacher", "reference teacher")]
+BRAIN_ROWS = [r.name for r in ROWS if r.kind == "brain teacher" and r.student == "strong"]
 
 
 # --------------------------------------------------------------------------- #
 # data
 # --------------------------------------------------------------------------- #
-def augment(x: torch.Tensor) -> torch.Tensor:
-    """Random zoom-crop (75-100% of the image, anywhere), horizontal flip and colour jitter of one ``(3, S, S)`` image."""
-    s = float(torch.empty(()).uniform_(0.75, 1.0))
-    tx, ty = (float(torch.empty(()).uniform_(-1, 1)) * (1 - s) for _ in range(2))
-    flip = -1.0 if float(torch.rand(())) < 0.5 else 1.0
-    theta = torch.tensor([[[s * flip, 0.0, tx], [0.0, s, ty]]])
-    grid = F.affine_grid(theta, (1, *x.shape), align_corners=False)
-    out = F.grid_sample(x[None], grid, align_corners=False, padding_mode="border")[0]
-    mean = out.mean()
-    out = (out - mean) * float(torch.empty(()).uniform_(0.75, 1.25)) + mean * float(torch.empty(()).uniform_(0.8, 1.2))
-    gray = out.mean(0, keepdim=True)
-    out = (out - gray) * float(torch.empty(()).uniform_(0.7, 1.3)) + gray
-    return out.clamp(0.0, 1.0)
-
-
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    """Fixed input scaling (no statistics of any image set)."""
-    return (x - 0.5) / 0.25
-
-
-class AugmentedImages(Dataset):
-    """``(normalise(augment(image)), label)`` items; a fresh augmentation at every access."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return normalise(augment(self.images[i])), self.labels[i]
-
-
 def image_folds(labels: np.ndarray, n_folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified image folds ``[(train positions, test positions)]``, fixed by ``seed``."""
     from sklearn.model_selection import StratifiedKFold
@@ -138,21 +159,50 @@ def subject_rdms(human_it) -> tuple[np.ndarray, list[str]]:
     return out, names
 
 
-# --------------------------------------------------------------------------- #
-# one student
-# --------------------------------------------------------------------------- #
-def model_config(size: int) -> dict:
-    return {"type": "cnn", "input_shape": [3, size, size], "n_classes": 6, "channels": [16, 32, 64], "hidden": [128]}
+def condensed(square: np.ndarray) -> np.ndarray:
+    """Condensed vector(s) of square RDM(s) ``(..., n, n)``."""
+    return to_condensed(torch.from_numpy(np.ascontiguousarray(square, dtype=np.float64))).numpy()
 
 
-@torch.no_grad()
-def layer_rdms(model: torch.nn.Module, images: torch.Tensor, layers: list[str]) -> dict[str, np.ndarray]:
-    """Condensed correlation-distance RDMs of ``layers`` over ``images`` (eval mode, no augmentation)."""
-    model.eval()
-    with LayerRecorder(model, layers, detach=True) as rec:
-        model(normalise(images))
-        feats = rec.features
-    return {layer: compute_rdm(feats[layer].double(), "correlation").numpy() for layer in layers}
+# --------------------------------------------------------------------------- #
+# one student: teacher, losses, training, layer RDMs
+# --------------------------------------------------------------------------- #
+def make_teacher(kind: str, st: dict, fit_pos: np.ndarray, train_subjects: list[int], fold: int,
+                 held_out: int | None) -> RDMTeacher:
+    """The teacher ``kind`` over the fit images (stimulus ids = positions 0..91)."""
+    ids = fit_pos.tolist()
+    if kind in SUBJECT_TEACHERS:
+        mean_rdm = st["subjects"][train_subjects].mean(0)[np.ix_(fit_pos, fit_pos)]  # training subjects only
+        teacher = RDMTeacher.from_array(mean_rdm, ids, method="correlation")
+        seed = seed_of("brain92", "permute", fold, -1 if held_out is None else held_out)
+        if kind == "permuted":
+            return permuted_teacher(teacher, seed)
+        if kind == "permuted within category":
+            return permuted_teacher(teacher, seed, within=list(st["categories"][fit_pos]))
+        return teacher
+    if kind == "category":
+        return category_teacher(st["categories"][fit_pos], ids)
+    if kind == "animacy":
+        return model_teacher(st["models"], "animacy", ids=ids)
+    if kind == "pixel":
+        return pixel_teacher(st["images"][fit_pos], ids, method="correlation")
+    raise ValueError(f"unknown teacher {kind!r}")
+
+
+def make_losses(row: Row, student: str, teacher: RDMTeacher | None, weight: float, flags: torch.Tensor) -> dict:
+    """Loss terms ``{name: (TransferLoss, weight)}`` of one row."""
+    losses: dict[str, Any] = {}
+    if row.ce:
+        losses["ce"] = (CELoss(), 1.0)
+        if has_flags(student):
+            losses["flags"] = (FlagLoss(flags), 1.0)
+    if row.loss is not None:
+        term = {"rdl": lambda t: RDLLoss({PULLED: t}, method="correlation", criterion="corr"),
+                "cka": lambda t: CKAAlignmentLoss({PULLED: t}),
+                "logcka": lambda t: CKAAlignmentLoss({PULLED: t}, log=True),
+                "similarity": lambda t: SimilarityLoss({PULLED: t})}[row.loss](teacher)
+        losses["align"] = (term, weight if row.searched else 1.0)
+    return losses
 
 
 def _brain_init(payload: dict) -> None:
@@ -161,385 +211,434 @@ def _brain_init(payload: dict) -> None:
 
 
 def _brain_job(job: dict) -> dict:
-    """Train (or not) one student; return its held-out layer RDMs (final) or its validation score (search)."""
+    """Train (or not) one student; return validation scores (search, select) or held-out layer RDMs (final)."""
     st = _WORKER_STATE
-    images, labels, subj = st["images"], st["labels"], st["subjects"]
-    spec: TrainSpec = st["spec"]
-    f, h, method, seed, weight = job["fold"], job["held_out"], job["method"], job["seed"], job["weight"]
+    images, labels = st["images"], st["labels"]
+    f, h, seed = job["fold"], job["held_out"], job["seed"]
+    row = ROW[job["row"]]
+    student = job["student"]
     train_pos, test_pos = st["folds"][f]
-    train_subjects = [k for k in range(len(subj)) if k != h] if h is not None else []
-    if job["phase"] == "search":
+    if job["phase"] in ("search", "select"):
         fit, val = stratified_holdout(labels[train_pos].numpy(), 0.25, seed_of("brain92", "inner", f))
         fit_pos, eval_pos = train_pos[fit], train_pos[val]
     else:
         fit_pos, eval_pos = train_pos, test_pos
-    seed_everything(seed_of("brain92", "init", f, seed))  # same initial weights for every method of (fold, seed)
-    model = build_model(st["model_config"])
+    train_subjects = [k for k in range(len(st["names"])) if k != h]
+    seed_everything(seed_of("brain92", "init", f, seed))  # same initial weights for every row of (fold, seed)
+    model = build_student(student, st["size"])
     t0 = time.perf_counter()
-    if method != "untrained":
-        ids = torch.as_tensor(fit_pos)  # stimulus ids are the positions 0..91
-        data = StimulusDataset(AugmentedImages(images[ids], labels[ids]), ids.tolist())
-        losses: dict[str, Any] = {}
-        if method in ("baseline", "RDL"):
-            losses["ce"] = (CELoss(), 1.0)
-        if method in ("RDL", "RDL only"):
-            mean_rdm = subj[train_subjects].mean(0)[np.ix_(fit_pos, fit_pos)]  # training subjects x fit images only
-            teacher = RDMTeacher.from_array(mean_rdm, fit_pos.tolist(), method="correlation")
-            rdl = RDLLoss({PULLED: teacher}, method="correlation", criterion="corr")
-            losses["rdl"] = (rdl, weight if method == "RDL" else 1.0)
-        run_spec = TrainSpec(**{**asdict(spec), "batch_size": len(fit_pos)})  # full batch of fresh augmentations
-        hist = train_model(model, data, losses, run_spec, seed_of("brain92", "batches", f, seed))
-        last = hist.iloc[-1]
-        train_info = {"train_acc": float(last["train_acc"]), "final_loss": float(last["loss"]),
-                      "final_loss_rdl": float(last["loss_rdl"]) if "loss_rdl" in last else float("nan")}
-    else:
-        train_info = {"train_acc": float("nan"), "final_loss": float("nan"), "final_loss_rdl": float("nan")}
-    seconds = time.perf_counter() - t0
+    info: dict[str, Any] = {"train_acc": float("nan"), "final_loss": float("nan")}
+    if row.trained:
+        teacher = make_teacher(row.teacher, st, fit_pos, train_subjects, f, h) if row.teacher else None
+        ids = torch.as_tensor(fit_pos)
+        data = StimulusDataset(TensorDataset(images[ids], labels[ids]), ids.tolist())
+        spec = TrainSpec(**{**asdict(st["spec"]), "batch_size": len(fit_pos)})  # full batch of fresh augmentations
+        hist = train_model(model, data, make_losses(row, student, teacher, job["weight"], st["flags"]), spec,
+                           seed_of("brain92", "batches", f, seed))
+        info = {"train_acc": float(hist.iloc[-1]["train_acc"]), "final_loss": float(hist.iloc[-1]["loss"])}
+    rec = {**job, **info, "train_s": time.perf_counter() - t0}
     eval_ids = torch.as_tensor(eval_pos)
+    model.eval()
     with torch.no_grad():
-        model.eval()
-        acc = float((model(normalise(images[eval_ids])).argmax(1) == labels[eval_ids]).float().mean())
-    rec = {**job, **train_info, "eval_acc": acc, "train_s": seconds}
+        logits = model(images[eval_ids])
+    rec["eval_acc"] = float((logits.argmax(1) == labels[eval_ids]).float().mean())
+    rec["eval_ce"] = float(torch.nn.functional.cross_entropy(logits, labels[eval_ids]))
+    layers = [PULLED] if job["phase"] != "final" else LAYERS
+    rdms = layer_rdms(model, images[eval_ids], layers, "correlation", stimulus_ids=eval_pos.tolist(), progress=False)
+    vectors = dict(zip(layers, rdms.get_vectors()))
     if job["phase"] == "search":
-        student = torch.from_numpy(layer_rdms(model, images[eval_ids], [PULLED])[PULLED])
-        brains = torch.from_numpy(np.stack([to_condensed(torch.from_numpy(subj[k][np.ix_(eval_pos, eval_pos)])).numpy()
-                                            for k in train_subjects]))
-        rec["val_r"] = float(compare_rdms(student, brains, "corr").mean())  # mean over the training subjects
-    else:
-        rec["rdms"] = layer_rdms(model, images[eval_ids], LAYERS)
+        # validation r with each training subject; a unit's score is the mean over its training subjects
+        brains = torch.from_numpy(condensed(st["subjects"][:, eval_pos][:, :, eval_pos]))
+        rs = compare_rdms(torch.from_numpy(vectors[PULLED])[None], brains, "corr")[0].numpy()
+        held = [h] if h is not None else range(len(st["names"]))
+        rec["val_r"] = {k: float(np.mean([rs[j] for j in range(len(rs)) if j != k])) for k in held}
+    elif job["phase"] == "final":
+        rec["rdms"] = vectors
     return rec
+
+
+# --------------------------------------------------------------------------- #
+# the three phases: student choice, weight search, final students
+# --------------------------------------------------------------------------- #
+def choose_student(ctx: dict) -> tuple[str, pd.DataFrame]:
+    """The stronger student: the candidate with the best mean inner-validation accuracy (then the lower CE)."""
+    jobs = [{"phase": "select", "fold": f, "held_out": None, "row": "baseline", "student": c, "seed": 0,
+             "weight": 0.0} for c in CANDIDATES for f in range(len(ctx["folds"]))]
+    runs = pd.DataFrame(ctx["run"](jobs, "student choice"))
+    scores = runs.groupby("student", sort=False)[["eval_acc", "eval_ce"]].mean()
+    best = scores.sort_values(["eval_acc", "eval_ce"], ascending=[False, True]).index[0]
+    return best, runs.drop(columns=["phase", "row", "weight"])
+
+
+def search_weights(ctx: dict, grid: list[float]) -> tuple[dict, pd.DataFrame]:
+    """The loss weight of every searched row per (fold, held-out subject), chosen on inner validation."""
+    jobs = []
+    for row in ROWS:
+        if not (row.trained and row.teacher and row.searched):
+            continue
+        held = range(ctx["H"]) if row.teacher in SUBJECT_TEACHERS else [None]
+        jobs += [{"phase": "search", "fold": f, "held_out": h, "row": row.name, "student": ctx["students"][row.student],
+                  "seed": 0, "weight": w} for f in range(len(ctx["folds"])) for h in held for w in grid]
+    runs = ctx["run"](jobs, "weight search")
+    search = pd.DataFrame([{**{k: v for k, v in r.items() if k not in ("val_r", "held_out", "phase")},
+                            "held_out": h, "held_out_subject": ctx["names"][h], "val_r": v}
+                           for r in runs for h, v in r["val_r"].items()])
+    best = (search.sort_values(["row", "fold", "held_out", "val_r", "weight"], ascending=[True, True, True, False, True])
+            .groupby(["row", "fold", "held_out"]).head(1).set_index(["row", "fold", "held_out"])["weight"].to_dict())
+    return best, search
+
+
+def final_jobs(ctx: dict, best: dict) -> list[dict]:
+    """Every final student: per fold (subject-free rows) or per unit (rows whose teacher or weight depends on h)."""
+    jobs = []
+    for row in ROWS:
+        per_unit = row.teacher is not None  # even fold-level teachers get their weight per unit
+        for f in range(len(ctx["folds"])):
+            for s in range(ctx["seeds"][row.seeds]):
+                held = range(ctx["H"]) if per_unit else [None]
+                weights = {h: (best[(row.name, f, h)] if row.searched and row.teacher else 1.0) for h in held}
+                if per_unit and row.teacher not in SUBJECT_TEACHERS:
+                    # one network per distinct chosen weight; it serves every unit that chose that weight
+                    for w in sorted(set(weights.values())):
+                        units = [h for h in held if weights[h] == w]
+                        jobs.append({"phase": "final", "fold": f, "held_out": None, "units": units, "row": row.name,
+                                     "student": ctx["students"][row.student], "seed": s, "weight": w})
+                else:
+                    jobs += [{"phase": "final", "fold": f, "held_out": h,
+                              "units": list(range(ctx["H"])) if h is None else [h], "row": row.name,
+                              "student": ctx["students"][row.student], "seed": s, "weight": weights[h]} for h in held]
+    return jobs
 
 
 # --------------------------------------------------------------------------- #
 # evaluation on held-out pairs
 # --------------------------------------------------------------------------- #
-def pooled_rdm(vectors: np.ndarray, method: str) -> np.ndarray:
-    """rsatoolbox's ``pool_rdm``: the RDM that best represents several subjects' RDMs under ``method``."""
-    from rsatoolbox.rdm import RDMs
-    from rsatoolbox.util.pooling import pool_rdm
-
-    return pool_rdm(RDMs(np.asarray(vectors, dtype=float)), method=method).get_vectors()[0]
-
-
-def noise_ceiling_units(held: np.ndarray) -> dict[str, np.ndarray]:
-    """Per held-out subject ``(H,)``: lower bound (vs the pooled others) and upper bound (vs all pooled), corr and tau-a.
-
-    The mean over subjects is rsatoolbox's ``boot_noise_ceiling`` (leave-one-subject-out).
-    """
-    H = len(held)
-    out: dict[str, np.ndarray] = {}
-    for method in ("corr", "tau-a"):
-        all_pool = torch.from_numpy(pooled_rdm(held, method))
-        lower = [float(compare_rdms(torch.from_numpy(pooled_rdm(held[[j for j in range(H) if j != k]], method)),
-                                    torch.from_numpy(held[k]), method)) for k in range(H)]
-        upper = [float(compare_rdms(all_pool, torch.from_numpy(held[k]), method)) for k in range(H)]
-        out[f"lower_{method}"], out[f"upper_{method}"] = np.array(lower), np.array(upper)
+def candidates_of_fold(final: list[dict], f: int, H: int, layer: str) -> dict[str, list[list[np.ndarray]]]:
+    """``{row: [[seed RDM vectors] per held-out subject]}`` of fold ``f`` at ``layer``."""
+    out: dict[str, list[list[np.ndarray]]] = {}
+    for r in final:
+        if r["fold"] != f:
+            continue
+        per_subject = out.setdefault(r["row"], [[] for _ in range(H)])
+        for h in r["units"]:
+            per_subject[h].append(r["rdms"][layer])
     return out
 
 
-def check_noise_ceiling_against_rsatoolbox(held: np.ndarray, names: list[str], units: dict[str, np.ndarray]) -> None:
-    """The mean over subjects of our per-subject bounds must equal rsatoolbox's ``boot_noise_ceiling``."""
-    from rsatoolbox.inference import boot_noise_ceiling
-    from rsatoolbox.rdm import RDMs
+def evaluate_fold(ctx: dict, final: list[dict], f: int, n_boot: int) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Held-out rows of fold ``f`` (every layer, models, noise ceiling) and the bootstrap ``(n_boot, H)`` per row.
 
-    rdms = RDMs(held, dissimilarity_measure="correlation", rdm_descriptors={"subject": names})
-    lo, up = boot_noise_ceiling(rdms, method="corr", rdm_descriptor="subject")
-    if not (np.isclose(lo, units["lower_corr"].mean(), atol=1e-8) and np.isclose(up, units["upper_corr"].mean(), atol=1e-8)):
-        raise AssertionError(f"noise ceiling differs from rsatoolbox: ours ({units['lower_corr'].mean():.6f}, "
-                             f"{units['upper_corr'].mean():.6f}) vs rsatoolbox ({lo:.6f}, {up:.6f})")
-
-
-def bootstrap(cands: list[dict[str, np.ndarray]], helds: list[np.ndarray], n_boot: int, seed: int) -> dict[str, np.ndarray]:
-    """Bootstrap distribution ``(n_boot,)`` of the mean held-out correlation (rsatoolbox corr) of every row.
-
-    ``cands[f][row]`` holds square RDMs ``(H, S, n, n)`` of fold ``f`` (a candidate per held-out subject and
-    seed); ``helds[f]`` the held-out subjects' square RDMs ``(H, n, n)``. Each bootstrap sample resamples the
-    held-out images of every fold and the subjects, with replacement; pairs of an image with its own copy are
-    dropped (as rsatoolbox's pattern bootstrap does). Seeds are averaged within a unit, then units are averaged.
+    Each (row, held-out subject) is evaluated by ``rsa_evaluate`` against that subject's RDM with the fold's
+    pattern bootstrap (the same image draws for every row and subject); seeds are averaged within a unit.
     """
-    rng = np.random.default_rng(seed)
-    rows = list(cands[0])
-    H = helds[0].shape[0]
-    S = [cands[0][r].shape[1] for r in rows]
-    out = {r: np.empty(n_boot) for r in rows}
-    for b in range(n_boot):
-        subj = rng.integers(0, H, H)
-        acc = np.zeros(len(rows))
-        for f, held in enumerate(helds):
-            n = held.shape[-1]
-            idx = rng.integers(0, n, n)
-            i, j = np.triu_indices(n, 1)
-            a, c = idx[i], idx[j]
-            copies = a == c  # an image paired with its own copy: NaN, left out by compare_rdms
-            brain = held[:, a, c]  # (H, n(n-1)/2)
-            brain[:, copies] = np.nan
-            stacked = np.concatenate([cands[f][r][:, :, a, c].reshape(-1, len(a)) for r in rows])
-            stacked[:, copies] = np.nan
-            brain, stacked = torch.from_numpy(brain), torch.from_numpy(stacked)
-            sims = compare_rdms(stacked, brain, "corr").numpy()  # (sum_r H*S_r, H)
-            start = 0
-            for k, r in enumerate(rows):
-                block = sims[start:start + H * S[k]].reshape(H, S[k], H)
-                start += H * S[k]
-                per_unit = np.nanmean(block[np.arange(H), :, np.arange(H)], axis=1)  # candidate h vs subject h
-                acc[k] += per_unit[subj].mean()
-        for k, r in enumerate(rows):
-            out[r][b] = acc[k] / len(helds)
-    return out
+    H, names = ctx["H"], ctx["names"]
+    test_pos = ctx["folds"][f][1]
+    held = condensed(ctx["subjects"][:, test_pos][:, :, test_pos])  # (H, P)
+    draws = np.random.default_rng(seed_of("brain92", "bootstrap", f)).integers(0, len(test_pos), (n_boot, len(test_pos)))
+    refs = {name: [condensed(m[np.ix_(test_pos, test_pos)])] for name, m in zip(ctx["model_names"], ctx["model_mats"])}
+    t_held = torch.from_numpy(held)
+    lower = [pool_rdm(t_held[[j for j in range(H) if j != k]], "corr")[0].numpy() for k in range(H)]
+    upper = pool_rdm(t_held, "corr")[0].numpy()
+    ours = np.mean([float(compare_rdms(torch.from_numpy(lower[k]), t_held[k], "corr")) for k in range(H)])
+    lib = noise_ceiling_bounds(t_held, np.arange(H), "corr")[0]
+    if not math.isclose(ours, lib, abs_tol=1e-10):
+        raise AssertionError(f"fold {f}: per-subject lower bounds average {ours} but noise_ceiling_bounds gives {lib}")
+    rows, boots = [], {}
+    by_layer = {layer: candidates_of_fold(final, f, H, layer) for layer in LAYERS}
+    for h in range(H):
+        brain = to_rsatoolbox(held[h], test_pos.tolist(), "correlation")
+        cands: dict[str, list[np.ndarray]] = {f"{row} @ {layer}": c[row][h] for layer in LAYERS
+                                              for row, c in by_layer[layer].items()}
+        cands.update(refs)
+        cands["noise ceiling (lower)"], cands["noise ceiling (upper)"] = [lower[h]], [upper]
+        flat = [(name, k, v) for name, vs in cands.items() for k, v in enumerate(vs)]
+        models = to_rsatoolbox(np.stack([v for _, _, v in flat]), test_pos.tolist(), "correlation",
+                               {"name": [f"{n}#{k}" for n, k, _ in flat]})
+        res = rsa_evaluate(models, brain, "corr", bootstrap="pattern", bootstrap_indices=draws, noise_ceiling=False)
+        tau = rsa_evaluate(models, brain, "tau-a", noise_ceiling=False).fixed
+        for (name, k, _), r, t in zip(flat, res.fixed, tau):
+            rows.append({"fold": f, "held_out_subject": names[h], "row": name, "seed": k, "r_corr": float(r),
+                         "r_tau_a": float(t)})
+        for name in cands:
+            cols = [j for j, (n, _, _) in enumerate(flat) if n == name]
+            boots.setdefault(name, np.empty((n_boot, H)))[:, h] = np.nanmean(res.evaluations[:, cols], axis=1)
+    return rows, boots
 
 
-def square(v: np.ndarray) -> np.ndarray:
-    from scipy.spatial.distance import squareform
+def pooled_bootstrap(boots: list[dict[str, np.ndarray]], H: int, seed: int) -> dict[str, np.ndarray]:
+    """Per row ``(n_boot,)``: the mean over folds of each fold's resampled-image value, averaged over resampled subjects."""
+    n_boot = next(iter(boots[0].values())).shape[0]
+    subj = np.random.default_rng(seed).integers(0, H, (n_boot, H))
+    return {row: np.mean([b[row][np.arange(n_boot)[:, None], subj].mean(1) for b in boots], axis=0) for row in boots[0]}
 
-    return squareform(v, checks=False)
+
+def unit_table(long: pd.DataFrame, final: list[dict]) -> pd.DataFrame:
+    """One value per (row, unit): seeds averaged; with the row's kind, layer and test accuracy."""
+    units = long.groupby(["row", "fold", "held_out_subject"], sort=False)[["r_corr", "r_tau_a"]].mean().reset_index()
+    acc = pd.DataFrame([{"row": r["row"], "fold": r["fold"], "eval_acc": r["eval_acc"]} for r in final])
+    acc = acc.groupby(["row", "fold"])["eval_acc"].mean()
+    base = units["row"].str.split(" @ ").str[0]
+    units["layer"] = units["row"].str.split(" @ ").str[1].fillna("")
+    units["kind"] = [ROW[b].kind if b in ROW else ("noise ceiling" if b.startswith("noise") else "model") for b in base]
+    units["test_acc"] = [acc.get((b, f), float("nan")) for b, f in zip(base, units["fold"])]
+    return units
+
+
+def summarise(units: pd.DataFrame, boot: dict[str, np.ndarray], nc_lower: float) -> pd.DataFrame:
+    """Mean held-out r per row with its bootstrap interval, tau-a, fraction of the lower noise ceiling, accuracy."""
+    rows = []
+    for row, g in units.groupby("row", sort=False):
+        lo, hi = np.percentile(boot[row], [2.5, 97.5])
+        rows.append({"row": row, "kind": g["kind"].iloc[0], "layer": g["layer"].iloc[0], "units": len(g),
+                     "r_corr": g["r_corr"].mean(), "ci_low": lo, "ci_high": hi, "r_tau_a": g["r_tau_a"].mean(),
+                     "frac_nc_lower": g["r_corr"].mean() / nc_lower, "test_acc": g["test_acc"].mean()})
+    return pd.DataFrame(rows)
+
+
+def pairwise(units: pd.DataFrame) -> pd.DataFrame:
+    """Corrected paired tests over units: every row vs the baseline; every brain row vs every control (one family)."""
+    at = {f"{r.name} @ {PULLED}": r.name for r in ROWS}
+    wide = units[units["row"].isin(at)].pivot_table(index=["fold", "held_out_subject"], columns="row", values="r_corr")
+    wide = wide.rename(columns=at)
+    others = [r.name for r in ROWS if r.name != "baseline"]
+    vs_base = paired_unit_tests(wide[["baseline", *others]].to_numpy(), ["baseline", *others], reference="baseline")
+    vs_base.insert(0, "family", "vs baseline")
+    parts = []
+    for brain_row in BRAIN_ROWS:
+        t = paired_unit_tests(wide[[brain_row, *CONTROLS]].to_numpy(), [brain_row, *CONTROLS], reference=brain_row,
+                              correction="none")
+        # reference gives control - brain row; report brain row - control
+        t = t.rename(columns={"model_a": "model_b", "model_b": "model_a"}).assign(diff=lambda d: -d["diff"])
+        parts.append(t)
+    vs_ctrl = pd.concat(parts, ignore_index=True)
+    vs_ctrl["p_corrected"] = correct_pvalues(vs_ctrl["p"].to_numpy(), "fdr")
+    vs_ctrl["significant"] = vs_ctrl["p_corrected"] < 0.05
+    vs_ctrl.insert(0, "family", "brain row vs control")
+    cols = ["family", "model_a", "model_b", "diff", "sem", "p", "p_corrected", "significant"]
+    return pd.concat([vs_base[cols], vs_ctrl[cols]], ignore_index=True)
+
+
+# --------------------------------------------------------------------------- #
+# report
+# --------------------------------------------------------------------------- #
+def headline(summary: pd.DataFrame, tests: pd.DataFrame, nc_lower: float) -> dict[str, Any]:
+    """The RESULT values: RDL, baseline, the best brain row and whether it beats every control."""
+    s = summary.set_index("row")
+    r_at = {name: float(s.loc[f"{name} @ {PULLED}", "r_corr"]) for name in ROW if f"{name} @ {PULLED}" in s.index}
+    best = max(BRAIN_ROWS, key=lambda n: r_at[n])
+    ctrl = tests[(tests["family"] == "brain row vs control") & (tests["model_a"] == best)]
+    return {"rdl_heldout_r": r_at["RDL"], "base_heldout_r": r_at["baseline"], "best_brain_row": best.replace(" ", "_"),
+            "best_brain_r": r_at[best], "best_control_r": max(r_at[c] for c in CONTROLS),
+            "best_vs_controls_max_p": float(ctrl["p_corrected"].max()),
+            "animacy_heldout_r": float(s.loc["animacy", "r_corr"]), "nc_lower": nc_lower}
+
+
+def main_table(summary: pd.DataFrame, tests: pd.DataFrame, model_names: list[str]) -> pd.DataFrame:
+    """Rows at the pulled layer with references, intervals and the corrected test against the baseline."""
+    order = [f"{r.name} @ {PULLED}" for r in ROWS] + model_names + ["noise ceiling (lower)", "noise ceiling (upper)"]
+    t = summary.set_index("row").loc[order].reset_index()
+    vb = tests[tests["family"] == "vs baseline"].set_index("model_a")
+    base_name = t["row"].str.replace(f" @ {PULLED}", "", regex=False)
+    t["95% CI"] = [f"[{a:.3f}, {b:.3f}]" for a, b in zip(t["ci_low"], t["ci_high"])]
+    t["diff vs baseline"] = [vb["diff"].get(n, float("nan")) for n in base_name]
+    t["p_fdr vs baseline"] = [vb["p_corrected"].get(n, float("nan")) for n in base_name]
+    return t[["row", "kind", "r_corr", "95% CI", "r_tau_a", "frac_nc_lower", "test_acc", "diff vs baseline",
+              "p_fdr vs baseline"]]
+
+
+def write_report(ctx: dict, out: dict, figs: list[Path], res: str, wall: float) -> str:
+    """The markdown report (also printed)."""
+    a = ctx["args"]
+    ctrl = out["tests"][out["tests"]["family"] == "brain row vs control"]
+    profile = (out["summary"][out["summary"]["layer"] != ""].assign(base=lambda d: d["row"].str.split(" @ ").str[0])
+               .pivot_table(index="base", columns="layer", values="r_corr").reindex(index=list(ROW), columns=LAYERS)
+               .reset_index().rename(columns={"base": "row"}))
+    weights = (out["search"].groupby(["row", "weight"])["val_r"].mean().unstack("weight").reset_index())
+    weights.columns = [f"w={c:g}" if isinstance(c, float) else c for c in weights.columns]
+    chosen = pd.Series(out["best"]).rename("w").reset_index().groupby("level_0")["w"].apply(
+        lambda w: ", ".join(f"{v:g}" for v in w)).rename("chosen (per unit)")
+    weights = weights.merge(chosen, left_on="row", right_index=True)
+    students = out["students"].groupby("student")[["eval_acc", "eval_ce"]].mean().reset_index()
+    command = "python benchmarks/brain92.py " + " ".join(shlex.quote(x) for x in ctx["argv"])
+    md = ["# Brain-RDL on the 92 images: held-out images x held-out subjects", "",
+          f"Command: `{command.strip()}`", "",
+          f"Data: 92 images ({a.image_size}x{a.image_size}), human-IT RDMs of {ctx['H']} subjects "
+          f"({', '.join(ctx['names'])}), each subject's 2 sessions averaged. {len(ctx['folds'])} stratified image folds "
+          f"x leave-one-subject-out = {len(ctx['folds']) * ctx['H']} units.", "",
+          f"Training: Adam, {asdict(ctx['spec'])}, full batches of fresh augmentations; seeds: {ctx['seeds']['main']} for "
+          f"{', '.join(r.name for r in ROWS if r.seeds == 'main')}, {ctx['seeds']['extra']} for the other rows. "
+          f"Loss-weight grid {ctx['grid']} for every searched row (inner split 3/4 fit, 1/4 validation of the "
+          "training images, scored against the training subjects; 1 seed).", "",
+          f"## Stronger student (chosen on inner-validation accuracy): `{ctx['students']['strong']}`", "",
+          markdown_table(students), "",
+          f"## Held-out correlation at `{PULLED}` with references", "",
+          f"r: mean over units of rsatoolbox corr with the held-out subject (seeds averaged within a unit); 95% CI: "
+          f"{a.bootstrap} pattern-bootstrap samples of held-out images per fold (rdl_neuro.inference.rsa_evaluate) with "
+          "subjects resampled; diff/p: paired t-test over the units against the baseline, FDR-corrected over the rows "
+          "(rdl_neuro.inference.paired_unit_tests).", "",
+          markdown_table(out["table"]), "",
+          "## Brain-teacher rows vs null and reference teachers", "",
+          "Paired t-tests over units, diff = brain row - control, FDR over all pairs of this table.", "",
+          markdown_table(ctrl.drop(columns=["family"])), "",
+          "## Layer profile (mean held-out r, rsatoolbox corr)", "", markdown_table(profile), "",
+          "## Loss weights: mean inner-validation r per grid point, and the weights chosen", "",
+          markdown_table(weights), "",
+          f"Figures: {', '.join(f'`{p.name}`' for p in figs)}. Wall time {wall:.0f} s with {ctx['workers']} worker(s); "
+          f"machine: {machine_info()}.", "",
+          "```", res, "```", ""]
+    return "\n".join(md)
+
+
+def make_figures(ctx: dict, out: dict, out_dir: Path) -> list[Path]:
+    """Held-out r per row with intervals and the noise-ceiling band; layer profiles; held-out RDMs (fold 0, subject 0)."""
+    from matplotlib.figure import Figure
+
+    from rdl_neuro import vis as viz
+
+    s = out["summary"].set_index("row")
+    colours = {"student": "0.45", "brain teacher": "tab:blue", "null teacher": "tab:red",
+               "reference teacher": "tab:orange", "model": "tab:green"}
+    order = [f"{r.name} @ {PULLED}" for r in ROWS] + ["animacy", "monkeyIT", "EVA"]
+    fig = Figure(figsize=(7.5, 6.2))
+    ax = fig.subplots()
+    y = np.arange(len(order))[::-1]
+    ax.axvspan(out["nc_lower"], out["nc_upper"], color="0.85", label="noise ceiling")
+    for yi, name in zip(y, order):
+        row = s.loc[name]
+        c = colours.get(row["kind"], "k")
+        ax.errorbar(row["r_corr"], yi, xerr=[[row["r_corr"] - row["ci_low"]], [row["ci_high"] - row["r_corr"]]],
+                    fmt="o", color=c, capsize=3)
+    ax.axvline(s.loc[f"baseline @ {PULLED}", "r_corr"], color="0.45", ls=":", lw=1)
+    ax.set_yticks(y, [n.replace(f" @ {PULLED}", "") for n in order], fontsize=8)
+    ax.set_xlabel(f"held-out r with the held-out subject (`{PULLED}`; rsatoolbox corr), 95% bootstrap CI")
+    for kind, c in colours.items():
+        ax.plot([], [], "o", color=c, label=kind)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("92 images: held-out images x held-out subjects", fontsize=9)
+    fig.tight_layout()
+    paths = [viz.save_figure(fig, out_dir / "brain92_rows.png", dpi=130)]
+
+    shown = ["baseline", "RDL", "CKA", "RDL, permuted teacher", "RDL, animacy teacher"]
+    fig = Figure(figsize=(3.0 * len(shown), 3.4))
+    for ax, name in zip(fig.subplots(1, len(shown), sharey=True), shown):
+        g = out["summary"][out["summary"]["row"].str.startswith(f"{name} @ ")].set_index("layer").reindex(LAYERS)
+        table = pd.DataFrame({"layer": LAYERS, "mean": g["r_corr"].to_numpy(), "ci_low": g["ci_low"].to_numpy(),
+                              "ci_high": g["ci_high"].to_numpy(), "nc_lower": out["nc_lower"],
+                              "nc_upper": out["nc_upper"], "method": "corr"})
+        viz.plot_layer_profile(table, ax=ax, x="layer", title=name)
+    fig.suptitle("layer profiles: mean held-out r, 95% bootstrap CI; grey = noise ceiling", fontsize=9)
+    fig.tight_layout()
+    paths.append(viz.save_figure(fig, out_dir / "brain92_layers.png", dpi=130))
+
+    test_pos = ctx["folds"][0][1]
+    cats = list(ctx["categories"][test_pos])
+    vecs = {"human IT, held-out subject " + ctx["names"][0]: condensed(ctx["subjects"][0][np.ix_(test_pos, test_pos)])}
+    c0 = candidates_of_fold(out["final"], 0, ctx["H"], PULLED)
+    for name in ("baseline", "RDL"):
+        vecs[f"{name} @ {PULLED}, seed 0"] = c0[name][0][0]
+    rdms = [to_rsatoolbox(v, test_pos.tolist(), "correlation", pattern_descriptors={"category": cats}) for v in vecs.values()]
+    fig = viz.plot_rdm_comparison(rdms, sort_by="category", titles=list(vecs), rank_transform=True)
+    fig.suptitle(f"fold 0: {len(test_pos)} held-out images (rank-transformed)", fontsize=9)
+    paths.append(viz.save_figure(fig, out_dir / "brain92_rdms.png", dpi=130))
+    return paths
 
 
 # --------------------------------------------------------------------------- #
 # main
 # --------------------------------------------------------------------------- #
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None):
+    """Command-line options (``--quick`` shrinks everything for the test suite)."""
+    from _provenance import add_arguments
+
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=None, help="folder of the 92-image .mat files (default: ../shared/data/kriegeskorte2008)")
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=300, help="full-batch steps per student")
+    p.add_argument("--epochs", type=int, default=150, help="full-batch steps per student")
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--folds", type=int, default=4)
-    p.add_argument("--grid", type=float, nargs="+", default=[0.3, 1.0, 3.0], help="RDL weights searched on validation")
+    p.add_argument("--grid", type=float, nargs="+", default=[0.3, 1.0, 3.0], help="loss weights searched on validation")
+    p.add_argument("--extra-seeds", type=int, default=1, help="seeds of the rows other than baseline, untrained and RDL")
     p.add_argument("--bootstrap", type=int, default=1000)
-    p.set_defaults(threads=1)  # one thread is fastest for this small CNN on full batches of 69 images
+    add_arguments(p)
+    p.set_defaults(threads=1)  # one thread is fastest for these small CNNs on full batches of 69 images
     args = p.parse_args(argv)
+    if args.quick:
+        args.image_size, args.epochs, args.grid, args.bootstrap, args.extra_seeds = 16, 2, [1.0, 3.0], 50, 1
+    return args
+
+
+def setup(args, argv: list[str], workers: int) -> dict:
+    """Data, folds and the job runner shared by the phases."""
+    data = load_kriegeskorte92(args.data, image_size=args.image_size)
+    subjects, names = subject_rdms(data.human_it)
+    folds = image_folds(data.labels.numpy(), args.folds)[: 2 if args.quick else args.folds]
+    spec = TrainSpec(epochs=args.epochs, batch_size=0, lr=args.lr, optimizer="adam", weight_decay=1e-4, cosine=True)
+    ctx = {"args": args, "argv": argv, "workers": workers, "folds": folds, "subjects": subjects, "names": names,
+           "H": len(names), "spec": spec, "grid": list(args.grid), "categories": data.descriptors["category"].to_numpy(),
+           "model_names": list(data.models.rdm_descriptors["name"]), "model_mats": data.models.get_matrices(),
+           "seeds": {"main": args.seeds or (1 if args.quick else 2), "extra": args.extra_seeds}}
+    payload = {"images": data.images, "labels": data.labels, "subjects": subjects, "names": names, "folds": folds,
+               "spec": spec, "size": args.image_size, "categories": ctx["categories"], "models": data.models,
+               "flags": torch.tensor(data.descriptors[FLAGS].to_numpy(dtype=np.float32))}
+    ctx["run"] = lambda jobs, label: run_jobs(_brain_job, jobs, workers, init=_brain_init, init_args=(payload,),
+                                              label=label)
+    return ctx
+
+
+def main(argv: list[str] | None = None) -> int:
+    from _provenance import start_record
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
     workers, t_start = start_run(args, args.threads)
+    record = start_record("brain92", args, argv, seeds={"main": args.seeds, "extra": args.extra_seeds},
+                          depends_on=["rdl_neuro", "benchmarks/brain92.py", "benchmarks/brain92_students.py",
+                                      "benchmarks/_experiments.py"])
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
-    seeds = args.seeds or (1 if args.quick else 2)
-    epochs = 3 if args.quick else args.epochs
-    grid = [1.0, 3.0] if args.quick else list(args.grid)
-    n_boot = 50 if args.quick else args.bootstrap
-    size = 16 if args.quick else args.image_size
-    folds_used = 2 if args.quick else args.folds
+    ctx = setup(args, argv, workers)
+    print(f"[brain92] 92 images at {args.image_size}px, {ctx['H']} subjects, {len(ctx['folds'])} folds, "
+          f"{args.epochs} full-batch steps, grid {ctx['grid']}, seeds {ctx['seeds']}, {workers} worker(s)")
 
-    data = load_kriegeskorte92(args.data, image_size=size)
-    labels_np = data.labels.numpy()
-    subj, names = subject_rdms(data.human_it)
-    folds = image_folds(labels_np, args.folds)[:folds_used]
-    H = len(names)
-    spec = TrainSpec(epochs=epochs, batch_size=0, lr=1e-3, optimizer="adam", weight_decay=1e-4, cosine=True)
-    cfg = model_config(size)
-    print(f"[brain92] {len(data)} images at {size}x{size}, {H} subjects ({', '.join(names)}; sessions averaged), "
-          f"{len(folds)} image folds of {[len(te) for _, te in folds]} test images, {seeds} seed(s), "
-          f"{epochs} full-batch steps, RDL weight grid {grid}, {workers} worker(s)")
-    payload = {"images": data.images, "labels": data.labels, "subjects": subj, "folds": folds, "spec": spec,
-               "model_config": cfg}
+    strong, students = choose_student(ctx)
+    ctx["students"] = {"strong": strong, "small": "small"}
+    print(f"[brain92] stronger student: {strong}")
+    best, search = search_weights(ctx, ctx["grid"])
+    final = ctx["run"](final_jobs(ctx, best), "final")
 
-    # ---- 1. RDL weight per (fold, held-out subject): inner validation on training images and training subjects
-    jobs = [{"phase": "search", "fold": f, "held_out": h, "method": "RDL", "seed": 0, "weight": w}
-            for f in range(len(folds)) for h in range(H) for w in grid]
-    print(f"[brain92] search: {len(jobs)} runs")
-    search = pd.DataFrame(run_jobs(_brain_job, jobs, workers, init=_brain_init, init_args=(payload,), label="search"))
-    search["held_out_subject"] = [names[h] for h in search["held_out"]]
-    best = (search.sort_values(["fold", "held_out", "val_r", "weight"], ascending=[True, True, False, True])
-            .groupby(["fold", "held_out"]).head(1).set_index(["fold", "held_out"])["weight"].to_dict())
-
-    # ---- 2. final students
-    jobs = []
-    for f in range(len(folds)):
-        for s in range(seeds):
-            jobs.append({"phase": "final", "fold": f, "held_out": None, "method": "baseline", "seed": s, "weight": 0.0})
-            jobs.append({"phase": "final", "fold": f, "held_out": None, "method": "untrained", "seed": s, "weight": 0.0})
-            for h in range(H):
-                jobs.append({"phase": "final", "fold": f, "held_out": h, "method": "RDL", "seed": s, "weight": best[(f, h)]})
-                jobs.append({"phase": "final", "fold": f, "held_out": h, "method": "RDL only", "seed": s, "weight": 1.0})
-    print(f"[brain92] final: {len(jobs)} runs")
-    final = run_jobs(_brain_job, jobs, workers, init=_brain_init, init_args=(payload,), label="final")
-
-    # ---- 3. held-out comparisons
-    rows = []  # long table
-    cands: list[dict[str, np.ndarray]] = []
-    helds: list[np.ndarray] = []
-    nc_units: list[dict[str, np.ndarray]] = []
-    model_names = list(data.models.rdm_descriptors["name"])
-    model_mats = data.models.get_matrices()
-    for f, (_, test_pos) in enumerate(folds):
-        n = len(test_pos)
-        held_sq = np.stack([subj[k][np.ix_(test_pos, test_pos)] for k in range(H)])
-        held = np.stack([to_condensed(torch.from_numpy(m)).numpy() for m in held_sq])
-        helds.append(held_sq)
-        nc = noise_ceiling_units(held)
-        check_noise_ceiling_against_rsatoolbox(held, names, nc)
-        nc_units.append(nc)
-        cand: dict[str, np.ndarray] = {}
-        for method in METHODS:
-            for layer in LAYERS:
-                arr = np.empty((H, seeds, n, n))
-                for r in final:
-                    if r["fold"] != f or r["method"] != method:
-                        continue
-                    targets = range(H) if r["held_out"] is None else [r["held_out"]]
-                    v = r["rdms"][layer]
-                    for h in targets:
-                        arr[h, r["seed"]] = square(v)
-                    for h in targets:
-                        rows.append({"fold": f, "held_out_subject": names[h], "row": f"{method} @ {layer}",
-                                     "kind": "student", "method": method, "layer": layer, "seed": r["seed"],
-                                     "rdl_weight": r["weight"] if method == "RDL" else (1.0 if method == "RDL only" else 0.0),
-                                     "r_corr": float(compare_rdms(torch.from_numpy(v), torch.from_numpy(held[h]), "corr")),
-                                     "r_tau_a": float(compare_rdms(torch.from_numpy(v), torch.from_numpy(held[h]), "tau-a")),
-                                     "test_acc": r["eval_acc"]})
-                cand[f"{method} @ {layer}"] = arr
-        for name, mat in zip(model_names, model_mats):
-            msq = mat[np.ix_(test_pos, test_pos)]
-            mv = to_condensed(torch.from_numpy(msq)).numpy()
-            cand[name] = np.broadcast_to(msq, (H, 1, n, n))
-            for h in range(H):
-                rows.append({"fold": f, "held_out_subject": names[h], "row": name, "kind": "model", "method": name,
-                             "layer": "", "seed": -1, "rdl_weight": float("nan"),
-                             "r_corr": float(compare_rdms(torch.from_numpy(mv), torch.from_numpy(held[h]), "corr")),
-                             "r_tau_a": float(compare_rdms(torch.from_numpy(mv), torch.from_numpy(held[h]), "tau-a")),
-                             "test_acc": float("nan")})
-        lo_sq = np.stack([square(pooled_rdm(held[[j for j in range(H) if j != k]], "corr")) for k in range(H)])
-        up_sq = np.broadcast_to(square(pooled_rdm(held, "corr")), (H, n, n))
-        cand["noise ceiling (lower)"] = lo_sq[:, None]
-        cand["noise ceiling (upper)"] = np.asarray(up_sq)[:, None]
-        for h in range(H):
-            for bound in ("lower", "upper"):
-                rows.append({"fold": f, "held_out_subject": names[h], "row": f"noise ceiling ({bound})",
-                             "kind": "noise ceiling", "method": f"noise ceiling ({bound})", "layer": "", "seed": -1,
-                             "rdl_weight": float("nan"), "r_corr": float(nc[f"{bound}_corr"][h]),
-                             "r_tau_a": float(nc[f"{bound}_tau-a"][h]), "test_acc": float("nan")})
-        cands.append(cand)
+    rows, boots = [], []
+    for f in range(len(ctx["folds"])):
+        r, b = evaluate_fold(ctx, final, f, args.bootstrap)
+        rows += r
+        boots.append(b)
     long = pd.DataFrame(rows)
-    units = (long.groupby(["row", "kind", "method", "layer", "fold", "held_out_subject"], sort=False)[["r_corr", "r_tau_a", "test_acc"]]
-             .mean().reset_index())  # seeds averaged within a unit
-    boot = bootstrap(cands, helds, n_boot, seed=12345)
+    units = unit_table(long, final)
+    boot = pooled_bootstrap(boots, ctx["H"], seed=12345)
     nc_lower = float(units.loc[units["row"] == "noise ceiling (lower)", "r_corr"].mean())
     nc_upper = float(units.loc[units["row"] == "noise ceiling (upper)", "r_corr"].mean())
+    summary = summarise(units, boot, nc_lower)
+    tests = pairwise(units)
+    out = {"summary": summary, "tests": tests, "search": search, "best": best, "students": students, "final": final,
+           "nc_lower": nc_lower, "nc_upper": nc_upper}
+    out["table"] = main_table(summary, tests, ctx["model_names"])
+    values = headline(summary, tests, nc_lower)
+    res = result_line(**values)
 
-    base_units = units[units["row"] == f"baseline @ {PULLED}"].set_index(["fold", "held_out_subject"])
-    summary_rows = []
-    for row, g in units.groupby("row", sort=False):
-        g = g.set_index(["fold", "held_out_subject"])
-        lo, hi = np.percentile(boot[row], [2.5, 97.5])
-        rec = {"row": row, "kind": g["kind"].iloc[0], "method": g["method"].iloc[0], "layer": g["layer"].iloc[0],
-               "units": len(g), "r_corr": float(g["r_corr"].mean()), "ci_low": float(lo), "ci_high": float(hi),
-               "r_tau_a": float(g["r_tau_a"].mean()), "frac_nc_lower": float(g["r_corr"].mean()) / nc_lower,
-               "test_acc": float(g["test_acc"].mean()) if g["test_acc"].notna().any() else float("nan")}
-        both = pd.concat([g["r_corr"], base_units["r_corr"].rename("r_corr_base")], axis=1, join="inner").dropna()
-        if row != f"baseline @ {PULLED}" and len(both) > 1 and g["kind"].iloc[0] != "noise ceiling":
-            t = paired_tests(both["r_corr"], both["r_corr_base"])
-            rec.update({"diff_vs_base": t["mean_diff"], "p_t_vs_base": t["p_t"], "p_wilcoxon_vs_base": t["p_wilcoxon"]})
-            d = boot[row] - boot[f"baseline @ {PULLED}"]
-            rec["diff_ci_low"], rec["diff_ci_high"] = (float(v) for v in np.percentile(d, [2.5, 97.5]))
-        summary_rows.append(rec)
-    summary = pd.DataFrame(summary_rows)
-    for col in ("diff_vs_base", "p_t_vs_base", "p_wilcoxon_vs_base", "diff_ci_low", "diff_ci_high"):
-        if col not in summary:
-            summary[col] = float("nan")
-    wall = time.perf_counter() - t_start
-
-    # ---- 4. files
     atomic_write_csv(long, out_dir / "brain92.csv")
     atomic_write_csv(summary, out_dir / "brain92_summary.csv")
-    atomic_write_csv(search.drop(columns=["phase"]), out_dir / "brain92_search.csv")
-    figs = make_figures(summary, cands, helds, final, folds, data, names, out_dir, nc_lower, nc_upper)
-
-    s = summary.set_index("row")
-    values = {"rdl_heldout_r": float(s.loc[f"RDL @ {PULLED}", "r_corr"]),
-              "base_heldout_r": float(s.loc[f"baseline @ {PULLED}", "r_corr"]),
-              "animacy_heldout_r": float(s.loc["animacy", "r_corr"]),
-              "rdl_vs_base_p": float(s.loc[f"RDL @ {PULLED}", "p_t_vs_base"]),
-              "nc_lower": nc_lower}
-    res = result_line(**values)
-    main_rows = [f"{m} @ {PULLED}" for m in METHODS] + model_names + ["noise ceiling (lower)", "noise ceiling (upper)"]
-    main_table = summary.set_index("row").loc[main_rows].reset_index()
-    main_table["95% CI"] = [f"[{a:.3f}, {b:.3f}]" for a, b in zip(main_table["ci_low"], main_table["ci_high"])]
-    main_table["diff 95% CI"] = [f"[{a:.3f}, {b:.3f}]" if not math.isnan(a) else "—"
-                                 for a, b in zip(main_table["diff_ci_low"], main_table["diff_ci_high"])]
-    main_table = main_table[["row", "r_corr", "95% CI", "r_tau_a", "frac_nc_lower", "test_acc", "diff_vs_base",
-                             "diff 95% CI", "p_t_vs_base", "p_wilcoxon_vs_base"]]
-    profile = (summary[summary["kind"] == "student"].pivot_table(index="method", columns="layer", values="r_corr")
-               .reindex(index=METHODS, columns=LAYERS).reset_index())
-    weights = search.groupby(["fold", "held_out_subject", "weight"])["val_r"].mean().unstack("weight").reset_index()
-    chosen = pd.DataFrame([{"fold": f, "held_out_subject": names[h], "chosen_weight": w} for (f, h), w in best.items()])
-    weights = weights.merge(chosen, on=["fold", "held_out_subject"])
-    weights.columns = [f"w={c:g}" if isinstance(c, float) else c for c in weights.columns]
-    command = "python benchmarks/brain92.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    md = ["# Brain-RDL on the 92 images: held-out images x held-out subjects", "",
-          f"Command: `{command.strip()}`", "",
-          f"Data: {len(data)} images ({size}x{size}), human-IT RDMs of {H} subjects ({', '.join(names)}), "
-          "each subject's 2 sessions averaged. "
-          f"{len(folds)} stratified image folds (test sizes {[len(te) for _, te in folds]}) x leave-one-subject-out = "
-          f"{len(folds) * H} units; teacher = mean RDM of the 3 training subjects over the training images.", "",
-          f"Student: `{cfg}`, augmentation (zoom-crop 75-100%, flip, colour jitter), Adam, {asdict(spec)} with "
-          f"batch = all training images; {seeds} seed(s) per unit. RDL: layer `{PULLED}` (fixed a priori), "
-          "correlation-distance RDMs, criterion 1 - Pearson r; `RDL only` has no cross-entropy.", "",
-          f"Evaluation: correlation-distance RDM of each layer over the held-out images vs the held-out subject's "
-          "RDM (rsatoolbox corr and tau-a), seeds averaged within a unit, mean over units; 95% CI from "
-          f"{n_boot} bootstrap samples of held-out images (within folds) and subjects; `frac_nc_lower` = r / lower "
-          "noise ceiling; diff/p: every row vs "
-          f"`baseline @ {PULLED}`, paired over the {len(folds) * H} units (t-test, Wilcoxon; units of one fold share the "
-          "baseline network, so they are not independent) and a bootstrap CI of the difference.", "",
-          f"## Held-out correlation at `{PULLED}` with references", "",
-          markdown_table(main_table), "",
-          "## Layer profile (mean held-out r, rsatoolbox corr)", "", markdown_table(profile), "",
-          "## RDL weight chosen on inner validation (mean r with training subjects on inner-validation images)", "",
-          f"Grid {grid}; inner split 3/4 fit, 1/4 validation of each fold's training images, 1 seed.", "",
-          markdown_table(weights), "",
-          f"Figures: `{figs[0].name}`, `{figs[1].name}`. Wall time {wall:.0f} s with {workers} worker(s); "
-          f"machine: {machine_info()}.", "",
-          "```", res, "```", ""]
-    write_text(out_dir / "brain92.md", "\n".join(md))
-    print()
-    print(markdown_table(main_table))
-    print()
-    print(markdown_table(profile))
-    print()
-    print(markdown_table(weights))
-    print(f"wall time {wall:.0f} s; outputs in {out_dir}")
+    atomic_write_csv(tests, out_dir / "brain92_tests.csv")
+    atomic_write_csv(search, out_dir / "brain92_search.csv")
+    atomic_write_csv(students, out_dir / "brain92_students.csv")
+    figs = make_figures(ctx, out, out_dir)
+    wall = time.perf_counter() - t_start
+    md = write_report(ctx, out, figs, res, wall)
+    write_text(out_dir / "brain92.md", md)
+    record.finish(out["table"], result_line=res, values=values, exact=summary[["row", "r_corr", "ci_low", "ci_high"]],
+                  title="Brain-RDL on the 92 images (held-out images x held-out subjects)",
+                  notes=f"stronger student: {strong}; wall time {wall:.0f} s with {workers} worker(s)")
+    print(md)
     print(res)
     return 0
-
-
-def make_figures(summary, cands, helds, final, folds, data, names, out_dir: Path, nc_lower: float,
-                 nc_upper: float) -> list[Path]:
-    """Layer profile per method with the noise-ceiling band, and held-out human IT vs baseline vs RDL (fold 0, subject 0)."""
-    from matplotlib.figure import Figure
-
-    from rdl_neuro import vis as viz
-    from rdl_neuro.rdm.interop import to_rsatoolbox
-
-    prof = summary[summary["kind"] == "student"]
-    fig = Figure(figsize=(3.3 * len(METHODS), 3.6))
-    axes = fig.subplots(1, len(METHODS), sharey=True)
-    for ax, method in zip(axes, METHODS):
-        g = prof[prof["method"] == method].set_index("layer").reindex(LAYERS).reset_index()
-        table = pd.DataFrame({"layer": g["layer"], "mean": g["r_corr"], "ci_low": g["ci_low"], "ci_high": g["ci_high"],
-                              "nc_lower": nc_lower, "nc_upper": nc_upper, "method": "corr"})
-        viz.plot_layer_profile(table, ax=ax, x="layer", title=f"{method}" + (f" (pulls {PULLED})" if "RDL" in method else ""))
-    fig.suptitle("held-out images x held-out subjects: mean r over units, 95% bootstrap CI; grey = noise ceiling",
-                 fontsize=9)
-    fig.tight_layout()
-    p1 = viz.save_figure(fig, out_dir / "brain92_layers.png", dpi=130)
-
-    f, h = 0, 0
-    test_pos = folds[f][1]
-    cats = list(data.descriptors["category"].to_numpy()[test_pos])
-    rdms, titles = [], []
-
-    def add(square_rdm: np.ndarray, title: str) -> None:
-        vec = to_condensed(torch.from_numpy(np.ascontiguousarray(square_rdm)))
-        rdms.append(to_rsatoolbox(vec, [int(i) for i in test_pos], method="correlation",
-                                  pattern_descriptors={"category": cats}))
-        titles.append(title)
-
-    add(helds[f][h], f"human IT, {names[h]}\n(held-out subject)")
-    held_vec = to_condensed(torch.from_numpy(helds[f][h]))
-    for method in ("baseline", "RDL"):
-        sq = cands[f][f"{method} @ {PULLED}"][h, 0]
-        r = float(compare_rdms(to_condensed(torch.from_numpy(np.ascontiguousarray(sq))), held_vec, "corr"))
-        add(sq, f"{method} @ {PULLED}\nseed 0, r = {r:.2f}")
-    fig = viz.plot_rdm_comparison(rdms, sort_by="category", titles=titles, rank_transform=True)
-    fig.suptitle(f"fold {f}: {len(test_pos)} held-out images (rank-transformed)", fontsize=9)
-    p2 = viz.save_figure(fig, out_dir / "brain92_rdms.png", dpi=130)
-    return [p1, p2]
 
 
 if __name__ == "__main__":
