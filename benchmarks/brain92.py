@@ -26,13 +26,13 @@ Rows (all at the pulled layer ``hidden1``, fixed a priori):
   RDMs, criterion 1 - Pearson r), ``RDL only`` (no labels, w = 1), and the
   alignment losses ``CKA`` / ``log-CKA`` (``CKAAlignmentLoss``: CKA between the
   student's centred Gram matrix and the brain RDM's double-centred kernel) and
-  ``similarity (Li)`` (``SimilarityLoss``: squared differences of
+  ``Li similarity`` (``SimilarityLoss``: squared differences of
   arctanh-transformed similarities);
 - null teachers (``rdl_neuro.train.control_teachers``): the brain teacher with
   its stimulus labels permuted (everywhere, or within each category);
 - reference teachers: the 6-way category RDM, the animacy model RDM, the
   pixel RDM of the input images;
-- ``small CNN`` baseline and RDL (the student of earlier runs);
+- ``small CNN baseline`` (the student of earlier runs, cross-entropy only);
 - the 8 classic model RDMs and the noise ceiling on the same held-out pairs.
 
 No hyperparameter sees test images or the held-out subject: the loss weight of
@@ -124,14 +124,13 @@ ROWS = [
     Row("RDL only", "brain teacher", teacher="brain", loss="rdl", ce=False, searched=False),
     Row("CKA", "brain teacher", teacher="brain", loss="cka"),
     Row("log-CKA", "brain teacher", teacher="brain", loss="logcka"),
-    Row("similarity (Li)", "brain teacher", teacher="brain", loss="similarity"),
+    Row("Li similarity", "brain teacher", teacher="brain", loss="similarity"),
     Row("RDL, permuted teacher", "null teacher", teacher="permuted", loss="rdl"),
     Row("RDL, permuted within category", "null teacher", teacher="permuted within category", loss="rdl"),
     Row("RDL, 6-category teacher", "reference teacher", teacher="category", loss="rdl"),
     Row("RDL, animacy teacher", "reference teacher", teacher="animacy", loss="rdl"),
     Row("RDL, pixel teacher", "reference teacher", teacher="pixel", loss="rdl"),
     Row("small CNN baseline", "student", student="small"),
-    Row("small CNN RDL", "brain teacher", student="small", teacher="brain", loss="rdl"),
 ]
 ROW = {r.name: r for r in ROWS}
 SUBJECT_TEACHERS = ("brain", "permuted", "permuted within category")  # built from the training subjects
@@ -208,6 +207,41 @@ def make_losses(row: Row, student: str, teacher: RDMTeacher | None, weight: floa
 def _brain_init(payload: dict) -> None:
     _WORKER_STATE.clear()
     _WORKER_STATE.update(payload)
+
+
+def training_digest(args) -> str:
+    """Digest of what decides a job's result: the training options and the training code of this script and
+    its students (library changes do not count: they must keep results identical, contract 6)."""
+    import hashlib
+    import inspect
+    import json
+
+    import brain92_students
+
+    parts = [json.dumps({k: getattr(args, k) for k in ("image_size", "epochs", "lr", "folds")}, sort_keys=True),
+             inspect.getsource(brain92_students), repr(ROWS), repr(CANDIDATES)]
+    parts += [inspect.getsource(fn) for fn in (make_teacher, make_losses, _brain_job, image_folds, subject_rdms)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _cached_job(job: dict) -> dict:
+    """``_brain_job`` with its result kept in the cache folder: a stopped run resumes where it stopped."""
+    import hashlib
+    import json
+    import pickle
+
+    from rdl_neuro.io import atomic_write_bytes
+
+    cache: Path | None = _WORKER_STATE.get("cache")
+    if cache is None:
+        return _brain_job(job)
+    key = hashlib.sha256((_WORKER_STATE["digest"] + json.dumps(job, sort_keys=True)).encode()).hexdigest()[:24]
+    path = cache / f"{key}.pkl"
+    if path.is_file():
+        return {**pickle.loads(path.read_bytes()), "cached": True}
+    rec = _brain_job(job)
+    atomic_write_bytes(path, pickle.dumps(rec))
+    return {**rec, "cached": False}
 
 
 def _brain_job(job: dict) -> dict:
@@ -347,7 +381,7 @@ def evaluate_fold(ctx: dict, final: list[dict], f: int, n_boot: int) -> tuple[li
     by_layer = {layer: candidates_of_fold(final, f, H, layer) for layer in LAYERS}
     for h in range(H):
         brain = to_rsatoolbox(held[h], test_pos.tolist(), "correlation")
-        cands: dict[str, list[np.ndarray]] = {f"{row} @ {layer}": c[row][h] for layer in LAYERS
+        cands: dict[str, list[np.ndarray]] = {f"{row} @ {layer}": c[h] for layer in LAYERS
                                               for row, c in by_layer[layer].items()}
         cands.update(refs)
         cands["noise ceiling (lower)"], cands["noise ceiling (upper)"] = [lower[h]], [upper]
@@ -499,7 +533,7 @@ def make_figures(ctx: dict, out: dict, out_dir: Path) -> list[Path]:
     colours = {"student": "0.45", "brain teacher": "tab:blue", "null teacher": "tab:red",
                "reference teacher": "tab:orange", "model": "tab:green"}
     order = [f"{r.name} @ {PULLED}" for r in ROWS] + ["animacy", "monkeyIT", "EVA"]
-    fig = Figure(figsize=(7.5, 6.2))
+    fig = Figure(figsize=(9.0, 6.2))
     ax = fig.subplots()
     y = np.arange(len(order))[::-1]
     ax.axvspan(out["nc_lower"], out["nc_upper"], color="0.85", label="noise ceiling")
@@ -510,10 +544,10 @@ def make_figures(ctx: dict, out: dict, out_dir: Path) -> list[Path]:
                     fmt="o", color=c, capsize=3)
     ax.axvline(s.loc[f"baseline @ {PULLED}", "r_corr"], color="0.45", ls=":", lw=1)
     ax.set_yticks(y, [n.replace(f" @ {PULLED}", "") for n in order], fontsize=8)
-    ax.set_xlabel(f"held-out r with the held-out subject (`{PULLED}`; rsatoolbox corr), 95% bootstrap CI")
+    ax.set_xlabel(f"held-out r with the held-out subject ({PULLED}; rsatoolbox corr), 95% bootstrap CI")
     for kind, c in colours.items():
         ax.plot([], [], "o", color=c, label=kind)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("92 images: held-out images x held-out subjects", fontsize=9)
     fig.tight_layout()
     paths = [viz.save_figure(fig, out_dir / "brain92_rows.png", dpi=130)]
@@ -548,18 +582,18 @@ def make_figures(ctx: dict, out: dict, out_dir: Path) -> list[Path]:
 # --------------------------------------------------------------------------- #
 def parse_args(argv: list[str] | None):
     """Command-line options (``--quick`` shrinks everything for the test suite)."""
-    from _provenance import add_arguments
-
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=None, help="folder of the 92-image .mat files (default: ../shared/data/kriegeskorte2008)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=150, help="full-batch steps per student")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--folds", type=int, default=4)
-    p.add_argument("--grid", type=float, nargs="+", default=[0.3, 1.0, 3.0], help="loss weights searched on validation")
+    p.add_argument("--grid", type=float, nargs="+", default=[0.5, 2.0], help="loss weights searched on validation")
     p.add_argument("--extra-seeds", type=int, default=1, help="seeds of the rows other than baseline, untrained and RDL")
     p.add_argument("--bootstrap", type=int, default=1000)
-    add_arguments(p)
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not keep or reuse trained students' results in OUT/brain92_cache (kept by default: a "
+                        "stopped run resumes; delete the folder after changing the training code)")
     p.set_defaults(threads=1)  # one thread is fastest for these small CNNs on full batches of 69 images
     args = p.parse_args(argv)
     if args.quick:
@@ -571,7 +605,7 @@ def setup(args, argv: list[str], workers: int) -> dict:
     """Data, folds and the job runner shared by the phases."""
     data = load_kriegeskorte92(args.data, image_size=args.image_size)
     subjects, names = subject_rdms(data.human_it)
-    folds = image_folds(data.labels.numpy(), args.folds)[: 2 if args.quick else args.folds]
+    folds = image_folds(data.labels.numpy(), args.folds)[: 1 if args.quick else args.folds]
     spec = TrainSpec(epochs=args.epochs, batch_size=0, lr=args.lr, optimizer="adam", weight_decay=1e-4, cosine=True)
     ctx = {"args": args, "argv": argv, "workers": workers, "folds": folds, "subjects": subjects, "names": names,
            "H": len(names), "spec": spec, "grid": list(args.grid), "categories": data.descriptors["category"].to_numpy(),
@@ -580,8 +614,18 @@ def setup(args, argv: list[str], workers: int) -> dict:
     payload = {"images": data.images, "labels": data.labels, "subjects": subjects, "names": names, "folds": folds,
                "spec": spec, "size": args.image_size, "categories": ctx["categories"], "models": data.models,
                "flags": torch.tensor(data.descriptors[FLAGS].to_numpy(dtype=np.float32))}
-    ctx["run"] = lambda jobs, label: run_jobs(_brain_job, jobs, workers, init=_brain_init, init_args=(payload,),
-                                              label=label)
+    if not args.no_cache:
+        payload["cache"] = args.out / "brain92_cache"
+        payload["cache"].mkdir(parents=True, exist_ok=True)
+        payload["digest"] = training_digest(args)
+    ctx["cached"] = []
+
+    def run(jobs: list[dict], label: str) -> list[dict]:
+        done = run_jobs(_cached_job, jobs, workers, init=_brain_init, init_args=(payload,), label=label)
+        ctx["cached"] += [bool(r.get("cached")) for r in done]
+        return done
+
+    ctx["run"] = run
     return ctx
 
 
@@ -635,7 +679,9 @@ def main(argv: list[str] | None = None) -> int:
     write_text(out_dir / "brain92.md", md)
     record.finish(out["table"], result_line=res, values=values, exact=summary[["row", "r_corr", "ci_low", "ci_high"]],
                   title="Brain-RDL on the 92 images (held-out images x held-out subjects)",
-                  notes=f"stronger student: {strong}; wall time {wall:.0f} s with {workers} worker(s)")
+                  notes=f"stronger student: {strong}; wall time {wall:.0f} s with {workers} worker(s); "
+                        f"{sum(ctx['cached'])} of {len(ctx['cached'])} trained students read from the cache of an "
+                        "earlier run with the same training code")
     print(md)
     print(res)
     return 0

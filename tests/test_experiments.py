@@ -128,52 +128,77 @@ def test_paper_cifar100_needs_its_data(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_brain92_quick(tmp_path: Path, kriegeskorte_dir: Path) -> None:
+    import brain92
+
     stdout = run_script("brain92.py", "--quick", "--data", str(kriegeskorte_dir), "--out", str(tmp_path))
     line = last_line(stdout)
-    m = re.fullmatch(rf"RESULT rdl_heldout_r=({FLOAT}) base_heldout_r=({FLOAT}) animacy_heldout_r=({FLOAT}) "
-                     rf"rdl_vs_base_p=({FLOAT}) nc_lower=({FLOAT})", line)
+    m = re.fullmatch(rf"RESULT rdl_heldout_r=({FLOAT}) base_heldout_r=({FLOAT}) best_brain_row=(\S+) "
+                     rf"best_brain_r=({FLOAT}) best_control_r=({FLOAT}) best_vs_controls_max_p=({FLOAT}) "
+                     rf"animacy_heldout_r=({FLOAT}) nc_lower=({FLOAT})", line)
     assert m, f"bad RESULT line: {line!r}"
-    for g in (1, 2, 3, 5):
+    for g in (1, 2, 4, 5, 7, 8):
         assert -1 <= float(m.group(g)) <= 1
-    assert 0 <= float(m.group(4)) <= 1
+    assert 0 <= float(m.group(6)) <= 1
+    assert m.group(3).replace("_", " ") in brain92.BRAIN_ROWS
 
+    rows = [r.name for r in brain92.ROWS]
     long = pd.read_csv(tmp_path / "brain92.csv")
-    for col in ("fold", "held_out_subject", "row", "kind", "method", "layer", "seed", "r_corr", "r_tau_a"):
+    for col in ("fold", "held_out_subject", "row", "seed", "r_corr", "r_tau_a"):
         assert col in long.columns, col
     assert set(long["held_out_subject"]) == {"BE", "KO", "SN", "TI"}
-    students = long[long["kind"] == "student"]
-    assert set(students["method"]) == {"baseline", "RDL", "RDL only", "untrained"}
-    assert set(students["layer"]) == {"pool1", "pool2", "pool3", "hidden1", "out"}
-    models = set(long.loc[long["kind"] == "model", "method"])
-    assert models == {"animacy", "FaceBodyManmadeNatobj", "monkeyIT", "EVA", "HMAX", "V1", "Silhouette", "RADON"}
-    assert {"noise ceiling (lower)", "noise ceiling (upper)"} <= set(long["method"])
+    expected = {f"{r} @ {layer}" for r in rows for layer in brain92.LAYERS}
+    expected |= {"animacy", "FaceBodyManmadeNatobj", "monkeyIT", "EVA", "HMAX", "V1", "Silhouette", "RADON",
+                 "noise ceiling (lower)", "noise ceiling (upper)"}
+    assert set(long["row"]) == expected
     assert long["r_corr"].between(-1, 1).all() and long["r_tau_a"].between(-1, 1).all()
     # every (fold, held-out subject) unit has every row
     n_units = long.groupby(["fold", "held_out_subject"]).ngroups
     assert long.groupby("row")[["fold", "held_out_subject"]].apply(lambda g: len(g.drop_duplicates())).eq(n_units).all()
 
     summary = pd.read_csv(tmp_path / "brain92_summary.csv")
-    for col in ("row", "r_corr", "ci_low", "ci_high", "r_tau_a", "frac_nc_lower", "p_t_vs_base", "p_wilcoxon_vs_base"):
-        assert col in summary.columns, col
-    assert (summary["ci_low"] <= summary["ci_high"]).all()
-    # the RDL weight was chosen on inner validation (training images, training subjects) for every unit
+    assert set(summary["row"]) == expected
+    assert (summary["ci_low"] <= summary["r_corr"] + 1e-12).all() and (summary["r_corr"] <= summary["ci_high"] + 1e-12).all()
+    # every row is tested against the baseline, every brain row against every null and reference teacher
+    tests = pd.read_csv(tmp_path / "brain92_tests.csv")
+    vs_base = tests[tests["family"] == "vs baseline"]
+    assert set(vs_base["model_a"]) == set(rows) - {"baseline"} and set(vs_base["model_b"]) == {"baseline"}
+    vs_ctrl = tests[tests["family"] == "brain row vs control"]
+    assert set(zip(vs_ctrl["model_a"], vs_ctrl["model_b"])) == {(b, c) for b in brain92.BRAIN_ROWS for c in brain92.CONTROLS}
+    assert (tests["p_corrected"] >= tests["p"] - 1e-12).all()
+    # every searched row chose its weight for every unit on inner validation
     search = pd.read_csv(tmp_path / "brain92_search.csv")
-    assert {"fold", "held_out_subject", "weight", "val_r"} <= set(search.columns)
-    assert search.groupby(["fold", "held_out_subject"]).ngroups == n_units
+    searched = {r.name for r in brain92.ROWS if r.teacher and r.searched}
+    assert set(search["row"]) == searched
+    assert search.groupby("row")["held_out_subject"].nunique().eq(4).all()
+    students = pd.read_csv(tmp_path / "brain92_students.csv")
+    assert set(students["student"]) == set(brain92.CANDIDATES)
     md = (tmp_path / "brain92.md").read_text()
-    assert "## Layer profile" in md and "## RDL weight chosen on inner validation" in md and line in md
-    check_png(tmp_path / "brain92_layers.png")
-    check_png(tmp_path / "brain92_rdms.png")
+    for heading in ("## Stronger student", "## Held-out correlation", "## Brain-teacher rows vs null and reference",
+                    "## Layer profile", "## Loss weights"):
+        assert heading in md
+    assert line in md
+    assert (tmp_path / "records" / "brain92.md").is_file()
+    for png in ("brain92_rows.png", "brain92_layers.png", "brain92_rdms.png"):
+        check_png(tmp_path / png)
 
 
-def test_noise_ceiling_equals_rsatoolbox(rng: np.random.Generator) -> None:
-    """The per-subject noise-ceiling bounds average to rsatoolbox's boot_noise_ceiling (corr)."""
+def test_brain92_final_jobs_cover_every_unit() -> None:
+    """Every row gets a network for every (fold, held-out subject) unit, with the weight chosen for that unit."""
     import brain92
 
-    held = rng.random((4, 45)) + np.linspace(0, 1, 45)  # 4 subjects, 10 stimuli, shared structure
-    units = brain92.noise_ceiling_units(held)
-    brain92.check_noise_ceiling_against_rsatoolbox(held, ["a", "b", "c", "d"], units)
-    assert np.all(units["lower_corr"] <= units["upper_corr"] + 1e-12)
+    H, folds = 4, [None, None]
+    best = {(r.name, f, h): 0.5 + h % 2 for r in brain92.ROWS for f in range(2) for h in range(H)}
+    ctx = {"folds": folds, "H": H, "seeds": {"main": 2, "extra": 1}, "students": {"strong": "bn", "small": "small"}}
+    jobs = brain92.final_jobs(ctx, best)
+    for row in brain92.ROWS:
+        seeds = 2 if row.seeds == "main" else 1
+        for f in range(2):
+            mine = [j for j in jobs if j["row"] == row.name and j["fold"] == f]
+            for h in range(H):
+                serving = [j for j in mine if h in j["units"]]
+                assert len(serving) == seeds, (row.name, f, h)
+                want = best[(row.name, f, h)] if (row.teacher and row.searched) else 1.0
+                assert all(j["weight"] == want for j in serving) or not row.teacher
 
 
 def test_selection_uses_validation_only() -> None:
