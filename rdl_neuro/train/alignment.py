@@ -44,8 +44,8 @@ import torch
 from torch import Tensor
 
 from rdl_neuro.rdm.calc import compute_rdm
-from rdl_neuro.train.losses import StepOutputs, TransferLoss
-from rdl_neuro.train.teachers import NetworkTeacher, RDMTeacher
+from rdl_neuro.train.losses import StepOutputs, TransferLoss, check_layer_pairs
+from rdl_neuro.train.teachers import RDMTeacher
 
 __all__ = ["double_centre", "rdm_kernel", "kernel_cka", "centred_cosine", "similarity_loss", "complete_rows",
            "CKAAlignmentLoss", "SimilarityLoss"]
@@ -144,22 +144,7 @@ class _RDMAlignmentLoss(TransferLoss):
     def __init__(self, pairs: Mapping[str, Union[str, RDMTeacher]], weights: float | Mapping[str, float] | None = None,
                  teacher_method: str = "sqeuclidean"):
         super().__init__()
-        if not isinstance(pairs, Mapping) or not pairs:
-            raise ValueError("pairs must be a non-empty mapping of student layer -> teacher layer or RDMTeacher")
-        for student, teacher in pairs.items():
-            if isinstance(teacher, NetworkTeacher):
-                raise TypeError(f"pair {student!r}: give the NetworkTeacher's layer name (one of {list(teacher.layers)}), "
-                                "not the teacher object")
-            if not isinstance(teacher, (str, RDMTeacher)):
-                raise TypeError(f"pair {student!r}: teacher must be a layer name or an RDMTeacher, got {type(teacher).__name__}")
-        self.pairs: dict[str, Union[str, RDMTeacher]] = dict(pairs)
-        if isinstance(weights, Mapping):
-            unknown = set(weights) - set(self.pairs)
-            if unknown:
-                raise KeyError(f"weights for layers that are not paired: {sorted(unknown)} (pairs: {list(self.pairs)})")
-            self.weights = {s: float(weights.get(s, 1.0)) for s in self.pairs}
-        else:
-            self.weights = {s: 1.0 if weights is None else float(weights) for s in self.pairs}
+        self.pairs, self.weights = check_layer_pairs(pairs, weights)
         self.teacher_method = teacher_method
         self.student_layers = tuple(self.pairs)
         self.teacher_layers = tuple(dict.fromkeys(t for t in self.pairs.values() if isinstance(t, str)))

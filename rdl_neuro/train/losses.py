@@ -58,6 +58,7 @@ __all__ = [
     "CKALoss",
     "CRITERIA",
     "rdm_criterion",
+    "check_layer_pairs",
 ]
 
 #: how :class:`RDLLoss` compares student and teacher RDMs
@@ -327,6 +328,44 @@ class CELoss(TransferLoss):
         return loss, {"ce": loss.detach()}
 
 
+def check_layer_pairs(
+    pairs: Mapping[str, Union[str, RDMTeacher]], weights: float | Mapping[str, float] | None = None
+) -> tuple[dict[str, Union[str, RDMTeacher]], dict[str, float]]:
+    """Checked ``{student layer: teacher}`` pairs and per-layer weights of a loss that pairs layers with teachers.
+
+    A teacher is a ``NetworkTeacher``'s layer name (str) or an ``RDMTeacher``;
+    ``weights`` is one non-negative float for every pair, a mapping student
+    layer -> float (missing layers get 1), or None (1 for every pair).
+    Used by ``RDLLoss`` and the alignment losses of ``rdl_neuro.train.alignment``.
+    """
+    if not isinstance(pairs, Mapping) or not pairs:
+        raise ValueError("pairs must be a non-empty mapping of student layer -> teacher layer or RDMTeacher")
+    for student, teacher in pairs.items():
+        if not isinstance(student, str):
+            raise TypeError(f"student layer names must be strings, got {student!r}")
+        if isinstance(teacher, NetworkTeacher):
+            raise TypeError(
+                f"pair {student!r}: give the NetworkTeacher's layer name (one of {list(teacher.layers)}), "
+                "not the teacher object; the trainer passes its features as teacher_features"
+            )
+        if not isinstance(teacher, (str, RDMTeacher)):
+            raise TypeError(f"pair {student!r}: teacher must be a layer name or an RDMTeacher, got {type(teacher).__name__}")
+    pairs_out: dict[str, Union[str, RDMTeacher]] = dict(pairs)
+    if weights is None:
+        weights = 1.0
+    if isinstance(weights, Mapping):
+        unknown = set(weights) - set(pairs_out)
+        if unknown:
+            raise KeyError(f"weights for layers that are not paired: {sorted(unknown)} (pairs: {list(pairs_out)})")
+        weights_out = {s: float(weights.get(s, 1.0)) for s in pairs_out}
+    else:
+        weights_out = {s: float(weights) for s in pairs_out}
+    negative = [s for s, w in weights_out.items() if w < 0]
+    if negative:
+        raise ValueError(f"negative weights for {negative}")
+    return pairs_out, weights_out
+
+
 class RDLLoss(TransferLoss):
     """Representational Distance Learning (McClure & Kriegeskorte 2016).
 
@@ -387,31 +426,7 @@ class RDLLoss(TransferLoss):
         gather: bool = False,
     ):
         super().__init__()
-        if not isinstance(pairs, Mapping) or not pairs:
-            raise ValueError("pairs must be a non-empty mapping of student layer -> teacher layer or RDMTeacher")
-        for student, teacher in pairs.items():
-            if not isinstance(student, str):
-                raise TypeError(f"student layer names must be strings, got {student!r}")
-            if isinstance(teacher, NetworkTeacher):
-                raise TypeError(
-                    f"pair {student!r}: give the NetworkTeacher's layer name (one of {list(teacher.layers)}), "
-                    "not the teacher object; the trainer passes its features as teacher_features"
-                )
-            if not isinstance(teacher, (str, RDMTeacher)):
-                raise TypeError(f"pair {student!r}: teacher must be a layer name or an RDMTeacher, got {type(teacher).__name__}")
-        self.pairs: dict[str, Union[str, RDMTeacher]] = dict(pairs)
-        if weights is None:
-            weights = 1.0
-        if isinstance(weights, Mapping):
-            unknown = set(weights) - set(self.pairs)
-            if unknown:
-                raise KeyError(f"weights for layers that are not paired: {sorted(unknown)} (pairs: {list(self.pairs)})")
-            self.weights = {s: float(weights.get(s, 1.0)) for s in self.pairs}
-        else:
-            self.weights = {s: float(weights) for s in self.pairs}
-        negative = [s for s, w in self.weights.items() if w < 0]
-        if negative:
-            raise ValueError(f"negative weights for {negative}")
+        self.pairs, self.weights = check_layer_pairs(pairs, weights)
         self.method = check_method(method)
         self.criterion = check_method(criterion, CRITERIA, "RDL criterion")
         self.gather = gather
