@@ -23,8 +23,7 @@ Rows (all at the pulled layer ``hidden1``, fixed a priori):
 
 - ``baseline`` (cross-entropy only), ``untrained`` (random weights);
 - brain teachers: ``RDL`` (CE + w * RDL toward human IT: correlation-distance
-  RDMs, criterion 1 - Pearson r), ``RDL only`` (no labels, w = 1), and the
-  alignment losses ``CKA`` / ``log-CKA`` (``CKAAlignmentLoss``: CKA between the
+  RDMs, criterion 1 - Pearson r) and the alignment losses ``CKA`` / ``log-CKA`` (``CKAAlignmentLoss``: CKA between the
   student's centred Gram matrix and the brain RDM's double-centred kernel) and
   ``Li similarity`` (``SimilarityLoss``: squared differences of
   arctanh-transformed similarities);
@@ -120,8 +119,7 @@ class Row:
 ROWS = [
     Row("baseline", "student", seeds="main"),
     Row("untrained", "student", trained=False, seeds="main"),
-    Row("RDL", "brain teacher", teacher="brain", loss="rdl", seeds="main"),
-    Row("RDL only", "brain teacher", teacher="brain", loss="rdl", ce=False, searched=False),
+    Row("RDL", "brain teacher", teacher="brain", loss="rdl"),
     Row("CKA", "brain teacher", teacher="brain", loss="cka"),
     Row("log-CKA", "brain teacher", teacher="brain", loss="logcka"),
     Row("Li similarity", "brain teacher", teacher="brain", loss="similarity"),
@@ -219,7 +217,7 @@ def training_digest(args) -> str:
     import brain92_students
 
     parts = [json.dumps({k: getattr(args, k) for k in ("image_size", "epochs", "lr", "folds")}, sort_keys=True),
-             inspect.getsource(brain92_students), repr(ROWS), repr(CANDIDATES)]
+             inspect.getsource(brain92_students)]
     parts += [inspect.getsource(fn) for fn in (make_teacher, make_losses, _brain_job, image_folds, subject_rdms)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
@@ -235,7 +233,8 @@ def _cached_job(job: dict) -> dict:
     cache: Path | None = _WORKER_STATE.get("cache")
     if cache is None:
         return _brain_job(job)
-    key = hashlib.sha256((_WORKER_STATE["digest"] + json.dumps(job, sort_keys=True)).encode()).hexdigest()[:24]
+    what = _WORKER_STATE["digest"] + repr(ROW[job["row"]]) + json.dumps(job, sort_keys=True)
+    key = hashlib.sha256(what.encode()).hexdigest()[:24]
     path = cache / f"{key}.pkl"
     if path.is_file():
         return {**pickle.loads(path.read_bytes()), "cached": True}
@@ -305,7 +304,14 @@ def choose_student(ctx: dict) -> tuple[str, pd.DataFrame]:
 
 
 def search_weights(ctx: dict, grid: list[float]) -> tuple[dict, pd.DataFrame]:
-    """The loss weight of every searched row per (fold, held-out subject), chosen on inner validation."""
+    """The loss weight of every searched row per (fold, held-out subject), chosen on inner validation.
+
+    A grid of one weight needs no search: every row gets that weight.
+    """
+    if len(grid) == 1:
+        best = {(row.name, f, h): grid[0] for row in ROWS for f in range(len(ctx["folds"]))
+                for h in [*range(ctx["H"]), None]}
+        return best, pd.DataFrame(columns=["row", "fold", "held_out", "held_out_subject", "weight", "val_r"])
     jobs = []
     for row in ROWS:
         if not (row.trained and row.teacher and row.searched):
@@ -487,11 +493,14 @@ def write_report(ctx: dict, out: dict, figs: list[Path], res: str, wall: float) 
     profile = (out["summary"][out["summary"]["layer"] != ""].assign(base=lambda d: d["row"].str.split(" @ ").str[0])
                .pivot_table(index="base", columns="layer", values="r_corr").reindex(index=list(ROW), columns=LAYERS)
                .reset_index().rename(columns={"base": "row"}))
-    weights = (out["search"].groupby(["row", "weight"])["val_r"].mean().unstack("weight").reset_index())
-    weights.columns = [f"w={c:g}" if isinstance(c, float) else c for c in weights.columns]
-    chosen = pd.Series(out["best"]).rename("w").reset_index().groupby("level_0")["w"].apply(
-        lambda w: ", ".join(f"{v:g}" for v in w)).rename("chosen (per unit)")
-    weights = weights.merge(chosen, left_on="row", right_index=True)
+    if len(out["search"]):
+        weights = out["search"].groupby(["row", "weight"])["val_r"].mean().unstack("weight").reset_index()
+        weights.columns = [f"w={c:g}" if isinstance(c, float) else c for c in weights.columns]
+        chosen = pd.Series(out["best"]).rename("w").reset_index().groupby("level_0")["w"].apply(
+            lambda w: ", ".join(f"{v:g}" for v in w)).rename("chosen (per unit)")
+        weights_md = markdown_table(weights.merge(chosen, left_on="row", right_index=True))
+    else:
+        weights_md = f"No search: the grid has one weight, so every teacher row used w = {ctx['grid'][0]:g}."
     students = out["students"].groupby("student")[["eval_acc", "eval_ce"]].mean().reset_index()
     command = "python benchmarks/brain92.py " + " ".join(shlex.quote(x) for x in ctx["argv"])
     md = ["# Brain-RDL on the 92 images: held-out images x held-out subjects", "",
@@ -501,8 +510,9 @@ def write_report(ctx: dict, out: dict, figs: list[Path], res: str, wall: float) 
           f"x leave-one-subject-out = {len(ctx['folds']) * ctx['H']} units.", "",
           f"Training: Adam, {asdict(ctx['spec'])}, full batches of fresh augmentations; seeds: {ctx['seeds']['main']} for "
           f"{', '.join(r.name for r in ROWS if r.seeds == 'main')}, {ctx['seeds']['extra']} for the other rows. "
-          f"Loss-weight grid {ctx['grid']} for every searched row (inner split 3/4 fit, 1/4 validation of the "
-          "training images, scored against the training subjects; 1 seed).", "",
+          f"Loss-weight grid {ctx['grid']} for every teacher row (with more than one weight: chosen per unit on an "
+          "inner split, 3/4 fit, 1/4 validation of the training images, scored against the training subjects; "
+          "1 seed).", "",
           f"## Stronger student (chosen on inner-validation accuracy): `{ctx['students']['strong']}`", "",
           markdown_table(students), "",
           f"## Held-out correlation at `{PULLED}` with references", "",
@@ -516,7 +526,7 @@ def write_report(ctx: dict, out: dict, figs: list[Path], res: str, wall: float) 
           markdown_table(ctrl.drop(columns=["family"])), "",
           "## Layer profile (mean held-out r, rsatoolbox corr)", "", markdown_table(profile), "",
           "## Loss weights: mean inner-validation r per grid point, and the weights chosen", "",
-          markdown_table(weights), "",
+          weights_md, "",
           f"Figures: {', '.join(f'`{p.name}`' for p in figs)}. Wall time {wall:.0f} s with {ctx['workers']} worker(s); "
           f"machine: {machine_info()}.", "",
           "```", res, "```", ""]
@@ -588,8 +598,10 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--epochs", type=int, default=150, help="full-batch steps per student")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--folds", type=int, default=4)
-    p.add_argument("--grid", type=float, nargs="+", default=[0.5, 2.0], help="loss weights searched on validation")
-    p.add_argument("--extra-seeds", type=int, default=1, help="seeds of the rows other than baseline, untrained and RDL")
+    p.add_argument("--grid", type=float, nargs="+", default=[1.0],
+                   help="loss weights searched on inner validation for every teacher row (one value: that weight, no "
+                        "search; the default, for the time budget)")
+    p.add_argument("--extra-seeds", type=int, default=1, help="seeds of the rows other than baseline and untrained")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--no-cache", action="store_true",
                    help="do not keep or reuse trained students' results in OUT/brain92_cache (kept by default: a "
