@@ -1,16 +1,16 @@
 """Training against RDMs: teachers, losses, the Trainer and what it writes.
 
-==================================  ===========================================
-``rdl_neuro.train.teachers``        ``RDMTeacher`` (fixed RDMs over stimulus ids), ``NetworkTeacher``
-``rdl_neuro.train.losses``          ``RDLLoss`` and the peers ``KDLoss``, ``RKDLoss``, ``SPLoss``, ``CKALoss``
-``rdl_neuro.train.alignment``       ``CKAAlignmentLoss`` (CKA / log-CKA to an RDM's kernel), ``SimilarityLoss`` (Li et al.)
-``rdl_neuro.train.control_teachers`` null and reference teachers: permuted, categorical, model, pixel RDMs
-``rdl_neuro.train.trainer``         ``Trainer``: loop, weight schedules, history
-``rdl_neuro.train.checkpoints``     checkpoint format, safe reading, RNG state
-``rdl_neuro.train.probe``           ``RDMProbe``: student-teacher RDM correlation per epoch
-``rdl_neuro.train.seeds``           ``seed_everything``, ``derive_seed``
-``rdl_neuro.train.distributed``     torchrun process group, all-gather with gradients
-==================================  ===========================================
+=====================================  ===========================================
+``rdl_neuro.train.teachers``           ``RDMTeacher`` (fixed RDMs over stimulus ids), ``NetworkTeacher``
+``rdl_neuro.train.losses``             ``RDLLoss`` and the peers ``KDLoss``, ``RKDLoss``, ``SPLoss``, ``CKALoss``
+``rdl_neuro.train.alignment``          ``CKAAlignmentLoss`` (CKA / log-CKA to an RDM's kernel), ``SimilarityLoss`` (Li et al.)
+``rdl_neuro.train.control_teachers``   null and reference teachers: permuted, categorical, model, pixel RDMs
+``rdl_neuro.train.trainer``            ``Trainer``: loop, weight schedules, history
+``rdl_neuro.train.checkpoints``        checkpoint format, safe reading, RNG state
+``rdl_neuro.train.probe``              ``RDMProbe``: student-teacher RDM correlation per epoch
+``rdl_neuro.train.seeds``              ``seed_everything``, ``derive_seed``
+``rdl_neuro.train.distributed``        torchrun process group, all-gather with gradients
+=====================================  ===========================================
 """
 from rdl_neuro.train.alignment import CKAAlignmentLoss, SimilarityLoss
 from rdl_neuro.train.checkpoints import (CHECKPOINT_KEYS, CheckpointError, CorruptCheckpointWarning,

@@ -45,7 +45,7 @@ import torch
 from rdl_neuro.rdm.calc import compute_rdm
 from rdl_neuro.train.teachers import RDMTeacher
 
-__all__ = ["permuted_teacher", "category_teacher", "model_teacher", "pixel_teacher"]
+__all__ = ["permuted_teacher", "permutation", "category_teacher", "model_teacher", "pixel_teacher"]
 
 
 def _groups_of(teacher: RDMTeacher, within: Sequence[Hashable] | Mapping[Hashable, Hashable]) -> np.ndarray:
