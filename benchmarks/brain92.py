@@ -84,7 +84,7 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _experiments import (_WORKER_STATE, TrainSpec, base_parser, machine_info, markdown_table,  # noqa: E402
+from _experiments import (_WORKER_STATE, TrainSpec, base_parser, fmt, machine_info, markdown_table,  # noqa: E402
                           result_line, run_jobs, seed_of, start_run, stratified_holdout, train_model, write_text)
 from brain92_students import FLAGS, LAYERS, FlagLoss, build_student, has_flags  # noqa: E402
 
@@ -648,8 +648,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workers, t_start = start_run(args, args.threads)
     record = start_record("brain92", args, argv, seeds={"main": args.seeds, "extra": args.extra_seeds},
-                          depends_on=["rdl_neuro", "benchmarks/brain92.py", "benchmarks/brain92_students.py",
-                                      "benchmarks/_experiments.py"])
+                          depends_on=["rdl_neuro/train", "rdl_neuro/model", "rdl_neuro/rdm", "rdl_neuro/inference",
+                                      "rdl_neuro/data", "benchmarks/brain92.py", "benchmarks/brain92_students.py",
+                                      "benchmarks/_experiments.py"], quick_args=["--quick"])
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = setup(args, argv, workers)
@@ -689,7 +690,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t_start
     md = write_report(ctx, out, figs, res, wall)
     write_text(out_dir / "brain92.md", md)
-    record.finish(out["table"], result_line=res, values=values, exact=summary[["row", "r_corr", "ci_low", "ci_high"]],
+    shown = out["table"].map(fmt)  # the published table, cells as in brain92.md
+    record.finish(shown, result_line=res, values=values, exact=summary[["row", "r_corr", "ci_low", "ci_high"]],
                   title="Brain-RDL on the 92 images (held-out images x held-out subjects)",
                   notes=f"stronger student: {strong}; wall time {wall:.0f} s with {workers} worker(s); "
                         f"{sum(ctx['cached'])} of {len(ctx['cached'])} trained students read from the cache of an "
