@@ -82,6 +82,9 @@ def permuted_teacher(teacher: RDMTeacher, seed: int,
     teacher's stimuli, applied to every stored RDM alike, so the RDMs keep
     their values and statistics but no longer belong to their stimuli.
 
+    Controls for: any teacher with the statistics of the real one acting as a
+    regulariser. With ``within``: the teacher's category structure alone.
+
     Parameters
     ----------
     teacher : RDMTeacher
@@ -113,6 +116,8 @@ def permuted_teacher(teacher: RDMTeacher, seed: int,
 def category_teacher(categories: Sequence[Hashable], ids: Sequence[Hashable]) -> RDMTeacher:
     """The categorical model RDM: 0 for stimuli of the same category, 1 otherwise.
 
+    Controls for: a teacher that says nothing beyond the category labels.
+
     Parameters
     ----------
     categories : sequence of hashable, length ``n``
@@ -134,6 +139,8 @@ def category_teacher(categories: Sequence[Hashable], ids: Sequence[Hashable]) ->
 def model_teacher(models: Any, name: str, *, name_descriptor: str = "name",
                   stimulus_descriptor: str = "stimulus", ids: Sequence[Hashable] | None = None) -> RDMTeacher:
     """The model RDM called ``name`` among rsatoolbox ``models``, optionally restricted to stimuli ``ids``.
+
+    A reference teacher: a stated hypothesis (e.g. animacy) in place of the brain.
 
     Parameters
     ----------
@@ -161,6 +168,8 @@ def model_teacher(models: Any, name: str, *, name_descriptor: str = "name",
 
 def pixel_teacher(images: torch.Tensor, ids: Sequence[Hashable], method: str = "correlation") -> RDMTeacher:
     """The RDM of the input images themselves (each image flattened to one pattern).
+
+    Controls for: pulling toward any non-random RDM of the stimuli (here a low-level one).
 
     Parameters
     ----------
