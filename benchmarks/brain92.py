@@ -64,8 +64,13 @@ best_vs_controls_max_p=... animacy_heldout_r=... nc_lower=...``.
 
 Usage::
 
-    python benchmarks/brain92.py            # about 30 min on 2 idle cores
+    python benchmarks/brain92.py            # 8 + 128 students of 150 full-batch steps (the wall time
+                                            # of the published run is in benchmarks/results/brain92.md)
+    python benchmarks/brain92.py --grid 0.5 2 --seeds 2 --extra-seeds 2   # the full weight search, 2 seeds
     python benchmarks/brain92.py --quick    # well under a minute, for the test suite
+
+Trained students are kept in ``OUT/brain92_cache`` (keyed by the job and the
+training code of this script and its students): a stopped run resumes.
 """
 from __future__ import annotations
 
