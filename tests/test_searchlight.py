@@ -301,6 +301,16 @@ def test_conditions_that_do_not_match_the_volumes(rng):
         evaluate_searchlight(data, np.arange(4), models, mask=mask, threshold=0.5)
 
 
+def test_model_ids_of_another_kind_and_unknown_devices(rng):
+    data = img(rng.normal(size=(6, 6, 6, 4)))
+    mask = mask_img(np.ones((6, 6, 6), bool))
+    models = RDMs(np.ones((1, 6)), pattern_descriptors={"stimulus": np.array(["0", "1", "2", "3"])})
+    with pytest.raises(TypeError, match="the conditions has int ids .* but model RDM 'RDM 0' has str ids"):
+        evaluate_searchlight(data, np.arange(4), models, mask=mask, threshold=0.5)
+    with pytest.raises(ValueError, match="'gpu0' is not a device name"):
+        searchlight_rdms(data, np.arange(4), mask=mask, threshold=0.5, device="gpu0")
+
+
 def test_crossnobis_needs_two_runs(rng):
     data = img(rng.normal(size=(6, 6, 6, 4)))
     mask = mask_img(np.ones((6, 6, 6), bool))

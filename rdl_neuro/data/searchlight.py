@@ -41,6 +41,7 @@ import torch
 
 from rdl_neuro.data.nifti import (DISSIMILARITY_MEASURES, METHODS, ImageLike, ImagesLike, Volumes, check_design,
                                   check_same_space, read_roi_array)
+from rdl_neuro.devices import check_device
 
 __all__ = ["RADIUS_UNITS", "PRECISION_METHODS", "Spheres", "searchlight_spheres", "SearchlightData",
            "prepare_searchlight", "searchlight_rdms"]
@@ -484,6 +485,8 @@ def prepare_searchlight(
                          f"not by method={method!r}")
     if precision_method not in PRECISION_METHODS:
         raise ValueError(f"precision_method must be one of {PRECISION_METHODS}, got {precision_method!r}")
+    if device is not None:
+        device = check_device(device)
     vols = Volumes(betas, "betas")
     cond, run = check_design(vols, conditions, runs, method)
     mask_data, mask_name = read_roi_array(mask, "mask", vols)

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from rdl_neuro.data.ids import plain_id
+from rdl_neuro.data.ids import check_id_kinds, plain_ids
 from rdl_neuro.data.searchlight import Spheres, prepare_searchlight
 from rdl_neuro.rdm.calc import check_method, subset_rdms
 from rdl_neuro.rdm.compare import COMPARE_METHODS, compare_rdms
@@ -133,22 +133,24 @@ def model_matrix(models: Any, conditions: Sequence[Any], descriptor: str = "stim
     """Model RDMs over ``conditions`` (in that order): ``(tensor (n_models, n_pairs), names)``.
 
     ``models`` is an rsatoolbox ``RDMs`` or a sequence of them; rows and
-    columns are matched by ``pattern_descriptors[descriptor]``, and model
-    stimuli that are not among the conditions are dropped. A condition that a
-    model lacks is an error naming it.
+    columns are matched by ``pattern_descriptors[descriptor]`` (the rule of
+    ``rdl_neuro.data.ids``), and model stimuli that are not among the conditions
+    are dropped. A condition that a model lacks is a ValueError naming it; ids
+    of kinds that can never match (int conditions, str model ids) a TypeError.
     """
     from rsatoolbox.rdm import RDMs
 
     items = [models] if isinstance(models, RDMs) else list(models)
     if not items or not all(isinstance(m, RDMs) for m in items):
         raise TypeError("models must be an rsatoolbox RDMs or a non-empty sequence of them")
-    wanted = [plain_id(c) for c in conditions]
+    wanted = plain_ids(conditions)
     vectors, names = [], []
     for item in items:
         values, ids = from_rsatoolbox(item, descriptor, dtype=dtype)
         index = {sid: i for i, sid in enumerate(ids)}
         missing = [c for c in wanted if c not in index]
         label = ", ".join(rdm_names(item))
+        check_id_kinds(wanted, ids, "the conditions", f"model RDM {label!r}")
         if missing:
             raise ValueError(f"model RDM {label!r} lacks {len(missing)} of the {len(wanted)} conditions: "
                              f"{missing[:10]}{' ...' if len(missing) > 10 else ''} (its stimulus ids start "
