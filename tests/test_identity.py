@@ -314,3 +314,22 @@ def test_rdm_probe_survives_a_constant_teacher_pattern_and_checks_its_ids():
     assert np.isfinite(r)
     with pytest.raises(ValueError, match="rdm_probe stimulus_ids must be whole numbers"):
         RDMProbe(x, [0, 1, 2.5, 3, 4], teacher, {"0": "hidden"}).measure(student, torch.device("cpu"))
+
+
+# ---------------------------------------------------------------- siblings: the same rule in the other entry points
+def test_whole_float_ids_elsewhere_and_dropped_stimuli():
+    from rdl_neuro.data.nifti import _as_ids
+    from rdl_neuro.data.stimulus import CoverageBatchSampler
+
+    assert _as_ids(np.loadtxt(["0", "1", "1"]), "conditions", 3, "3 volumes").tolist() == [0, 1, 1]
+    with pytest.raises(ValueError, match="conditions: stimulus id 0.5"):
+        _as_ids(np.array([0.5, 1.0]), "conditions", 2, "2 volumes")
+    base = TensorDataset(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
+    assert StimulusDataset(base, {2.0: 7}).stimulus_ids.tolist() == [-1, -1, 7]
+    with pytest.raises(ValueError, match="whole number"):
+        StimulusDataset(base, {1.5: 7})
+    with pytest.raises(ValueError, match="covered_indices must be whole numbers"):
+        CoverageBatchSampler([0.5, 1.0], [2, 3], batch_size=2, min_covered=1)
+    loader = DataLoader(TensorDataset(torch.randn(7, 6), torch.zeros(7)), batch_size=3, drop_last=True)
+    with pytest.raises(ValueError, match="drops the last 1 stimuli"):
+        layer_rdms(_net(), loader, ["2"], progress=False)

@@ -365,8 +365,11 @@ def test_other_input_errors(planted, tmp_path):
         rdms_from_nifti(tmp_path / "nope.nii.gz", conds, mask=m)
     with pytest.raises(TypeError, match="nibabel image or a path"):
         rdms_from_nifti(planted, conds, mask=m)
+    # floats follow the one id rule: whole numbers are integers (see test_identity), fractions raise
+    with pytest.raises(ValueError, match="not a whole number"):
+        rdms_from_nifti(img(planted), conds.astype(float) + 0.5, mask=m)
     with pytest.raises(TypeError, match="integers or all strings"):
-        rdms_from_nifti(img(planted), conds.astype(float), mask=m)
+        rdms_from_nifti(img(planted), conds.astype(complex), mask=m)
     with pytest.raises(ValueError, match="at least 2 distinct conditions"):
         rdms_from_nifti(img(planted), np.zeros(N_COND, int), mask=m)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 
+from rdl_neuro.data.ids import plain_ids
 from rdl_neuro.io import reading
 
 if TYPE_CHECKING:
@@ -171,6 +172,12 @@ def as_ids(values: Any, what: str, n_volumes: int, volumes_desc: str) -> np.ndar
         raise ValueError(f"{what} has {len(arr)} entries but the betas have {n_volumes} volumes "
                          f"({volumes_desc}); give exactly one {what[:-1] if what.endswith('s') else what} "
                          "per volume")
+    if arr.dtype.kind == "f":
+        # the one id rule (rdl_neuro.data.ids): whole numbers read as floats (np.loadtxt) are integers
+        try:
+            arr = np.asarray(plain_ids(arr), dtype=np.int64)
+        except ValueError as err:
+            raise ValueError(f"{what}: {err}") from None
     if arr.dtype.kind not in "iuU":
         raise TypeError(f"{what} must be all integers or all strings, got dtype {arr.dtype}")
     return arr

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from rdl_neuro.data.ids import UNCOVERED, plain_id
+from rdl_neuro.data.ids import UNCOVERED, id_tensor, plain_id
 
 __all__ = ["UNCOVERED", "StimulusDataset", "CoverageBatchSampler"]
 
@@ -72,7 +72,7 @@ class StimulusDataset(Dataset):
         ids = torch.full((n,), UNCOVERED, dtype=torch.long)
         if isinstance(stimulus_ids, Mapping):
             for index, value in stimulus_ids.items():
-                index = int(index)
+                index = _as_id(index, f"stimulus_ids key {index!r}")  # 2.0 is 2, 2.5 an error
                 if not 0 <= index < n:
                     raise IndexError(f"stimulus_ids maps index {index}, outside the dataset of {n} samples")
                 ids[index] = _as_id(value, f"index {index}")
@@ -147,8 +147,9 @@ class CoverageBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
     ):
-        self.covered = torch.as_tensor(list(covered_indices), dtype=torch.long)
-        self.uncovered = torch.as_tensor(list(uncovered_indices), dtype=torch.long)
+        # id_tensor: 2.0 is index 2, 2.5 an error (as_tensor(..., dtype=long) would truncate silently)
+        self.covered = id_tensor(list(covered_indices), "covered_indices").reshape(-1)
+        self.uncovered = id_tensor(list(uncovered_indices), "uncovered_indices").reshape(-1)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= min_covered <= batch_size:

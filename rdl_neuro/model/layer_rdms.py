@@ -72,6 +72,9 @@ def _iter_batches(stimuli: Any, batch_size: int) -> Iterable[tuple[torch.Tensor,
             # RDM rows would follow a random order while the ids follow the dataset's
             raise ValueError(f"the DataLoader draws stimuli in random order ({sampler}): the RDM rows would not "
                              "match the stimulus ids; pass DataLoader(..., shuffle=False) or the Dataset itself")
+        if stimuli.drop_last and stimuli.batch_size and len(stimuli.dataset) % stimuli.batch_size:  # type: ignore[arg-type]
+            raise ValueError(f"the DataLoader drops the last {len(stimuli.dataset) % stimuli.batch_size} stimuli "  # type: ignore[arg-type]
+                             "(drop_last=True): the RDM would silently lack them; pass drop_last=False")
         for batch in stimuli:
             yield split(batch, with_ids)
     elif isinstance(stimuli, Dataset):
