@@ -333,3 +333,12 @@ def test_whole_float_ids_elsewhere_and_dropped_stimuli():
     loader = DataLoader(TensorDataset(torch.randn(7, 6), torch.zeros(7)), batch_size=3, drop_last=True)
     with pytest.raises(ValueError, match="drops the last 1 stimuli"):
         layer_rdms(_net(), loader, ["2"], progress=False)
+
+
+def test_rdm_probe_reads_a_square_rdm_over_three_stimuli_as_one_rdm():
+    from rdl_neuro.train import RDMProbe
+
+    x = torch.randn(3, 7, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    square = compute_rdm(x, "euclidean", square=True)
+    probe = RDMProbe(x, [0, 1, 2], square, ["0"])
+    assert probe.teacher_rdms(torch.device("cpu"))["0"].shape == (1, 3)

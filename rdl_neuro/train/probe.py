@@ -11,7 +11,7 @@ from torch import nn
 
 from rdl_neuro.data.ids import id_tensor
 from rdl_neuro.model.recorder import LayerRecorder
-from rdl_neuro.rdm.calc import compute_rdm, to_condensed
+from rdl_neuro.rdm.calc import compute_rdm, is_square_rdm, to_condensed
 from rdl_neuro.rdm.compare import compare_rdms
 from rdl_neuro.train.losses import RDM_EPS
 from rdl_neuro.train.teachers import NetworkTeacher, RDMTeacher
@@ -66,7 +66,8 @@ class RDMProbe:
         n = int(ids.shape[0])
         if isinstance(teacher, (torch.Tensor, np.ndarray)):
             t = torch.as_tensor(teacher, dtype=torch.float64)
-            if t.ndim == 2 and t.shape == (n, n) and n * (n - 1) // 2 != n:
+            # (n, n) is one square RDM; for n = 3 it could also be 3 condensed RDMs: square when it reads as one
+            if t.ndim == 2 and t.shape == (n, n) and (n * (n - 1) // 2 != n or is_square_rdm(t)):
                 t = to_condensed(t)
             t = t.reshape(-1, t.shape[-1])
             if t.shape[-1] != n * (n - 1) // 2:
