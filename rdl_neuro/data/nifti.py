@@ -1,6 +1,6 @@
 """fMRI to RDMs: NIfTI beta images + ROI mask or atlas -> rsatoolbox Dataset -> rsatoolbox RDMs.
 
-Owns :func:`rdms_from_nifti` (re-exported by ``rdl_neuro.rdm.interop``). Images
+Owns :func:`rdms_from_nifti` (also importable from ``rdl_neuro`` and ``rdl_neuro.data``). Images
 are read with nibabel; the RDMs are computed by rsatoolbox's ``calc_rdm``
 (and noise precisions by ``rsatoolbox.data.noise.prec_from_residuals``), so
 the numbers are rsatoolbox's own.
@@ -17,6 +17,7 @@ import numpy as np
 
 from rdl_neuro.data.ids import plain_ids
 from rdl_neuro.io import reading
+from rdl_neuro.rdm.calc import RSATOOLBOX_MEASURE
 
 if TYPE_CHECKING:
     import nibabel as nib
@@ -28,9 +29,9 @@ __all__ = ["rdms_from_nifti", "DroppedVoxelsWarning", "METHODS", "DISSIMILARITY_
 
 #: dissimilarity methods accepted by :func:`rdms_from_nifti`
 METHODS = ("correlation", "euclidean", "sqeuclidean", "crossnobis")
-#: rsatoolbox's ``dissimilarity_measure`` of each of :data:`METHODS`
-DISSIMILARITY_MEASURES = {"correlation": "correlation", "sqeuclidean": "squared euclidean",
-                          "euclidean": "euclidean", "crossnobis": "crossnobis"}
+#: rsatoolbox's ``dissimilarity_measure`` of each of :data:`METHODS`: the library's names
+#: (``rdl_neuro.rdm.calc.RSATOOLBOX_MEASURE``) plus crossnobis
+DISSIMILARITY_MEASURES = {m: RSATOOLBOX_MEASURE.get(m, m) for m in METHODS}
 
 ImageLike = Union[str, os.PathLike, "nib.spatialimages.SpatialImage"]
 ImagesLike = Union[ImageLike, Sequence[ImageLike]]
@@ -371,26 +372,14 @@ def rdms_from_nifti(
     >>> rdms.rdm_descriptors["roi"], rdms.rdm_descriptors["n_voxels"]
     (['left', 'right'], [9, 18])
     """
-    from rsatoolbox.data import Dataset
-    from rsatoolbox.data.noise import prec_from_residuals
-    from rsatoolbox.rdm import RDMs, calc_rdm
-
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if residuals is not None and method != "crossnobis":
         raise ValueError(f"residuals are only used by method='crossnobis' (noise precision), "
                          f"not by method={method!r}")
-
     vols = Volumes(betas, "betas")
     cond, run = check_design(vols, conditions, runs, method)
-
-    res_vols = None
-    if residuals is not None:
-        res_vols = Volumes(residuals, "residuals")
-        check_same_space(res_vols.shape, res_vols.affine, res_vols.first, vols.shape, vols.affine, vols.first)
-        if res_vols.n < 2:
-            raise ValueError(f"residuals: need at least 2 volumes to estimate a noise covariance, got {res_vols.n}")
-
+    res_vols = _residual_volumes(residuals, vols)
     rois = _roi_list(mask, atlas, labels, roi_name, vols)
     # read every image once for all ROIs: columns follow the union's C-order flat indices
     union = np.zeros(vols.shape, dtype=bool)
@@ -405,66 +394,111 @@ def rdms_from_nifti(
         roi_flat = np.flatnonzero(roi["voxels"])
         cols = np.searchsorted(union_flat, roi_flat)
         X = X_union[:, cols]  # (n_volumes, n_voxels_in_roi)
-        finite = np.isfinite(X).all(axis=0)
-        # a voxel constant over every volume carries no condition information (e.g. outside the brain)
-        constant = np.zeros_like(finite)
-        constant[finite] = np.ptp(X[:, finite], axis=0) == 0
-        keep = finite & ~constant
-        n_dropped = int((~keep).sum())
-        if not keep.any():
-            raise ValueError(f"{roi['source']}: no usable voxels: all {len(keep)} voxels are NaN/inf "
-                             f"({int((~finite).sum())}) or constant across volumes ({int(constant.sum())})")
-        if n_dropped:
-            warnings.warn(
-                f"{roi['source']}: dropped {n_dropped} of {len(keep)} voxels "
-                f"({int((~finite).sum())} NaN/inf, {int(constant.sum())} constant across volumes); "
-                f"n_dropped_voxels={n_dropped} is recorded in rdm_descriptors",
-                DroppedVoxelsWarning, stacklevel=2)
-        X = X[:, keep]
-        ijk = np.stack(np.unravel_index(roi_flat[keep], vols.shape), axis=1)
-        xyz = ijk @ vols.affine[:3, :3].T + vols.affine[:3, 3]
-
-        descriptors: dict[str, Any] = {"roi": roi["roi"]}
-        if roi["label"] is not None:
-            descriptors["label"] = roi["label"]
-        descriptors["n_voxels"] = int(keep.sum())
-        descriptors["n_dropped_voxels"] = n_dropped
-        obs = {"stimulus": cond.copy(), "volume": np.arange(vols.n)}
-        if run is not None:
-            obs["run"] = run.copy()
-        noise = None
+        keep = _usable_voxels(X, roi["source"])
+        noise, noise_model = None, None
         if method == "crossnobis":
-            if res_vols is not None:
-                R = R_union[:, cols[keep]]
-                if not np.isfinite(R).all():
-                    raise ValueError(f"residuals ({res_vols.first}): {int((~np.isfinite(R)).any(axis=0).sum())} "
-                                     f"voxels of {roi['source']} are NaN/inf in the residuals")
-                noise = prec_from_residuals(R, method=precision_method)
-                descriptors["noise_model"] = f"residuals:{precision_method}"
-            else:
-                descriptors["noise_model"] = "identity"
-        ds = Dataset(
-            X, descriptors=descriptors, obs_descriptors=obs,
-            channel_descriptors={"i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2],
-                                 "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]},
-        )
-        with warnings.catch_warnings():
-            # rsatoolbox tries to carry int descriptors that vary within a condition (volume, run)
-            # into a NaN-filled int array and numpy warns; we keep only `stimulus` anyway
-            warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
-            # average_dataset_by starts from np.nan * np.empty(...), which warns when the
-            # uninitialised memory happens to hold inf; the values are overwritten
-            warnings.filterwarnings("ignore", "invalid value encountered in multiply", RuntimeWarning)
-            # a pattern flat across voxels gives NaN correlations: reported as an error below
-            warnings.filterwarnings("ignore", "invalid value encountered in divide", RuntimeWarning)
-            if method == "crossnobis":
-                rdm = calc_rdm(ds, method="crossnobis", descriptor="stimulus", cv_descriptor="run",
-                               noise=noise)
-            else:
-                rdm = calc_rdm(ds, method="correlation" if method == "correlation" else "euclidean",
-                               descriptor="stimulus")
-        rdm_list.append(rdm)
+            noise, noise_model = _noise_precision(R_union, cols[keep], res_vols, roi["source"], precision_method)
+        ds = _roi_dataset(X[:, keep], roi, np.flatnonzero(keep), roi_flat, vols, cond, run, noise_model)
+        rdm_list.append(_calc_rdm(ds, method, noise))
         datasets.append(ds)
+    out = _assemble(rdm_list, datasets, rois, method)
+    if not return_dataset:
+        return out
+    return out, (datasets[0] if atlas is None else datasets)
+
+
+def _residual_volumes(residuals: ImagesLike | None, vols: Volumes) -> Volumes | None:
+    if residuals is None:
+        return None
+    res_vols = Volumes(residuals, "residuals")
+    check_same_space(res_vols.shape, res_vols.affine, res_vols.first, vols.shape, vols.affine, vols.first)
+    if res_vols.n < 2:
+        raise ValueError(f"residuals: need at least 2 volumes to estimate a noise covariance, got {res_vols.n}")
+    return res_vols
+
+
+def _usable_voxels(X: np.ndarray, source: str) -> np.ndarray:
+    """Bool ``(n_voxels,)``: finite in every volume and not constant across them (a constant voxel
+    carries no condition information, e.g. outside the brain); warns with the counts of the rest."""
+    finite = np.isfinite(X).all(axis=0)
+    constant = np.zeros_like(finite)
+    constant[finite] = np.ptp(X[:, finite], axis=0) == 0
+    keep = finite & ~constant
+    n_dropped = int((~keep).sum())
+    if not keep.any():
+        raise ValueError(f"{source}: no usable voxels: all {len(keep)} voxels are NaN/inf "
+                         f"({int((~finite).sum())}) or constant across volumes ({int(constant.sum())})")
+    if n_dropped:
+        warnings.warn(
+            f"{source}: dropped {n_dropped} of {len(keep)} voxels "
+            f"({int((~finite).sum())} NaN/inf, {int(constant.sum())} constant across volumes); "
+            f"n_dropped_voxels={n_dropped} is recorded in rdm_descriptors",
+            DroppedVoxelsWarning, stacklevel=3)
+    return keep
+
+
+def _noise_precision(R_union: np.ndarray | None, cols: np.ndarray, res_vols: Volumes | None, source: str,
+                     precision_method: str) -> tuple[np.ndarray | None, str]:
+    """crossnobis noise precision of the ROI's kept voxels (None: the identity) and its ``noise_model``."""
+    if res_vols is None or R_union is None:
+        return None, "identity"
+    from rsatoolbox.data.noise import prec_from_residuals
+
+    R = R_union[:, cols]
+    if not np.isfinite(R).all():
+        raise ValueError(f"residuals ({res_vols.first}): {int((~np.isfinite(R)).any(axis=0).sum())} "
+                         f"voxels of {source} are NaN/inf in the residuals")
+    return prec_from_residuals(R, method=precision_method), f"residuals:{precision_method}"
+
+
+def _roi_dataset(X: np.ndarray, roi: dict[str, Any], kept: np.ndarray, roi_flat: np.ndarray, vols: Volumes,
+                 cond: np.ndarray, run: np.ndarray | None, noise_model: str | None) -> Dataset:
+    """The rsatoolbox Dataset of an ROI's kept voxels ``X (n_volumes, n_kept)``: voxel indices and world
+    coordinates as channel descriptors, stimulus/volume/run as observation descriptors."""
+    from rsatoolbox.data import Dataset
+
+    ijk = np.stack(np.unravel_index(roi_flat[kept], vols.shape), axis=1)
+    xyz = ijk @ vols.affine[:3, :3].T + vols.affine[:3, 3]
+    descriptors: dict[str, Any] = {"roi": roi["roi"]}
+    if roi["label"] is not None:
+        descriptors["label"] = roi["label"]
+    descriptors["n_voxels"] = len(kept)
+    descriptors["n_dropped_voxels"] = len(roi_flat) - len(kept)
+    if noise_model is not None:
+        descriptors["noise_model"] = noise_model
+    obs = {"stimulus": cond.copy(), "volume": np.arange(vols.n)}
+    if run is not None:
+        obs["run"] = run.copy()
+    return Dataset(
+        X, descriptors=descriptors, obs_descriptors=obs,
+        channel_descriptors={"i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2],
+                             "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]},
+    )
+
+
+def _calc_rdm(ds: Dataset, method: str, noise: np.ndarray | None) -> RDMs:
+    """rsatoolbox's ``calc_rdm`` of one ROI (``euclidean`` is computed as rsatoolbox's squared one and
+    converted in ``_assemble``), averaging repeated conditions."""
+    from rsatoolbox.rdm import calc_rdm
+
+    with warnings.catch_warnings():
+        # rsatoolbox tries to carry int descriptors that vary within a condition (volume, run)
+        # into a NaN-filled int array and numpy warns; we keep only `stimulus` anyway
+        warnings.filterwarnings("ignore", "invalid value encountered in cast", RuntimeWarning)
+        # average_dataset_by starts from np.nan * np.empty(...), which warns when the
+        # uninitialised memory happens to hold inf; the values are overwritten
+        warnings.filterwarnings("ignore", "invalid value encountered in multiply", RuntimeWarning)
+        # a pattern flat across voxels gives NaN correlations: reported as an error in _assemble
+        warnings.filterwarnings("ignore", "invalid value encountered in divide", RuntimeWarning)
+        if method == "crossnobis":
+            return calc_rdm(ds, method="crossnobis", descriptor="stimulus", cv_descriptor="run", noise=noise)
+        return calc_rdm(ds, method="correlation" if method == "correlation" else "euclidean", descriptor="stimulus")
+
+
+def _assemble(rdm_list: list[RDMs], datasets: list[Dataset], rois: list[dict[str, Any]], method: str) -> RDMs:
+    """One ``RDMs`` of every ROI's RDM, with the ROI descriptors; NaN dissimilarities are an error naming
+    the conditions, and ``euclidean`` is the square root of ``n_voxels`` times rsatoolbox's squared one."""
+    from rsatoolbox.rdm import RDMs
 
     stimulus = np.asarray(rdm_list[0].pattern_descriptors["stimulus"])
     for rdm, roi in zip(rdm_list[1:], rois[1:]):
@@ -473,30 +507,32 @@ def rdms_from_nifti(
             raise RuntimeError(f"internal error: stimulus order differs for {roi['source']}")
     dissimilarities = np.concatenate([r.dissimilarities for r in rdm_list])
     if np.isnan(dissimilarities).any():
-        # correlation is undefined for a pattern that is flat across voxels (e.g. a 1-voxel ROI)
-        from scipy.spatial.distance import squareform
-
-        bad_roi = int(np.flatnonzero(np.isnan(dissimilarities).any(axis=1))[0])
-        sq = squareform(dissimilarities[bad_roi], checks=False)
-        n_nan = np.isnan(sq).sum(axis=1)
-        # a flat pattern makes its whole row NaN; fall back to any NaN row
-        bad = stimulus[n_nan == len(stimulus) - 1] if (n_nan == len(stimulus) - 1).any() else stimulus[n_nan > 0]
-        raise ValueError(f"{rois[bad_roi]['source']}: {method} dissimilarities are NaN for condition(s) "
-                         f"{bad[:10].tolist()}: their patterns are constant across the ROI's "
-                         f"{datasets[bad_roi].n_channel} voxels")
-    measure = DISSIMILARITY_MEASURES[method]
+        _raise_nan_conditions(dissimilarities, stimulus, datasets, rois, method)
     if method == "euclidean":
         n_vox = np.array([ds.n_channel for ds in datasets], dtype=np.float64)[:, None]
         # rsatoolbox's euclidean is sum of squares / n_channels; clip rounding below 0 before sqrt
         dissimilarities = np.sqrt(np.clip(dissimilarities * n_vox, 0.0, None))
     keys = list(datasets[0].descriptors)
-    out = RDMs(
+    return RDMs(
         dissimilarities,
-        dissimilarity_measure=measure,
+        dissimilarity_measure=DISSIMILARITY_MEASURES[method],
         descriptors={"cv_descriptor": "run"} if method == "crossnobis" else {},
         rdm_descriptors={k: [ds.descriptors[k] for ds in datasets] for k in keys},
         pattern_descriptors={"stimulus": stimulus.copy()},
     )
-    if not return_dataset:
-        return out
-    return out, (datasets[0] if atlas is None else datasets)
+
+
+def _raise_nan_conditions(dissimilarities: np.ndarray, stimulus: np.ndarray, datasets: list[Dataset],
+                          rois: list[dict[str, Any]], method: str) -> None:
+    """Correlation is undefined for a pattern that is flat across voxels (e.g. a 1-voxel ROI): name the
+    first ROI with NaN dissimilarities and its conditions."""
+    from scipy.spatial.distance import squareform
+
+    bad_roi = int(np.flatnonzero(np.isnan(dissimilarities).any(axis=1))[0])
+    sq = squareform(dissimilarities[bad_roi], checks=False)
+    n_nan = np.isnan(sq).sum(axis=1)
+    # a flat pattern makes its whole row NaN; fall back to any NaN row
+    bad = stimulus[n_nan == len(stimulus) - 1] if (n_nan == len(stimulus) - 1).any() else stimulus[n_nan > 0]
+    raise ValueError(f"{rois[bad_roi]['source']}: {method} dissimilarities are NaN for condition(s) "
+                     f"{bad[:10].tolist()}: their patterns are constant across the ROI's "
+                     f"{datasets[bad_roi].n_channel} voxels")

@@ -184,6 +184,42 @@ def check_finite_rows(features: torch.Tensor, row_stat: torch.Tensor) -> None:
     raise ValueError(f"features contain NaN or infinite values in {where}")
 
 
+# what a zero norm means for each method that normalises its patterns (error messages)
+_ZERO_NORM = {
+    "correlation": "zero variance across channels (constant pattern) under 'correlation'",
+    "cosine": "zero norm (all-zero pattern) under 'cosine'",
+}
+
+
+def zero_norm_rows(norms: torch.Tensor, scale: torch.Tensor, tol: float) -> torch.Tensor:
+    """Bool mask of the patterns whose norm counts as zero: ``norms <= tol * scale``.
+
+    The one zero-variance rule of ``correlation`` / ``cosine`` RDMs (whose dissimilarity is undefined
+    for such a pattern). Its two callers compute norms differently, so they leave different rounding
+    and pass their own ``scale`` and ``tol``:
+
+    - ``compute_rdm`` normalises the (centred) features themselves: ``scale`` is each row's largest
+      absolute entry and ``tol = eps(dtype) * sqrt(p)`` (a norm of ``p`` entries, each exact to ``eps``);
+    - ``zero_variance_rows`` (``gram_to_rdm``, ``layer_rdms``) centres inside the Gram matrix,
+      ``G_ii - s_i^2 / p``: that cancellation leaves rounding noise of order ``eps * max G_ii`` where
+      ``compute_rdm`` leaves exact zeros, so ``scale`` is ``sqrt(max G_ii)`` and ``tol = 1e3 * eps(dtype)``
+      (or the relative floor ``eps=`` asked for, when larger).
+
+    Parameters
+    ----------
+    norms : Tensor ``(..., n)`` or ``(..., n, 1)``
+    scale : Tensor broadcasting against ``norms``
+    tol : float
+
+    Examples
+    --------
+    >>> import torch
+    >>> zero_norm_rows(torch.tensor([0.0, 1e-20, 1.0]), torch.tensor(1.0), 1e-12)
+    tensor([ True,  True, False])
+    """
+    return norms <= tol * scale
+
+
 def _unit_rows(x: torch.Tensor, what: str, eps: float | None = None) -> torch.Tensor:
     """Rows scaled to unit norm.
 
@@ -199,9 +235,9 @@ def _unit_rows(x: torch.Tensor, what: str, eps: float | None = None) -> torch.Te
         # the scale is detached: the floor only decides which rows count as dead, it is not a feature
         floor = (eps * norms.detach().amax(dim=-2, keepdim=True)).clamp_min(torch.finfo(x.dtype).tiny)
         return x / torch.maximum(norms, floor)
-    scale = x.detach().abs().amax(dim=-1, keepdim=True)
-    # a row is degenerate when its norm is at rounding level relative to its entries
-    tiny = norms.detach() <= torch.finfo(x.dtype).eps * math.sqrt(x.shape[-1]) * scale
+    # a row is degenerate when its norm is at rounding level relative to its own entries
+    tiny = zero_norm_rows(norms.detach(), x.detach().abs().amax(dim=-1, keepdim=True),
+                          torch.finfo(x.dtype).eps * math.sqrt(x.shape[-1]))
     if bool(tiny.any()):
         bad = torch.nonzero(tiny.squeeze(-1))[:5].tolist()
         where = ", ".join(_describe_position(tuple(b)) for b in bad)
@@ -354,9 +390,9 @@ def compute_rdm(
     n = features.shape[-2]
     if method == "correlation":
         centered = features - features.mean(dim=-1, keepdim=True)
-        x = _unit_rows(centered, "zero variance across channels (constant pattern) under 'correlation'", eps)
+        x = _unit_rows(centered, _ZERO_NORM[method], eps)
     elif method == "cosine":
-        x = _unit_rows(features, "zero norm (all-zero pattern) under 'cosine'", eps)
+        x = _unit_rows(features, _ZERO_NORM[method], eps)
     else:
         x = features
     if square:
@@ -401,11 +437,9 @@ def zero_variance_rows(gram: torch.Tensor, sums: torch.Tensor, n_channels: int, 
         # the centred Gram's diagonal, G_ii - s_i^2 / p, without centring the whole matrix
         sq_norms = sq_norms - sums * sums / n_channels
     norms = sq_norms.clamp_min(0).sqrt()
-    # a looser test than compute_rdm's: centring inside the Gram matrix cancels G_ii - s_i^2 / p,
-    # which leaves rounding noise of order eps * max G_ii where compute_rdm leaves exact zeros
+    # a looser test than compute_rdm's (see zero_norm_rows for why)
     scale = sq_norms.abs().max().sqrt().clamp_min(torch.finfo(gram.dtype).tiny)
-    rel = max(1e3 * torch.finfo(gram.dtype).eps, eps or 0.0)
-    return norms <= rel * scale
+    return zero_norm_rows(norms, scale, max(1e3 * torch.finfo(gram.dtype).eps, eps or 0.0))
 
 
 def gram_to_rdm(gram: torch.Tensor, sums: torch.Tensor, n_channels: int, method: str = "correlation",
@@ -445,13 +479,10 @@ def gram_to_rdm(gram: torch.Tensor, sums: torch.Tensor, n_channels: int, method:
     if method == "correlation":
         # centring each pattern across channels: G_c = G - s s^T / p
         gram = gram - torch.outer(sums, sums) / n_channels
-        what = "zero variance across channels (constant pattern) under 'correlation'"
-    else:
-        what = "zero norm (all-zero pattern) under 'cosine'"
     norms = torch.diagonal(gram).clamp_min(0).sqrt()
     if bool(bad.any()):
         if eps is None:
-            raise ValueError(f"{what} for stimuli at rows {torch.nonzero(bad).squeeze(1)[:5].tolist()}: "
+            raise ValueError(f"{_ZERO_NORM[method]} for stimuli at rows {torch.nonzero(bad).squeeze(1)[:5].tolist()}: "
                              "the dissimilarity is undefined there (pass eps=... to floor such patterns)")
         # floored patterns are uncorrelated with every other: zero similarity, unit norm
         keep = (~bad).to(gram.dtype)
