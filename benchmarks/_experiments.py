@@ -14,8 +14,13 @@ What lives here:
   ``paper_cifar100.py``;
 - paired tests (scipy.stats), markdown tables and the per-method error figure.
 
-Nothing here re-implements an RDM, a comparison or a loss: those come from
-``rdl_neuro.rdm``, ``rdl_neuro.rdm.compare`` and ``rdl_neuro.train.losses``.
+RDMs, comparisons, loss terms, teachers, the training loop (gradient clipping
+included: ``TrainSpec.clip_grad_norm`` is the Trainer's ``max_grad_norm``) and
+the stratified splits come from the library (``rdl_neuro.rdm``,
+``rdl_neuro.train``, ``rdl_neuro.data.loaders.stratified_split``). What is
+implemented here is the experiments' own bookkeeping: job scheduling, the
+hyperparameter search, paired tests over seeds (``scipy.stats``) and the
+reports.
 """
 from __future__ import annotations
 
@@ -108,33 +113,16 @@ class TrainSpec:
     clip_grad_norm: float | None = None  # clip the global gradient norm before every step (all methods alike)
 
     def make(self, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+        """The optimiser over ``model.parameters()`` and the learning-rate scheduler (or None)."""
         if self.optimizer == "sgd":
-            cls: type = torch.optim.SGD
-            kwargs: dict[str, Any] = {"lr": self.lr, "momentum": 0.9, "weight_decay": self.weight_decay}
+            opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9,
+                                                         weight_decay=self.weight_decay)
         elif self.optimizer == "adam":
-            cls, kwargs = torch.optim.Adam, {"lr": self.lr, "weight_decay": self.weight_decay}
+            opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         else:
             raise ValueError(f"unknown optimizer {self.optimizer!r} (sgd or adam)")
-        opt: torch.optim.Optimizer = (_clipping(cls, self.clip_grad_norm) if self.clip_grad_norm else cls)(
-            model.parameters(), **kwargs)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.epochs)) if self.cosine else None
         return opt, sched
-
-
-def _clipping(cls: type, max_norm: float) -> type:
-    """``cls`` (a torch optimiser) that clips the global gradient norm to ``max_norm`` in every ``step``.
-
-    The Trainer owns the loop; clipping inside ``step`` applies it without touching the Trainer.
-    """
-
-    class Clipped(cls):  # type: ignore[misc, valid-type]
-        def step(self, closure: Any = None) -> Any:
-            params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
-            return super().step(closure)
-
-    Clipped.__name__ = Clipped.__qualname__ = f"Clipped{cls.__name__}"
-    return Clipped
 
 
 def stimulus_dataset(images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> StimulusDataset:
@@ -148,7 +136,7 @@ def train_model(model: torch.nn.Module, data: Dataset, losses: Mapping[str, Any]
     opt, sched = spec.make(model)
     trainer = Trainer(model, data, losses=dict(losses), optimizer=opt, scheduler=sched, teacher=teacher,
                       batch_size=spec.batch_size, epochs=spec.epochs, seed=seed, quiet=True, device="cpu",
-                      distributed=False)
+                      distributed=False, max_grad_norm=spec.clip_grad_norm or None)
     return trainer.fit()
 
 
@@ -324,7 +312,8 @@ def default_workers(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- #
 # the transfer benchmark of the paper (MNIST, CIFAR-100)
 # --------------------------------------------------------------------------- #
-METHODS = ("baseline", "KD", "RDL", "RDL+KD", "RKD", "SP")
+#: training methods of the transfer benchmark (which loss terms a student trains with)
+TRANSFER_METHODS = ("baseline", "KD", "RDL", "RDL+KD", "RKD", "SP")
 
 
 @dataclass
@@ -388,8 +377,8 @@ def transfer_losses(method: str, hp: Mapping[str, float], rdl_pairs: Mapping[str
         terms["rkd"] = (RKDLoss(*peer_pair), hp["rkd_weight"])
     if method == "SP":
         terms["sp"] = (SPLoss(*peer_pair), hp["sp_weight"])
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; methods: {METHODS}")
+    if method not in TRANSFER_METHODS:
+        raise ValueError(f"unknown method {method!r}; methods: {TRANSFER_METHODS}")
     return terms
 
 
@@ -519,7 +508,7 @@ def summarise_transfer(final: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (label, n), g in final.groupby(["student", "n_labelled"], sort=False):
         piv = g.pivot_table(index="seed", columns="method", values="error_pct")
-        for method in [m for m in METHODS if m in piv.columns]:
+        for method in [m for m in TRANSFER_METHODS if m in piv.columns]:
             vals = piv[method].dropna()
             row = {"student": label, "n_labelled": int(n), "method": method, "seeds": int(len(vals)),
                    "test_err_mean": float(vals.mean()), "test_err_sd": float(vals.std(ddof=1)) if len(vals) > 1 else float("nan")}
@@ -548,7 +537,7 @@ def plot_method_errors(final: pd.DataFrame, path: Path, title: str) -> Path:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (label, n) in zip(axes[0], settings):
         g = final[(final["student"] == label) & (final["n_labelled"] == n)]
-        methods = [m for m in METHODS if m in set(g["method"])]
+        methods = [m for m in TRANSFER_METHODS if m in set(g["method"])]
         piv = g.pivot_table(index="seed", columns="method", values="error_pct")[methods]
         xs = np.arange(len(methods))
         for _, seed_row in piv.iterrows():
@@ -621,7 +610,7 @@ def transfer_publication(summary: pd.DataFrame, teacher: Mapping[str, Any]) -> t
         g = g.set_index("method")
         student = str(label).removeprefix("MLP ").removeprefix("CNN ")
         row = {"student": student, "labels": int(n)}
-        for m in METHODS:
+        for m in TRANSFER_METHODS:
             if m in g.index:
                 row[m] = f"{g.loc[m, 'test_err_mean']:.2f} ± {g.loc[m, 'test_err_sd']:.2f}"
         row["best"] = str(g["test_err_mean"].idxmin())
@@ -664,8 +653,29 @@ def run_transfer_benchmark(cfg: TransferConfig, train_x: torch.Tensor, train_y: 
     log(f"[{cfg.name}] teacher test error {teacher_info['test_error_pct']:.2f}% ({teacher_info['train_s']:.0f} s)")
     payload = {"cfg": cfg, "train_x": train_x, "train_y": train_y, "train_ids": train_ids,
                "test_x": test_x, "test_y": test_y, "teacher_state": teacher_state}
-
     settings = [(label, n) for label in cfg.students for n in cfg.subsets]
+
+    def run(jobs: list[dict], label: str) -> list[dict]:
+        return run_jobs(_transfer_job, jobs, workers, init=_transfer_init, init_args=(payload,), label=label, log=log)
+
+    search_df, chosen = _search_hyperparameters(cfg, settings, run, workers, log)
+    jobs = [{"phase": "final", "student": label, "n": n, "method": m, "hp": chosen[(label, n, m)], "seed": s}
+            for (label, n) in settings for s in range(cfg.seeds) for m in TRANSFER_METHODS]
+    log(f"[{cfg.name}] final: {len(jobs)} runs ({cfg.seeds} seeds x {len(TRANSFER_METHODS)} methods x "
+        f"{len(settings)} settings)")
+    final_df = pd.DataFrame(run(jobs, "final"))
+    summary = summarise_transfer(final_df)
+    wall = time.perf_counter() - t_start
+    for df in (search_df, final_df):
+        df.insert(df.columns.get_loc("seed") + 1, "hp", [hp_string(r) for _, r in df.iterrows()])
+    return _transfer_report(cfg, settings, search_df, final_df, summary, chosen, teacher_info, wall,
+                            out_dir=out_dir, stem=stem, workers=workers, command=command, data_note=data_note, log=log)
+
+
+def _search_hyperparameters(cfg: TransferConfig, settings: list[tuple[str, int]],
+                            run: Callable[[list[dict], str], list[dict]], workers: int,
+                            log: Callable[[str], None]) -> tuple[pd.DataFrame, dict]:
+    """Both search stages on validation splits; returns every search run and the chosen values."""
     search_seeds = list(range(cfg.search_seeds))
     # stage 1: every method's own grid on the validation split of the labelled subset
     jobs = []
@@ -676,8 +686,7 @@ def run_transfer_benchmark(cfg: TransferConfig, train_x: torch.Tensor, train_y: 
                 jobs.append({"phase": "search", "student": label, "n": n, "method": method,
                              "hp": _hp_key(method, point), "seed": seed})
     log(f"[{cfg.name}] search stage 1: {len(jobs)} runs on validation splits ({workers} worker(s))")
-    search = run_jobs(_transfer_job, jobs, workers, init=_transfer_init, init_args=(payload,),
-                      label="search 1", log=log)
+    search = run(jobs, "search 1")
     chosen = select_hyperparameters(pd.DataFrame(search))
     # stage 2: RDL+KD keeps the KD values chosen above and searches its RDL weight
     jobs = []
@@ -687,21 +696,17 @@ def run_transfer_benchmark(cfg: TransferConfig, train_x: torch.Tensor, train_y: 
             jobs.append({"phase": "search", "student": label, "n": n, "method": "RDL+KD",
                          "hp": {**kd, "rdl_weight": point["weight"]}, "seed": seed})
     log(f"[{cfg.name}] search stage 2 (RDL+KD): {len(jobs)} runs")
-    search += run_jobs(_transfer_job, jobs, workers, init=_transfer_init, init_args=(payload,),
-                       label="search 2", log=log)
+    search += run(jobs, "search 2")
     search_df = pd.DataFrame(search)
-    chosen = select_hyperparameters(search_df)
+    return search_df, select_hyperparameters(search_df)
 
-    jobs = [{"phase": "final", "student": label, "n": n, "method": m, "hp": chosen[(label, n, m)], "seed": s}
-            for (label, n) in settings for s in range(cfg.seeds) for m in METHODS]
-    log(f"[{cfg.name}] final: {len(jobs)} runs ({cfg.seeds} seeds x {len(METHODS)} methods x {len(settings)} settings)")
-    final_df = pd.DataFrame(run_jobs(_transfer_job, jobs, workers, init=_transfer_init, init_args=(payload,),
-                                     label="final", log=log))
-    summary = summarise_transfer(final_df)
-    wall = time.perf_counter() - t_start
-    for df in (search_df, final_df):
-        df.insert(df.columns.get_loc("seed") + 1, "hp", [hp_string(r) for _, r in df.iterrows()])
 
+def _transfer_report(cfg: TransferConfig, settings: list[tuple[str, int]], search_df: pd.DataFrame,
+                     final_df: pd.DataFrame, summary: pd.DataFrame, chosen: dict, teacher_info: dict, wall: float, *,
+                     out_dir: Path, stem: str, workers: int, command: str, data_note: str,
+                     log: Callable[[str], None]) -> dict[str, Any]:
+    """The run's files (every run as CSV, the summary, the figure, the markdown report), the log lines and
+    the RESULT values of the primary setting."""
     # ---- files
     all_runs = pd.concat([search_df, final_df], ignore_index=True)
     csv_path = out_dir / f"{stem}.csv"

@@ -42,7 +42,9 @@ def test_evaluate_with_build_model_config(tmp_path, kriegeskorte_dir):
     config = {"type": "mlp", "input_shape": [3, 8, 8], "n_classes": 6, "hidden": [10]}
     model = models.build_model(config)
     torch.save({"model_state": model.state_dict(), "model_config": config}, tmp_path / "c.pt")
-    layer = models.layer_names(model)[1]
+    from rdl_neuro.model.recorder import available_layers
+
+    layer = available_layers(model)[1]
     args = argparse.Namespace(checkpoint=str(tmp_path / "c.pt"), layers=[layer], stimuli="kriegeskorte92",
                               data=str(kriegeskorte_dir), out=str(tmp_path / "o"), model=None, image_size=8,
                               rdm_method="correlation", method="corr", bootstrap="none", n_bootstrap=10, seed=0,
@@ -65,3 +67,16 @@ def test_evaluate_bad_inputs(tmp_path, kriegeskorte_dir):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         cmd.load_model(tmp_path / "junk.pt")
+
+
+class _Payload:
+    """Any pickled object that is not tensors and plain containers."""
+
+
+def test_evaluate_reads_checkpoints_weights_only(tmp_path):
+    """load_model reads through train.checkpoints.load_checkpoint (weights_only=True): a file that would
+    unpickle arbitrary objects is refused with a ValueError naming it, not loaded."""
+    model = torch.nn.Linear(2, 2)
+    torch.save({"model_state": model.state_dict(), "model_config": None, "extra": _Payload()}, tmp_path / "obj.pt")
+    with pytest.raises(ValueError, match=r"cannot read checkpoint .*obj\.pt"):
+        cmd.load_model(tmp_path / "obj.pt")

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rdl_neuro.rdm.calc import METHODS as RDM_METHODS  # the RDM methods, from their one home
+
 __all__ = ["ConfigError", "load_config", "parse_config", "example_config_path", "DATA_SOURCES", "LOSS_NAMES"]
 
 #: the config's ``data.source`` choices
@@ -43,7 +45,6 @@ LOSS_NAMES = ("ce", "rdl", "kd", "rkd", "sp", "cka")
 TEACHER_KINDS = ("none", "network", "rdm")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "step")
-RDM_METHODS = ("euclidean", "sqeuclidean", "correlation", "cosine")
 RDM_SUFFIXES = (".npy", ".csv", ".npz")
 
 
@@ -55,7 +56,7 @@ _REQUIRED = object()
 
 
 @dataclass
-class F:
+class Field:
     """One config field: accepted types, default, and an optional extra check returning an error or None."""
 
     types: tuple[type, ...]
@@ -109,81 +110,81 @@ def _device(v: Any) -> str | None:
 INT, FLOAT, STR, BOOL, LIST, TABLE = (int,), (int, float), (str,), (bool,), (list,), (dict,)
 
 SCHEMA: dict[str, Any] = {
-    "seed": F(INT, 0, _non_negative),
-    "epochs": F(INT, 10, _positive),
-    "batch_size": F(INT, 32, _positive),
-    "output": F(STR, "runs/rdl"),
-    "resume": F(BOOL, False),
-    "quiet": F(BOOL, False),
-    "device": F(STR, "auto", _device),
-    "allow_skipped_terms": F(BOOL, False),
-    "threads": F(INT, 0, _non_negative),
+    "seed": Field(INT, 0, _non_negative),
+    "epochs": Field(INT, 10, _positive),
+    "batch_size": Field(INT, 32, _positive),
+    "output": Field(STR, "runs/rdl"),
+    "resume": Field(BOOL, False),
+    "quiet": Field(BOOL, False),
+    "device": Field(STR, "auto", _device),
+    "allow_skipped_terms": Field(BOOL, False),
+    "threads": Field(INT, 0, _non_negative),
     "data": {
-        "source": F(STR, _REQUIRED, choices=DATA_SOURCES),
-        "path": F(STR, None),
-        "n_train": F(INT, 0, _non_negative),
-        "validation": F(FLOAT, 0.2, _fraction),
-        "test_size": F(FLOAT, 0.2, _fraction),
-        "label": F(STR, "fine", choices=("fine", "coarse")),
-        "image_size": F(INT, 32, _positive),
-        "min_covered": F(INT, 0, _non_negative),
+        "source": Field(STR, _REQUIRED, choices=DATA_SOURCES),
+        "path": Field(STR, None),
+        "n_train": Field(INT, 0, _non_negative),
+        "validation": Field(FLOAT, 0.2, _fraction),
+        "test_size": Field(FLOAT, 0.2, _fraction),
+        "label": Field(STR, "fine", choices=("fine", "coarse")),
+        "image_size": Field(INT, 32, _positive),
+        "min_covered": Field(INT, 0, _non_negative),
     },
     "model": {
-        "type": F(STR, "mlp", choices=("mlp", "cnn")),
-        "hidden": F(LIST, None, _int_list),
-        "dropout": F(FLOAT, 0.0, _fraction),
-        "channels": F(LIST, None, _int_list),
+        "type": Field(STR, "mlp", choices=("mlp", "cnn")),
+        "hidden": Field(LIST, None, _int_list),
+        "dropout": Field(FLOAT, 0.0, _fraction),
+        "channels": Field(LIST, None, _int_list),
     },
     "teacher": {
-        "kind": F(STR, "none", choices=TEACHER_KINDS),
-        "checkpoint": F(STR, None),
-        "layers": F(LIST, None, _str_list),
-        "cache": F(BOOL, False),
-        "rdm": F(STR, None),
-        "rdm_key": F(STR, None),
-        "stimulus_ids": F((str, list), None),
-        "combine": F(STR, "mean", choices=("mean", "per_rdm")),
+        "kind": Field(STR, "none", choices=TEACHER_KINDS),
+        "checkpoint": Field(STR, None),
+        "layers": Field(LIST, None, _str_list),
+        "cache": Field(BOOL, False),
+        "rdm": Field(STR, None),
+        "rdm_key": Field(STR, None),
+        "stimulus_ids": Field((str, list), None),
+        "combine": Field(STR, "mean", choices=("mean", "per_rdm")),
         "train": {
-            "hidden": F(LIST, [256, 256], _int_list),
-            "type": F(STR, "mlp", choices=("mlp", "cnn")),
-            "channels": F(LIST, None, _int_list),
-            "dropout": F(FLOAT, 0.0, _fraction),
-            "epochs": F(INT, 20, _positive),
-            "lr": F(FLOAT, 1e-3, _positive),
-            "batch_size": F(INT, 64, _positive),
+            "hidden": Field(LIST, [256, 256], _int_list),
+            "type": Field(STR, "mlp", choices=("mlp", "cnn")),
+            "channels": Field(LIST, None, _int_list),
+            "dropout": Field(FLOAT, 0.0, _fraction),
+            "epochs": Field(INT, 20, _positive),
+            "lr": Field(FLOAT, 1e-3, _positive),
+            "batch_size": Field(INT, 64, _positive),
         },
     },
     "losses": {
-        "ce": {"weight": F(FLOAT, 1.0, _non_negative), "warmup_epochs": F(INT, 0, _non_negative)},
+        "ce": {"weight": Field(FLOAT, 1.0, _non_negative), "warmup_epochs": Field(INT, 0, _non_negative)},
         "rdl": {
-            "weight": F(FLOAT, 1.0, _non_negative),
-            "warmup_epochs": F(INT, 0, _non_negative),
-            "layers": F((dict, list), _REQUIRED),
-            "method": F(STR, "euclidean", choices=RDM_METHODS),
-            "criterion": F(STR, "mse"),
+            "weight": Field(FLOAT, 1.0, _non_negative),
+            "warmup_epochs": Field(INT, 0, _non_negative),
+            "layers": Field((dict, list), _REQUIRED),
+            "method": Field(STR, "euclidean", choices=RDM_METHODS),
+            "criterion": Field(STR, "mse"),
         },
-        "kd": {"weight": F(FLOAT, 1.0, _non_negative), "warmup_epochs": F(INT, 0, _non_negative),
-               "temperature": F(FLOAT, 4.0, _positive)},
-        **{name: {"weight": F(FLOAT, 1.0, _non_negative), "warmup_epochs": F(INT, 0, _non_negative),
-                  "student_layer": F(STR, _REQUIRED), "teacher_layer": F(STR, _REQUIRED)}
+        "kd": {"weight": Field(FLOAT, 1.0, _non_negative), "warmup_epochs": Field(INT, 0, _non_negative),
+               "temperature": Field(FLOAT, 4.0, _positive)},
+        **{name: {"weight": Field(FLOAT, 1.0, _non_negative), "warmup_epochs": Field(INT, 0, _non_negative),
+                  "student_layer": Field(STR, _REQUIRED), "teacher_layer": Field(STR, _REQUIRED)}
            for name in ("rkd", "sp", "cka")},
     },
     "optimizer": {
-        "name": F(STR, "adam", choices=OPTIMIZERS),
-        "lr": F(FLOAT, 1e-3, _positive),
-        "momentum": F(FLOAT, 0.9, _non_negative),
-        "weight_decay": F(FLOAT, 0.0, _non_negative),
-        "max_grad_norm": F(FLOAT, 0.0, _non_negative),
+        "name": Field(STR, "adam", choices=OPTIMIZERS),
+        "lr": Field(FLOAT, 1e-3, _positive),
+        "momentum": Field(FLOAT, 0.9, _non_negative),
+        "weight_decay": Field(FLOAT, 0.0, _non_negative),
+        "max_grad_norm": Field(FLOAT, 0.0, _non_negative),
     },
     "scheduler": {
-        "name": F(STR, "none", choices=SCHEDULERS),
-        "step_size": F(INT, 10, _positive),
-        "gamma": F(FLOAT, 0.1, _positive),
+        "name": Field(STR, "none", choices=SCHEDULERS),
+        "step_size": Field(INT, 10, _positive),
+        "gamma": Field(FLOAT, 0.1, _positive),
     },
     "probe": {
-        "enabled": F(BOOL, True),
-        "n_stimuli": F(INT, 200, lambda v: None if v >= 3 else f"needs at least 3 stimuli, got {v}"),
-        "method": F(STR, "euclidean", choices=RDM_METHODS),
+        "enabled": Field(BOOL, True),
+        "n_stimuli": Field(INT, 200, lambda v: None if v >= 3 else f"needs at least 3 stimuli, got {v}"),
+        "method": Field(STR, "euclidean", choices=RDM_METHODS),
     },
 }
 
@@ -198,7 +199,7 @@ def _type_name(types: tuple[type, ...]) -> str:
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
-def _check_value(key: str, spec: F, value: Any) -> Any:
+def _check_value(key: str, spec: Field, value: Any) -> Any:
     # TOML booleans are Python bools, which are ints: never accept them as numbers
     ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
     if not ok:

@@ -49,10 +49,10 @@ from torch.utils.data import TensorDataset
 
 from rdl_neuro.data.loaders import stratified_split
 
-__all__ = ["register", "run", "DemoSettings", "run_demo", "METHODS"]
+__all__ = ["register", "run", "DemoSettings", "run_demo", "TRAINING_METHODS"]
 
-#: the student conditions the demo trains and tabulates
-METHODS = ("baseline", "KD", "RDL", "RDL+KD")
+#: the training methods of the demo's students (which loss terms each trains with), in table order
+TRAINING_METHODS = ("baseline", "KD", "RDL", "RDL+KD")
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ def run_demo(out: str | os.PathLike[str], seeds: int = 3, settings: DemoSettings
                   f"({len(data['pool'])} training digits, {time.perf_counter() - start:.0f} s)", flush=True)
         rows, histories, students = [], [], {}
         for seed in range(seeds):
-            for method in METHODS:
+            for method in TRAINING_METHODS:
                 student, history = train_student(method, seed, data, teacher, settings, eval_on="val")
                 acc = _accuracy(student, data["test"].images, data["test"].labels)
                 rows.append({"method": method, "seed": seed, "test_acc": acc,
@@ -233,7 +233,7 @@ def run_demo(out: str | os.PathLike[str], seeds: int = 3, settings: DemoSettings
                 if seed == 0:
                     students[method] = student
             if verbose:
-                done = ", ".join(f"{r['method']} {100 * r['test_acc']:.1f}" for r in rows[-len(METHODS):])
+                done = ", ".join(f"{r['method']} {100 * r['test_acc']:.1f}" for r in rows[-len(TRAINING_METHODS):])
                 print(f"seed {seed}: {done}  ({time.perf_counter() - start:.0f} s)", flush=True)
         results = pd.DataFrame(rows)
         table = _table(results, teacher_acc)
@@ -280,7 +280,7 @@ def _figures(out: Path, test: Any, teacher: torch.nn.Module, students: dict[str,
     fig.suptitle(f"Euclidean RDMs of layer {layer} on {len(order)} test digits (seed 0)")
     save_figure(fig, out / "rdms.png", dpi=110)
 
-    students_only = table[table["method"].isin(METHODS)]
+    students_only = table[table["method"].isin(TRAINING_METHODS)]
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(students_only))
@@ -298,7 +298,7 @@ def _figures(out: Path, test: Any, teacher: torch.nn.Module, students: dict[str,
 
     fig = Figure(figsize=(11, 4))
     axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
-    for method in METHODS:
+    for method in TRAINING_METHODS:
         h = histories[histories["method"] == method].groupby("epoch")
         axes[0].plot(h["val_acc"].mean().index, 100 * h["val_acc"].mean(), label=method)
         axes[1].plot(h["loss_ce"].mean().index, h["loss_ce"].mean(), label=method)

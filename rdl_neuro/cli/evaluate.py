@@ -69,13 +69,13 @@ def _import_callable(spec: str) -> Any:
 
 def load_model(checkpoint: str | Path, model_spec: str | None = None) -> torch.nn.Module:
     """Build the model of a Trainer checkpoint and load its weights."""
+    from rdl_neuro.train.checkpoints import CheckpointError, load_checkpoint
+
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated or foreign file: say which
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+    try:  # the one way a checkpoint is read: weights_only=True, no code in the file runs
+        ckpt = load_checkpoint(path, required=())
+    except CheckpointError as err:  # a truncated or foreign file: say which
+        raise ValueError(f"cannot read checkpoint {path}: {err.__cause__ or err}") from err
     if not isinstance(ckpt, dict) or "model_state" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"checkpoint {path} has no 'model_state' (found {keys})")

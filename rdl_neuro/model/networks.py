@@ -18,13 +18,12 @@ from __future__ import annotations
 import copy
 import difflib
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
-__all__ = ["RDLNet", "build_model", "layer_names", "check_layers", "MODEL_TYPES"]
+__all__ = ["RDLNet", "build_model", "MODEL_TYPES"]
 
 #: the network types :func:`build_model` builds (the config's ``type``)
 MODEL_TYPES = ("mlp", "cnn")
@@ -51,11 +50,6 @@ class RDLNet(nn.Sequential):
     def __init__(self, layers: "OrderedDict[str, nn.Module]", config: Mapping[str, Any]) -> None:
         super().__init__(layers)
         self.config: dict[str, Any] = copy.deepcopy(dict(config))
-
-    @property
-    def hidden_layers(self) -> tuple[str, ...]:
-        """Names of the hidden representations (``hidden1``, ``hidden2``, ...)."""
-        return tuple(n for n, _ in self.named_children() if n.startswith("hidden"))
 
 
 def _positive_ints(value: Any, key: str, allow_empty: bool = True) -> list[int]:
@@ -171,23 +165,3 @@ def build_model(config: Mapping[str, Any]) -> RDLNet:
         layers["flatten"] = nn.Flatten()
         _dense_stack(layers, n_in * h * w, cfg["hidden"], cfg["dropout"], cfg["n_classes"])
     return RDLNet(layers, cfg)
-
-
-def layer_names(model: nn.Module) -> list[str]:
-    """Dotted names of every sub-module of ``model`` (what layer options may refer to)."""
-    return [name for name, _ in model.named_modules() if name]
-
-
-def check_layers(model: nn.Module, layers: Iterable[str], what: str = "layer") -> None:
-    """Raise a ``KeyError`` naming the first of ``layers`` that ``model`` lacks, with the valid names."""
-    valid = layer_names(model)
-    for layer in layers:
-        if layer not in valid:
-            close = difflib.get_close_matches(layer, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise KeyError(f"{what}: unknown layer {layer!r}{hint}; the model's layers are: {', '.join(valid)}")
-
-
-def _smoke() -> None:  # pragma: no cover - manual check
-    m = build_model({"type": "cnn", "input_shape": [1, 8, 8], "n_classes": 10})
-    print(m, m(torch.zeros(2, 1, 8, 8)).shape)

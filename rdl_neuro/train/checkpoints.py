@@ -78,8 +78,14 @@ def find_checkpoints(folder: str | os.PathLike[str]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a trainer checkpoint; raises :class:`CheckpointError` naming the file if it is unreadable or incomplete."""
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu",
+                    required: tuple[str, ...] = CHECKPOINT_KEYS) -> dict[str, Any]:
+    """Read a trainer checkpoint; raises :class:`CheckpointError` naming the file if it is unreadable or incomplete.
+
+    ``weights_only=True``: only tensors and plain containers are unpickled, so reading a file runs no
+    code from it. ``required`` are the entries it must hold (default: everything a resume needs;
+    ``rdl-neuro evaluate`` asks for none and checks ``model_state`` itself).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -89,7 +95,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {type(err).__name__}: {err}") from err
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a trainer checkpoint dict")
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    missing = [k for k in required if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks the entries {missing}")
     return ckpt
