@@ -36,3 +36,19 @@ def replay_draws(kind: str, n_boot: int, n: int, m: int, seed: int):
     if kind == "rdm":
         return np.array(rdm_idx)
     return np.array(rdm_idx), np.array(pat_idx)
+
+
+def record_bootstrap_draws(monkeypatch) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Record the (rdm_idx, pattern_idx) of every rsatoolbox ``bootstrap_sample`` call made by its evaluate module."""
+    import rsatoolbox.inference.evaluate as rs_evaluate
+
+    drawn: list[tuple[np.ndarray, np.ndarray]] = []
+    original = rs_evaluate.bootstrap_sample
+
+    def recording(*args, **kwargs):
+        sample, rdm_idx, pattern_idx = original(*args, **kwargs)
+        drawn.append((np.asarray(rdm_idx).copy(), np.asarray(pattern_idx).copy()))
+        return sample, rdm_idx, pattern_idx
+
+    monkeypatch.setattr(rs_evaluate, "bootstrap_sample", recording)
+    return drawn

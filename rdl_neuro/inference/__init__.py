@@ -6,16 +6,20 @@
 ``rdl_neuro.inference.bootstrap``      the general and the weighted-moment bootstrap
 ``rdl_neuro.inference.kendall``        the Kendall tau bootstrap
 ``rdl_neuro.inference.noise_ceiling``  ``pool_rdm``, ``noise_ceiling_bounds``
+``rdl_neuro.inference.dual``           ``rsa_dual_bootstrap`` (subjects and stimuli at once)
 ``rdl_neuro.inference.tests``          pairwise tests, tests against 0 and the ceiling, corrections
 =====================================  ========================================
 """
-from rdl_neuro.inference.evaluate import BOOTSTRAPS, CV_METHODS, RSAResult, build_result, rsa_evaluate, rsa_table
+from rdl_neuro.inference.dual import dual_bootstrap_variances, rsa_dual_bootstrap
+from rdl_neuro.inference.evaluate import (BOOTSTRAPS, CV_METHODS, RSAResult, build_result, prepare_rdms, rsa_evaluate,
+                                          rsa_table, run_bootstrap)
 from rdl_neuro.inference.noise_ceiling import noise_ceiling_bounds, pool_rdm
 from rdl_neuro.inference.tests import (CORRECTIONS, TEST_TYPES, correct_pvalues, extract_variances, model_tests,
                                        noise_pvalues, pair_pvalues, paired_unit_tests, pairwise_contrast,
                                        pairwise_tests, significant_pvalues, zero_pvalues)
 
-__all__ = ["BOOTSTRAPS", "CV_METHODS", "RSAResult", "build_result", "rsa_evaluate", "rsa_table",
+__all__ = ["BOOTSTRAPS", "CV_METHODS", "RSAResult", "build_result", "prepare_rdms", "rsa_evaluate", "rsa_table",
+           "run_bootstrap", "rsa_dual_bootstrap", "dual_bootstrap_variances",
            "noise_ceiling_bounds", "pool_rdm", "CORRECTIONS", "TEST_TYPES", "correct_pvalues", "extract_variances",
            "model_tests", "noise_pvalues", "pair_pvalues", "paired_unit_tests", "pairwise_contrast",
            "pairwise_tests", "significant_pvalues", "zero_pvalues"]

@@ -46,11 +46,11 @@ from rdl_neuro.inference.kendall import KENDALL_METHODS, bootstrap_kendall
 from rdl_neuro.inference.noise_ceiling import noise_ceiling_bounds
 from rdl_neuro.inference.resampling import draw_indices
 from rdl_neuro.inference.tests import extract_variances, model_tests, noise_pvalues, pairwise_tests, zero_pvalues
-from rdl_neuro.rdm.calc import check_method, subset_rdms
+from rdl_neuro.rdm.calc import check_method, n_stimuli_from_length, subset_rdms
 from rdl_neuro.rdm.compare import COMPARE_METHODS, RANK_METHODS, compare_rdms
 from rdl_neuro.rdm.interop import from_rsatoolbox, rdm_names
 
-__all__ = ["rsa_table", "rsa_evaluate", "RSAResult", "BOOTSTRAPS", "CV_METHODS", "build_result"]
+__all__ = ["rsa_table", "rsa_evaluate", "RSAResult", "BOOTSTRAPS", "CV_METHODS", "build_result", "prepare_rdms", "run_bootstrap"]
 
 #: ``bootstrap`` choices of :func:`rsa_table`: none (fixed), stimuli, brain RDMs, or both
 BOOTSTRAPS = (None, "pattern", "rdm", "both")
@@ -229,6 +229,73 @@ class RSAResult:
         """Each model against 0 and the noise ceiling, corrected: ``model_tests(self, ...)``."""
         return model_tests(self, test_type, correction, alpha)
 
+    def to_rsatoolbox(self):
+        """This result as an ``rsatoolbox.inference.Result`` (e.g. for ``rsatoolbox.vis.plot_model_comparison``).
+
+        The models are the rsatoolbox ``Model`` objects this result came with,
+        else a bare ``rsatoolbox.model.Model`` per name. Variances are copied,
+        so rsatoolbox's tests give this result's numbers; ``n_rdm`` and
+        ``n_pattern`` are set as rsatoolbox's evaluation functions leave them.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from rsatoolbox.rdm import RDMs
+        >>> rng = np.random.default_rng(0)
+        >>> brain = RDMs(rng.random((4, 45)), pattern_descriptors={"stimulus": np.arange(10)})
+        >>> models = RDMs(rng.random((2, 45)), pattern_descriptors={"stimulus": np.arange(10)})
+        >>> ours = rsa_evaluate(models, brain, "corr")
+        >>> theirs = ours.to_rsatoolbox()
+        >>> bool(np.allclose(theirs.get_means(), ours.mean))
+        True
+        """
+        from rsatoolbox.inference import Result
+        from rsatoolbox.model import Model
+
+        models = list(self.models) if self.models is not None else [Model(name) for name in self.names]
+        nc = np.array([np.nan, np.nan]) if self.noise_ceiling is None else self.noise_ceiling
+        res = Result(models, self.rsatoolbox_evaluations(), self.method, self.cv_method, nc, dof=self.dof)
+        res.variances = self.variances
+        res.model_var, res.diff_var, res.noise_ceil_var = self.model_var, self.diff_var, self.nc_var
+        res.n_rdm, res.n_pattern = self.n_brain, self.n_stimuli
+        return res
+
+    @classmethod
+    def from_rsatoolbox(cls, result) -> RSAResult:
+        """An ``RSAResult`` from an ``rsatoolbox.inference.Result`` (any ``cv_method``), its numbers kept.
+
+        ``mean``, ``sem``, the t intervals and the t-test p-values are
+        rsatoolbox's (``get_means``, ``get_sem``, ``get_ci``, ``test_zero``,
+        ``test_noise``); ``fixed`` is NaN (rsatoolbox keeps no full-data
+        evaluation). ``to_rsatoolbox`` gives the same object back.
+        """
+        kinds = {v: key for key, v in CV_METHODS.items()}
+        if result.cv_method not in kinds:
+            raise ValueError(f"unknown rsatoolbox cv_method {result.cv_method!r}; known: {sorted(kinds)}")
+        bootstrap = kinds[result.cv_method]
+        evaluations = np.asarray(result.evaluations)
+        if bootstrap is None:
+            evaluations = evaluations[0]
+        k = len(result.models)
+        nc = np.asarray(result.noise_ceiling, dtype=float)
+        has_nc = bool(np.isfinite(nc).any())
+        nan_k = np.full(k, np.nan)
+        testable = result.model_var is not None and result.dof is not None and result.dof > 0
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = result.get_means()
+            ci_low, ci_high = result.get_ci(0.95) if testable else (nan_k, nan_k)
+            p_zero = result.test_zero() if testable else nan_k
+            p_noise = result.test_noise() if testable and has_nc else nan_k
+            nc_lower, nc_upper = (float(np.nanmean(b)) for b in nc) if has_nc else (np.nan, np.nan)
+        return cls(names=[m.name for m in result.models], method=result.method, bootstrap=bootstrap,
+                   evaluations=evaluations, noise_ceiling=nc if has_nc else None, fixed=nan_k, mean=mean,
+                   sem=result.get_sem() if result.model_var is not None else nan_k, ci_low=ci_low,
+                   ci_high=ci_high, p_zero=p_zero, p_noise=p_noise, nc_lower=nc_lower, nc_upper=nc_upper,
+                   dof=result.dof, n_stimuli=result.n_pattern, n_brain=result.n_rdm, variances=result.variances,
+                   model_var=result.model_var, diff_var=result.diff_var, nc_var=result.noise_ceil_var,
+                   models=list(result.models))
+
     def table(self) -> pd.DataFrame:
         """One row per model RDM (see ``rsa_table``)."""
         n = len(self.names)
@@ -253,6 +320,45 @@ class RSAResult:
         })
 
 
+def prepare_rdms(model_rdms: RDMs | Sequence[RDMs], brain_rdms: RDMs, method: str,
+                 descriptor: str = "stimulus") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Model (float64) and brain RDMs as tensors on the brain's stimuli that the models cover, in brain order.
+
+    Returns
+    -------
+    models : Tensor ``(k, P)``
+    brain : Tensor ``(m, P)``
+    names : list of str
+        ``k`` model names.
+    """
+    if not isinstance(brain_rdms, RDMs):
+        raise TypeError(f"brain_rdms must be rsatoolbox.rdm.RDMs, got {type(brain_rdms).__name__}")
+    brain, brain_ids = from_rsatoolbox(brain_rdms, descriptor)
+    models, names, brain_pos = _stack_models(model_rdms, brain_rdms, brain_ids, method, descriptor)
+    brain = subset_rdms(brain, brain_pos)
+    for name, v in (("model", models), ("brain", brain)):
+        bad = torch.isnan(v).all(1)
+        if bool(bad.any()):
+            raise ValueError(f"{name} RDM(s) {torch.nonzero(bad).squeeze(1).tolist()} are entirely NaN")
+    return models, brain, names
+
+
+def run_bootstrap(models: torch.Tensor, brain: torch.Tensor, method: str, rdm_idx: np.ndarray | None,
+                  pat_idx: np.ndarray | None, boot_nc: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-resample evaluations ``(N, k)`` and noise ceilings ``(2, N)`` from the fastest exact engine.
+
+    ``rdm_idx (N, m)`` and/or ``pat_idx (N, n)`` are the drawn brain RDMs and
+    stimuli (None: not resampled); resamples with fewer than 3 distinct
+    stimuli are NaN, as in rsatoolbox.
+    """
+    has_nan = bool(torch.isnan(models).any() or torch.isnan(brain).any())
+    if method in MOMENT_METHODS and not has_nan:
+        return bootstrap_moments(models, brain, method, rdm_idx, pat_idx, boot_nc)
+    if method in KENDALL_METHODS and rdm_idx is None and not has_nan:
+        return bootstrap_kendall(models, brain, method, pat_idx, boot_nc)
+    return bootstrap_general(models, brain, method, rdm_idx, pat_idx, boot_nc)
+
+
 def rsa_evaluate(
     model_rdms: RDMs | Sequence[RDMs],
     brain_rdms: RDMs,
@@ -273,16 +379,8 @@ def rsa_evaluate(
         raise ValueError(f"bootstrap must be one of {BOOTSTRAPS}, got {bootstrap!r}")
     if ci not in ("t", "percentile"):
         raise ValueError(f"ci must be 't' or 'percentile', got {ci!r}")
-    if not isinstance(brain_rdms, RDMs):
-        raise TypeError(f"brain_rdms must be rsatoolbox.rdm.RDMs, got {type(brain_rdms).__name__}")
-    brain, brain_ids = from_rsatoolbox(brain_rdms, descriptor)
-    models, names, brain_pos = _stack_models(model_rdms, brain_rdms, brain_ids, method, descriptor)
-    brain = subset_rdms(brain, brain_pos)
-    n_stim, m = len(brain_pos), brain.shape[0]
-    for name, v in (("model", models), ("brain", brain)):
-        bad = torch.isnan(v).all(1)
-        if bool(bad.any()):
-            raise ValueError(f"{name} RDM(s) {torch.nonzero(bad).squeeze(1).tolist()} are entirely NaN")
+    models, brain, names = prepare_rdms(model_rdms, brain_rdms, method, descriptor)
+    n_stim, m = n_stimuli_from_length(brain.shape[1]), brain.shape[0]
     if noise_ceiling and m < 2:
         raise ValueError("noise_ceiling=True needs at least 2 brain RDMs (the lower bound leaves one out); "
                          "got 1 -- pass noise_ceiling=False or more subjects/sessions")
@@ -302,13 +400,7 @@ def rsa_evaluate(
         if rdm_idx is not None and pat_idx is not None and len(rdm_idx) != len(pat_idx):
             raise ValueError(f"{len(rdm_idx)} rdm and {len(pat_idx)} pattern resamples given")
         boot_nc = noise_ceiling and boot_noise_ceiling
-        has_nan = bool(torch.isnan(models).any() or torch.isnan(brain).any())
-        if method in MOMENT_METHODS and not has_nan:
-            evaluations, nc_arr = bootstrap_moments(models, brain, method, rdm_idx, pat_idx, boot_nc)
-        elif method in KENDALL_METHODS and bootstrap == "pattern" and not has_nan:
-            evaluations, nc_arr = bootstrap_kendall(models, brain, method, pat_idx, boot_nc)
-        else:
-            evaluations, nc_arr = bootstrap_general(models, brain, method, rdm_idx, pat_idx, boot_nc)
+        evaluations, nc_arr = run_bootstrap(models, brain, method, rdm_idx, pat_idx, boot_nc)
         ok = np.isfinite(evaluations[:, 0])
         if ok.sum() < 2:
             raise ValueError(f"only {int(ok.sum())} usable bootstrap samples; use more resamples or stimuli")
@@ -384,8 +476,9 @@ def build_result(names: list[str], method: str, bootstrap: str | None, evaluatio
             framed = np.concatenate([np.tile([[-np.inf], [np.inf]], (1, k)), per_sample], 0)
             ci_low, ci_high = np.quantile(framed, 0.025, axis=0), np.quantile(framed, 0.975, axis=0)
         else:
-            half = -sem * stats.t.ppf(0.025, dof) if dof > 0 else nan_k
-            ci_low, ci_high = mean - half, mean + half
+            # rsatoolbox's get_ci(0.95), to the bit: its cut is (1 - 0.95) / 2, not 0.025
+            cut = stats.t.ppf((1 - 0.95) / 2, dof) if dof > 0 else np.nan
+            ci_low, ci_high = mean + sem * cut, mean - sem * cut
     return RSAResult(names=list(names), method=method, bootstrap=bootstrap, evaluations=evaluations,
                      noise_ceiling=noise_ceiling, fixed=nan_k if fixed is None else fixed, mean=mean, sem=sem,
                      ci_low=ci_low, ci_high=ci_high, p_zero=np.asarray(p_zero, float),
