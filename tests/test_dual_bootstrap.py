@@ -77,3 +77,14 @@ def test_dual_bootstrap_seeded_and_errors(rng):
         rsa_dual_bootstrap(models, brain[0], n_bootstrap=10)
     with pytest.raises(ValueError, match="k_pattern=2, k_rdm=1: crossvalidation inside the dual bootstrap"):
         rsa_dual_bootstrap(models, brain, k_pattern=2)
+
+
+def test_models_over_different_stimuli_are_named(rng):
+    from rsatoolbox.rdm import RDMs
+
+    models, brain = random_rdms(rng, n=10, k=2, m=4)
+    other = RDMs(models.get_vectors()[:1], pattern_descriptors={"stimulus": np.arange(10) + 5})
+    with pytest.raises(ValueError, match=r"5 stimulus ids of the model RDMs are missing from the brain RDMs: \[10, 11"):
+        rsa_dual_bootstrap(other, brain, n_bootstrap=5)
+    with pytest.raises(ValueError, match=r"model_rdms\[1\] covers other stimuli than model_rdms\[0\]"):
+        rsa_dual_bootstrap([models, models.subsample_pattern("stimulus", np.arange(8))], brain, n_bootstrap=5)

@@ -4,11 +4,13 @@
 ``rdl_neuro.model.recorder``    ``LayerRecorder``, ``available_layers``, ``resolve_layers``
 ``rdl_neuro.model.layer_rdms``  ``layer_rdms``: a model's layer RDMs over a stimulus set
 ``rdl_neuro.model.networks``    ``build_model`` (MLP / CNN from a config), ``RDLNet``
+``rdl_neuro.model.fitted``      weighted models: ``fit_weights``, ``fit_weighted_model``, ``predict_weighted``
 ==============================  ===============================================
 """
+from rdl_neuro.model.fitted import FIT_METHODS, fit_weighted_model, fit_weights, predict_weighted
 from rdl_neuro.model.layer_rdms import layer_rdms
 from rdl_neuro.model.networks import MODEL_TYPES, RDLNet, build_model
 from rdl_neuro.model.recorder import LayerRecorder, available_layers, resolve_layers
 
 __all__ = ["layer_rdms", "MODEL_TYPES", "RDLNet", "build_model", "LayerRecorder", "available_layers",
-           "resolve_layers"]
+           "resolve_layers", "FIT_METHODS", "fit_weights", "fit_weighted_model", "predict_weighted"]
