@@ -88,7 +88,7 @@ def fit_weights(components: torch.Tensor, target: torch.Tensor, method: str = "c
     --------
     >>> comps = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [6.0, 1.0, 5.0, 2.0, 4.0, 3.0]])
     >>> fit_weights(comps, 2 * comps[0] + comps[1], "cosine", normalize=False)
-    tensor([2.0000, 1.0000], dtype=torch.float64)
+    tensor([2., 1.], dtype=torch.float64)
     """
     if method not in FIT_METHODS:
         raise ValueError(f"weights are fitted for the comparisons {FIT_METHODS}, not {method!r}")
