@@ -318,12 +318,12 @@ def test_rdm_probe_survives_a_constant_teacher_pattern_and_checks_its_ids():
 
 # ---------------------------------------------------------------- siblings: the same rule in the other entry points
 def test_whole_float_ids_elsewhere_and_dropped_stimuli():
-    from rdl_neuro.data.nifti import _as_ids
+    from rdl_neuro.data.nifti import as_ids
     from rdl_neuro.data.stimulus import CoverageBatchSampler
 
-    assert _as_ids(np.loadtxt(["0", "1", "1"]), "conditions", 3, "3 volumes").tolist() == [0, 1, 1]
+    assert as_ids(np.loadtxt(["0", "1", "1"]), "conditions", 3, "3 volumes").tolist() == [0, 1, 1]
     with pytest.raises(ValueError, match="conditions: stimulus id 0.5"):
-        _as_ids(np.array([0.5, 1.0]), "conditions", 2, "2 volumes")
+        as_ids(np.array([0.5, 1.0]), "conditions", 2, "2 volumes")
     base = TensorDataset(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
     assert StimulusDataset(base, {2.0: 7}).stimulus_ids.tolist() == [-1, -1, 7]
     with pytest.raises(ValueError, match="whole number"):
