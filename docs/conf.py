@@ -49,7 +49,8 @@ html_static_path: list[str] = []
 # plain text instead of failing, since the inventories list only what we link.
 nitpicky = True
 nitpick_ignore_regex = [
-    ("py:.*", r"(torch|numpy|np|pandas|pd|rsatoolbox|matplotlib|plt|nibabel|nib|scipy|sklearn|tqdm)(\..*)?"),
+    ("py:.*", r"(torch|numpy|np|pandas|pd|rsatoolbox|matplotlib|plt|nibabel|nib|nilearn|scipy|sklearn|tqdm"
+              r"|mlxtend|PIL|h5py|skimage)(\..*)?"),
     ("py:.*", r"(typing|collections|pathlib|os|argparse|tomllib|dataclasses)\..*"),
 ]
 intersphinx_mapping = {
