@@ -158,8 +158,8 @@ def published_records(folder: str | os.PathLike[str] = PUBLISHED_DIR) -> dict[st
     return {p.stem: read_record(p) for p in sorted(Path(folder).glob("*.md"))}
 
 
-def _last_change(path: str) -> str:
-    out = subprocess.run(["git", "-C", str(REPO_ROOT), "log", "-1", "--format=%h %cs %s", "--", path],
+def _last_change(path: str, root: str | os.PathLike[str] = REPO_ROOT) -> str:
+    out = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h %cs %s", "--", path],
                          capture_output=True, text=True).stdout.strip()
     return f"last commit {out[:80]}" if out else "not committed yet"
 
@@ -178,19 +178,19 @@ def stale_reasons(record: Mapping[str, Any], root: str | os.PathLike[str] = REPO
         if f not in now:
             reasons.append(f"{f} removed since the record's run (commit {commit})")
         elif f not in then:
-            reasons.append(f"{f} added since the record's run (commit {commit}); {_last_change(f)}")
+            reasons.append(f"{f} added since the record's run (commit {commit}); {_last_change(f, root)}")
         elif then[f] != now[f]:
-            reasons.append(f"{f} changed since the record's run (commit {commit}); {_last_change(f)}")
+            reasons.append(f"{f} changed since the record's run (commit {commit}); {_last_change(f, root)}")
     return reasons
 
 
 def run_quick(command: Sequence[str], name: str, env: Mapping[str, str] | None = None,
-              timeout: float = 600) -> str:
+              timeout: float = 600, root: str | os.PathLike[str] = REPO_ROOT) -> str:
     """Run a record's quick command in a fresh folder and return the digest of the record it writes.
 
     ``command``: the record's ``quick_command`` (``"python"`` is this interpreter,
     ``"rdl-neuro"`` this package's CLI, ``"{out}"`` the fresh folder). The code is
-    this checkout's (``PYTHONPATH`` starts with the repository root).
+    that of the checkout ``root`` (the working directory; ``PYTHONPATH`` starts with it).
     """
     with tempfile.TemporaryDirectory(prefix=f"quick_{name}_") as tmp:
         cmd = [str(c).replace("{out}", tmp) for c in command]
@@ -199,10 +199,10 @@ def run_quick(command: Sequence[str], name: str, env: Mapping[str, str] | None =
         elif cmd[0] == "rdl-neuro":
             cmd[:1] = [sys.executable, "-m", "rdl_neuro"]
         full_env = dict(os.environ if env is None else env)
-        full_env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), full_env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        full_env["PYTHONPATH"] = os.pathsep.join([str(root), full_env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         full_env.setdefault("PYTHONHASHSEED", "0")
         full_env.setdefault("MPLBACKEND", "Agg")
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=root, env=full_env, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"quick run of {name} failed ({' '.join(command)}):\n{proc.stderr[-3000:]}")
         for path in sorted(Path(tmp).rglob(f"{name}.md")):  # a script's own report may share the name
@@ -237,17 +237,18 @@ class RecordCheck:
 
 
 def check_record(record: Mapping[str, Any], *, force_quick: bool = False,
-                 env: Mapping[str, str] | None = None) -> RecordCheck:
-    """Is ``record`` current? Reruns its quick mode only if its code changed (or ``force_quick``)."""
+                 root: str | os.PathLike[str] = REPO_ROOT) -> RecordCheck:
+    """Is ``record`` current in the checkout ``root``? Reruns its quick mode only if its code changed
+    (or ``force_quick``)."""
     name = record["name"]
-    reasons = stale_reasons(record)
+    reasons = stale_reasons(record, root)
     if not reasons and not force_quick:
         return RecordCheck(name, "current", [])
     quick, expected = record.get("quick_command"), record.get("fingerprint")
     if not quick or not expected:
         return RecordCheck(name, "unverifiable", reasons, "no quick fingerprint: rerun "
                            f"`{record['command']} --publish` to refresh it")
-    got = run_quick(quick, name, env=env)
+    got = run_quick(quick, name, root=root)
     if got == expected:
         return RecordCheck(name, "refactored" if reasons else "current", reasons,
                            f"quick fingerprint {got} unchanged: the numbers cannot have moved")

@@ -25,11 +25,17 @@ import warnings
 from importlib.metadata import version
 
 import numpy as np
+import pandas as pd
 import rsatoolbox
 import torch
 
 from rdl_neuro.rdm.compare import compare_rdms
 from rdl_neuro.rdm import compute_rdm
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+from _provenance import add_arguments, start_record  # noqa: E402
+
+from rdl_neuro.provenance import markdown_table  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -61,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="repeats per case (default 3, 1 with --quick)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: fresh data)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    rec = start_record("rdm_speed", args, argv, seeds=args.seed,
+                       depends_on=["rdl_neuro/rdm", "benchmarks/rdm_speed.py"])
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -77,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     worst_diff = 0.0
     corr_speedup = corr_vs_matmul = float("nan")
     rank_speedups: dict[str, float] = {}
+    rows: list[dict] = []  # every case, for the result record
 
     for n, p in rdm_sizes:
         x = rng.standard_normal((n, p))
@@ -84,12 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         dataset = rsatoolbox.data.Dataset(x)
         matmul_s, _ = timed(lambda: features @ features.T, repeats)
         print(f"{f'bare X @ X.T  {n}x{p}':<38}{matmul_s:>10.4f}")
+        rows.append({"case": f"bare X @ X.T {n}×{p}", "rdl_neuro s": f"{matmul_s:.3g}"})
         for ours_name, rsa_name in (("correlation", "correlation"), ("sqeuclidean", "euclidean")):
             ours_s, ours = timed(lambda: compute_rdm(features, ours_name), repeats)
             rsa_s, theirs = timed(lambda: rsatoolbox.rdm.calc_rdm(dataset, method=rsa_name), repeats)
             diff = max_abs_diff(ours, theirs.get_vectors()[0])
             worst_diff = max(worst_diff, diff)
             print(f"{f'calc_rdm {ours_name} {n}x{p}':<38}{ours_s:>10.4f}{rsa_s:>14.4f}{rsa_s / ours_s:>9.1f}{diff:>12.1e}")
+            rows.append({"case": f"{ours_name} RDM {n}×{p}", "rdl_neuro s": f"{ours_s:.3g}",
+                         "rsatoolbox s": f"{rsa_s:.3g}", "speed-up": f"{rsa_s / ours_s:.1f}×",
+                         "max abs diff": f"{diff:.0e}"})
             if ours_name == "correlation":
                 corr_speedup, corr_vs_matmul = rsa_s / ours_s, ours_s / matmul_s
 
@@ -105,11 +119,16 @@ def main(argv: list[str] | None = None) -> int:
             one_s, _ = timed(lambda: rsatoolbox.rdm.compare(rdms_a[0], rdms_b[0], method=method), 1)
             if method in ("kendall", "tau-a") and one_s * k * k * repeats > RSATOOLBOX_BUDGET_S:
                 print(f"{case:<38}{ours_s:>10.4f}{'skipped':>14}  (estimated {one_s * k * k:.0f} s per call)")
+                rows.append({"case": f"compare {method} {k}×{k}, n = {n}", "rdl_neuro s": f"{ours_s:.3g}",
+                             "rsatoolbox s": "skipped"})
                 continue
             rsa_s, theirs = timed(lambda: rsatoolbox.rdm.compare(rdms_a, rdms_b, method=method), repeats)
             diff = max_abs_diff(ours, theirs)
             worst_diff = max(worst_diff, diff)
             print(f"{case:<38}{ours_s:>10.4f}{rsa_s:>14.4f}{rsa_s / ours_s:>9.1f}{diff:>12.1e}")
+            rows.append({"case": f"compare {method} {k}×{k}, n = {n}", "rdl_neuro s": f"{ours_s:.3g}",
+                         "rsatoolbox s": f"{rsa_s:.3g}", "speed-up": f"{rsa_s / ours_s:.1f}×",
+                         "max abs diff": f"{diff:.0e}"})
             if n == compare_sizes[-1][0] and method in RANK_METHODS:
                 rank_speedups[method] = rsa_s / ours_s
 
@@ -117,10 +136,18 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"note: rank_compare_min_speedup leaves out {', '.join(missing)} (rsatoolbox skipped)")
     rank_min = min(rank_speedups.values()) if rank_speedups else float("nan")
-    print(
-        f"RESULT corr_rdm_speedup={corr_speedup:.2f} corr_rdm_vs_matmul={corr_vs_matmul:.3f} "
-        f"rank_compare_min_speedup={rank_min:.2f} max_abs_diff={worst_diff:.3e}"
-    )
+    result = (f"RESULT corr_rdm_speedup={corr_speedup:.2f} corr_rdm_vs_matmul={corr_vs_matmul:.3f} "
+              f"rank_compare_min_speedup={rank_min:.2f} max_abs_diff={worst_diff:.3e}")
+    # the record's table: correlation RDMs and the comparisons at the largest n; every case in its notes
+    full = pd.DataFrame(rows).fillna("")
+    big_n = f"n = {compare_sizes[-1][0]}"
+    headline = full[full["case"].str.startswith("correlation RDM") | full["case"].str.endswith(big_n)]
+    rec.finish(headline, result_line=result, notes="Every case of the run:\n\n" + markdown_table(full),
+               values={"threads": torch.get_num_threads(), "repeats": repeats, "max_abs_diff": f"{worst_diff:.0e}",
+                       "corr_rdm_vs_matmul": f"{corr_vs_matmul:.2f}×"},
+               title=f"RDMs and RDM comparisons: rdl_neuro vs rsatoolbox {version('rsatoolbox')} "
+                     f"(float64, {torch.get_num_threads()} torch threads, median of {repeats})")
+    print(result)
     return 0
 
 

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _provenance import add_arguments, start_record
+
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kriegeskorte2008"
 
 
@@ -61,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="alternating timing repeats, fastest kept")
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--seed", type=int, default=0)
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    rec = start_record("rsa_speed", args, argv, seeds=args.seed,
+                       depends_on=["rdl_neuro/inference", "rdl_neuro/rdm", "benchmarks/rsa_speed.py"])
     n_corr = args.n or (20 if args.quick else 1000)
     n_tau = args.n_tau or (20 if args.quick else 1000)
     n_ref = min(args.n_ref or (3 if args.quick else 50), n_tau)
@@ -141,8 +146,20 @@ def main(argv: list[str] | None = None) -> int:
           f"resamples; its time is extrapolated linearly per resample. rdl_neuro threads: {threads}; fastest of {args.repeats} alternating repeats; "
           f"max |diff| over every resample rsatoolbox ran, with the noise ceilings and p-values)")
     print(f"max_abs_diff_boot={max_boot:.2e}")
-    print(f"RESULT boot_corr_speedup={speedups['corr']:.1f} boot_tau_a_speedup={speedups['tau-a']:.1f} "
-          f"max_abs_diff_fixed={max_fixed:.2e} dual_boot_speedup={speedups['dual']:.1f}")
+    result = (f"RESULT boot_corr_speedup={speedups['corr']:.1f} boot_tau_a_speedup={speedups['tau-a']:.1f} "
+              f"max_abs_diff_fixed={max_fixed:.2e} dual_boot_speedup={speedups['dual']:.1f}")
+    import pandas as pd
+
+    table = pd.DataFrame([{"task": task.replace("bootstrap_pattern", "bootstrap,").replace("fixed", "fixed,")
+                           + (f" N = {n}" if n > 1 else ""),
+                           "rdl_neuro s": f"{t_ours:.3g}",
+                           "rsatoolbox s": f"{t_ref:.3g}" + (f" (extrapolated from {n_theirs})" if n_theirs != n else ""),
+                           "speed-up": f"{t_ref / t_ours:.1f}×", "max abs diff": f"{diff:.0e}"}
+                          for task, n, n_theirs, t_ref, t_ours, diff in rows])
+    rec.finish(table, result_line=result, values={"threads": threads, "max_abs_diff": f"{max(max_boot, max_fixed):.0e}"},
+               title=f"rsa_evaluate vs rsatoolbox on the 92 images: 8 model RDMs x {brain.n_rdm} human-IT RDMs "
+                     f"(rdl_neuro threads: {threads}; fastest of {args.repeats})")
+    print(result)
     return 0
 
 

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _provenance import add_arguments, start_record
+
 from rdl_neuro.model.recorder import LayerRecorder
 from rdl_neuro.train.losses import RDLLoss
 from rdl_neuro.rdm import compute_rdm
@@ -75,7 +77,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--n-stimuli", type=int, default=1000, help="stimuli covered by the fixed teacher RDM")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    rec = start_record("step_overhead", args, argv, seeds=args.seed,
+                       depends_on=["rdl_neuro/train/losses.py", "rdl_neuro/train/teachers.py", "rdl_neuro/rdm",
+                                   "rdl_neuro/model/recorder.py", "benchmarks/step_overhead.py"])
     repeats = args.repeats or (5 if args.quick else 40)
     warmup = 2 if args.quick else 5
     if args.threads:
@@ -162,7 +168,21 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         + ", ".join(f"{kind}={cpu_med[kind] / cpu_med['ce']:.3f}" for kind in cpu_med)
     )
     print(f"floor: the matrix products alone cost {ratios['products']:.3f}x the CE step")
-    print(f"RESULT rdl_fixed_overhead={ratios['fixed']:.3f} rdl_network_overhead={ratios['network']:.3f}")
+    result = f"RESULT rdl_fixed_overhead={ratios['fixed']:.3f} rdl_network_overhead={ratios['network']:.3f}"
+    import pandas as pd
+
+    steps = {"ce": "cross-entropy", "fixed": "+ RDL on both hidden layers, fixed RDM teacher",
+             "products": "+ only the two matrix products per layer that RDL needs",
+             "network": "+ RDL against a network teacher (MLP 784-1200-1200-10)"}
+    table = pd.DataFrame([{"step": steps[k], "ms": f"{1e3 * med[k]:.2f}", "ratio to CE": f"{ratios[k]:.2f}",
+                           "CPU-time ratio": f"{cpu_med[k] / cpu_med['ce']:.2f}"} for k in steps])
+    rec.finish(table, result_line=result,
+               values={"threads": torch.get_num_threads(),
+                       "rdl_above_products": f"{100 * (ratios['fixed'] - ratios['products']):.0f}%",
+                       "products_ratio": f"{ratios['products']:.2f}"},
+               title=f"Cost of RDL per training step: MLP 784-800-800-10, batch {b}, "
+                     f"{torch.get_num_threads()} thread(s), median of {repeats} interleaved repeats")
+    print(result)
     return ratios
 
 

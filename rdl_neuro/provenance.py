@@ -57,6 +57,7 @@ __all__ = [
     "markdown_table",
     "write_record",
     "read_record",
+    "update_record",
     "record_paths",
 ]
 
@@ -259,7 +260,10 @@ def write_record(folder: str | os.PathLike[str], name: str, *, title: str, comma
         lines += ["```", result_line, "```", ""]
     if values:
         lines += ["Values quoted in the text:", ""]
-        lines += [f"- `{k}`: {v}" for k, v in values.items()] + [""]
+        for k, v in values.items():
+            lines += [f"- `{k}`:", "", "  ```", *(f"  {x}" for x in v.splitlines()), "  ```"] if "\n" in v \
+                else [f"- `{k}`: {v}"]
+        lines += [""]
     lines += ["## Provenance", "",
               f"- command: `{command}`",
               f"- commit: `{commit}` ({tree})",
@@ -298,3 +302,22 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     meta["table"] = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     meta["path"] = md_path
     return meta
+
+
+def update_record(path: str | os.PathLike[str], **fields: Any) -> dict[str, Any]:
+    """Set ``fields`` in a record's JSON block (e.g. ``fingerprint``), leaving the rest of the file as it is.
+
+    Returns the updated metadata (as :func:`read_record`).
+    """
+    md_path = Path(path).with_suffix(".md")
+    meta = read_record(md_path)
+    text = md_path.read_text()
+    start = text.rfind(_JSON_OPEN)
+    end = text.find("\n```", start + len(_JSON_OPEN))
+    plain = {k: v for k, v in meta.items() if k not in ("table", "path")}
+    unknown = set(fields) - set(plain)
+    if unknown:
+        raise ValueError(f"{md_path}: no field(s) {sorted(unknown)} in the record")
+    plain.update(fields)
+    atomic_write_text(md_path, text[:start + len(_JSON_OPEN)] + "\n" + json.dumps(plain, indent=1) + text[end:])
+    return read_record(md_path)

@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     settings = DemoSettings().quick() if args.quick else DemoSettings()
-    run_demo(args.out, seeds=args.seeds, settings=settings, verbose=True)
+    command = f"rdl-neuro demo{' --quick' if args.quick else ''} --seeds {args.seeds} --out {args.out}"
+    run_demo(args.out, seeds=args.seeds, settings=settings, verbose=True, command=command)
     return 0
 
 
@@ -203,15 +204,28 @@ def _format_table(table: pd.DataFrame, settings: DemoSettings) -> str:
     return "\n".join(lines)
 
 
+#: the code the demo's numbers depend on (paths relative to the repository), for its result record
+DEPENDS_ON = ["rdl_neuro/cli/demo.py", "rdl_neuro/train", "rdl_neuro/rdm", "rdl_neuro/model", "rdl_neuro/data"]
+
+
 def run_demo(out: str | os.PathLike[str], seeds: int = 3, settings: DemoSettings | None = None,
-             verbose: bool = True) -> pd.DataFrame:
-    """Run the whole demo; returns the results table (also written to ``out/results.csv``)."""
+             verbose: bool = True, command: str | None = None) -> pd.DataFrame:
+    """Run the whole demo; returns the results table (also written to ``out/results.csv``).
+
+    Also writes the result record ``out/demo.md`` + ``out/demo.csv`` (see
+    :mod:`rdl_neuro.provenance`): the printed table with the command (``command``,
+    default the equivalent ``rdl-neuro demo`` call), commit, versions and machine.
+    """
     from rdl_neuro.io import atomic_write_csv
+    from rdl_neuro.provenance import dependency_files, git_state
 
     settings = settings or DemoSettings()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    started_utc = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    root = Path(__file__).resolve().parents[2]  # the checkout, when the package runs from one
+    git, digests = git_state(root, ignore=["benchmarks/results"]), dependency_files(root, DEPENDS_ON)
     threads = torch.get_num_threads()
     # these models are tiny: one thread avoids the synchronisation that dominates small matmuls
     torch.set_num_threads(1)
@@ -240,9 +254,13 @@ def run_demo(out: str | os.PathLike[str], seeds: int = 3, settings: DemoSettings
         atomic_write_csv(table, out / "results.csv")
         atomic_write_csv(results, out / "results_per_seed.csv")
         atomic_write_csv(pd.concat(histories, ignore_index=True), out / "histories.csv")
-        _figures(out, data["test"], teacher, students, table, pd.concat(histories, ignore_index=True), settings)
+        train_s = time.perf_counter() - start
+        r = _figures(out, data["test"], teacher, students, table, pd.concat(histories, ignore_index=True), settings)
     finally:
         torch.set_num_threads(threads)
+    _record(out, table, settings, seeds, command, train_s=train_s, wall_s=time.perf_counter() - start, r=r,
+            exact=pd.concat([results, *histories], ignore_index=True), git=git, digests=digests,
+            started_utc=started_utc)
     if verbose:
         print()
         print(_format_table(table, settings))
@@ -251,11 +269,35 @@ def run_demo(out: str | os.PathLike[str], seeds: int = 3, settings: DemoSettings
     return table
 
 
+def _record(out: Path, table: pd.DataFrame, settings: DemoSettings, seeds: int, command: str | None, *,
+            train_s: float, wall_s: float, r: dict[str, float], exact: pd.DataFrame, git: dict[str, Any],
+            digests: dict[str, str], started_utc: str) -> Path:
+    """The demo's result record ``out/demo.md`` + ``out/demo.csv``."""
+    from rdl_neuro.provenance import write_record
+
+    quick = settings == DemoSettings().quick()
+    shown = pd.DataFrame({
+        "method": table["method"],
+        "accuracy": [f"{100 * m:.1f} ± {100 * s:.1f} %" for m, s in zip(table["mean"], table["sd"])],
+        "vs baseline": [f"{100 * v:+.1f}" for v in table["vs_baseline"]],
+        "seeds": table["n"].astype(int)})
+    return write_record(
+        out, "demo", title="rdl-neuro demo: test accuracy on scikit-learn's digits", table=shown,
+        command=command or f"rdl-neuro demo{' --quick' if quick else ''} --seeds {seeds} --out {out}",
+        result_line=None, seeds=list(range(seeds)), wall_s=wall_s, exact=exact,
+        values={"printed": _format_table(table, settings), "train_s": f"{train_s:.0f} s",
+                "r_rdl": f"{r['student: RDL']:.2f}", "r_baseline": f"{r['student: baseline']:.2f}"},
+        notes=f"Settings: {settings}.", git=git, depends_on=DEPENDS_ON, dependency_digests=digests,
+        quick_command=None if quick else ["rdl-neuro", "demo", "--quick", "--seeds", "2", "--out", "{out}"],
+        started_utc=started_utc)
+
+
 # --------------------------------------------------------------------------- #
 # figures
 # --------------------------------------------------------------------------- #
 def _figures(out: Path, test: Any, teacher: torch.nn.Module, students: dict[str, torch.nn.Module],
-             table: pd.DataFrame, histories: pd.DataFrame, settings: DemoSettings) -> None:
+             table: pd.DataFrame, histories: pd.DataFrame, settings: DemoSettings) -> dict[str, float]:
+    """Write the three figures; returns each student's RDM correlation with the teacher's (``{name: r}``)."""
     from matplotlib.figure import Figure
 
     from rdl_neuro.rdm.compare import compare_rdms
@@ -310,6 +352,7 @@ def _figures(out: Path, test: Any, teacher: torch.nn.Module, students: dict[str,
         ax.legend()
     fig.suptitle("Training curves (mean over seeds)")
     save_figure(fig, out / "training_curves.png", dpi=110)
+    return dict(zip(list(names)[1:], r[1:]))
 
 
 if __name__ == "__main__":  # pragma: no cover
