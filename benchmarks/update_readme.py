@@ -82,7 +82,9 @@ def render(record: Mapping[str, Any], key: str, doc: Path | None = None) -> str:
         wall = record.get("wall_s")
         wall_text = "" if wall is None else (f", {wall / 60:.0f} min" if wall >= 120 else f", {wall:.0f} s")
         date = (record.get("started_utc") or record.get("written_utc") or "")[:10]
-        return f"record [`{shown}`]({link}): commit `{commit}` ({tree}), {date}{wall_text}"
+        load = (record.get("machine") or {}).get("loadavg_1m")
+        load_text = "" if load is None else f", load {load:.0f} on {record['machine'].get('cpus')} CPUs"
+        return f"record [`{shown}`]({link}): commit `{commit}` ({tree}), {date}{wall_text}{load_text}"
     values = record.get("values") or {}
     if key not in values:
         raise KeyError(key)

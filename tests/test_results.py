@@ -143,7 +143,8 @@ def test_values_with_line_breaks_become_code_blocks_and_source_links(tmp_path: P
     doc = tmp_path / "docs" / "page.md"
     src = upd.render(records["exp"], "source", doc)
     assert src.startswith(f"record [`{tmp_path / 'exp.md'}`](../exp.md): commit `bbbbbbb` (clean tree), ")
-    assert src.endswith(", 12 min")
+    load = records["exp"]["machine"]["loadavg_1m"]
+    assert src.endswith(f", 12 min, load {load:.0f} on {records['exp']['machine']['cpus']} CPUs")
     assert upd.render(records["exp"], "command", doc) == "`python benchmarks/exp.py`"
 
 
