@@ -89,12 +89,15 @@ def environment() -> dict[str, Any]:
     >>> sorted(environment())
     ['machine', 'versions']
     """
+    from rdl_neuro import __version__
+
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    versions["rdl-neuro"] = __version__  # the code that runs (an editable install's metadata can lag behind)
     machine: dict[str, Any] = {"platform": platform.platform(), "cpu": _cpu_model(), "cpus": os.cpu_count()}
     if "torch" in sys.modules:  # only report threads if torch runs here (importing it is slow)
         machine["torch_threads"] = sys.modules["torch"].get_num_threads()
