@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"note: rank_compare_min_speedup leaves out {', '.join(missing)} (rsatoolbox skipped)")
     rank_min = min(rank_speedups.values()) if rank_speedups else float("nan")
-    result = (f"RESULT corr_rdm_speedup={corr_speedup:.2f} corr_rdm_vs_matmul={corr_vs_matmul:.3f} "
-              f"rank_compare_min_speedup={rank_min:.2f} max_abs_diff={worst_diff:.3e}")
+    result = (f"RESULT corr_rdm_speedup={corr_speedup:.3g} corr_rdm_vs_matmul={corr_vs_matmul:.3f} "
+              f"rank_compare_min_speedup={rank_min:.3g} max_abs_diff={worst_diff:.3e}")
     # the record's table: correlation RDMs and the comparisons at the largest n; every case in its notes
     full = pd.DataFrame(rows).fillna("")
     big_n = f"n = {compare_sizes[-1][0]}"
