@@ -62,13 +62,17 @@ def plain_ids(ids: Iterable[Any]) -> list[Hashable]:
 
 
 def duplicate_ids(ids: Iterable[Hashable]) -> list[Hashable]:
-    """The ids that occur more than once, in order of their second occurrence.
+    """Every repeated occurrence of an id, in order: an id seen ``c`` times appears ``c - 1`` times.
+
+    Error messages show the first few (``duplicate_ids(ids)[:5]``).
 
     Examples
     --------
     >>> from rdl_neuro.data import duplicate_ids
     >>> duplicate_ids(["b", "a", "b", "c", "a"])
     ['b', 'a']
+    >>> duplicate_ids([3, 1, 3, 2, 1, 3])
+    [3, 1, 3]
     """
     seen: set[Hashable] = set()
     return [i for i in ids if i in seen or seen.add(i)]  # type: ignore[func-returns-value]
