@@ -107,3 +107,12 @@ def test_save_figure_rejects_unknown_suffix(tmp_path):
     with pytest.raises(ValueError, match="figure format"):
         save_figure(fig, tmp_path / "x.jpg")
     assert not list(tmp_path.iterdir())
+
+
+def test_rdm_comparison_named_descriptor_must_exist():
+    """A descriptor the caller names is never replaced by positions (the one rule of stimulus_ids_of)."""
+    import torch
+    from rdl_neuro.rdm import to_rsatoolbox
+    rdms = to_rsatoolbox(torch.rand(2, 6), stimulus_ids=[0, 1, 2, 3], rdm_descriptors={"name": ["a", "b"]})
+    with pytest.raises((KeyError, ValueError), match="stimuli"):
+        plot_rdm_comparison(rdms, descriptor="stimuli")

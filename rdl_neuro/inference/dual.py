@@ -57,7 +57,7 @@ def rsa_dual_bootstrap(
     seed: int | None = 0,
     bootstrap_indices: Any = None,
     ci: str = "t",
-    descriptor: str = "stimulus",
+    descriptor: str | None = None,
 ) -> RSAResult:
     """Dual bootstrap of fixed model RDMs against brain RDMs: rsatoolbox's ``eval_dual_bootstrap``.
 
@@ -82,8 +82,8 @@ def rsa_dual_bootstrap(
     bootstrap_indices : (rdm_idx (N, m), pattern_idx (N, n)), optional
         The draws, e.g. rsatoolbox's own.
     ci : "t" or "percentile"
-    descriptor : str
-        The pattern descriptor that names stimuli.
+    descriptor : str, optional
+        The pattern descriptor that names stimuli; ``None`` reads ``stimulus``, else ``index`` with a warning (``rdl_neuro.rdm.stimulus_ids_of``).
 
     Returns
     -------

@@ -321,7 +321,7 @@ class RSAResult:
 
 
 def prepare_rdms(model_rdms: RDMs | Sequence[RDMs], brain_rdms: RDMs, method: str,
-                 descriptor: str = "stimulus") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+                 descriptor: str | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Model (float64) and brain RDMs as tensors on the brain's stimuli that the models cover, in brain order.
 
     Returns

@@ -128,7 +128,7 @@ class SearchlightResult:
         return pd.DataFrame(rows, columns=["model", "value", "i", "j", "k", "x", "y", "z"])
 
 
-def model_matrix(models: Any, conditions: Sequence[Any], descriptor: str = "stimulus", *,
+def model_matrix(models: Any, conditions: Sequence[Any], descriptor: str | None = None, *,
                  dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, list[str]]:
     """Model RDMs over ``conditions`` (in that order): ``(tensor (n_models, n_pairs), names)``.
 
@@ -183,7 +183,7 @@ def evaluate_searchlight(
     rdm_method: Literal["correlation", "euclidean", "sqeuclidean", "crossnobis"] = "correlation",
     residuals: Any = None,
     precision_method: Literal["shrinkage_diag", "shrinkage_eye", "diag", "full"] = "shrinkage_diag",
-    descriptor: str = "stimulus",
+    descriptor: str | None = None,
     chunk_size: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float64,
@@ -201,7 +201,8 @@ def evaluate_searchlight(
     betas, conditions, mask, radius, threshold, radius_unit, truncate_at_boundary, runs, residuals, precision_method
         As ``rdl_neuro.data.searchlight.prepare_searchlight``.
     models : rsatoolbox RDMs or sequence of them
-        Matched to the conditions by ``pattern_descriptors[descriptor]``.
+        Matched to the conditions by ``pattern_descriptors[descriptor]``;
+        ``None`` reads ``stimulus``, else ``index`` with a warning (``rdl_neuro.rdm.stimulus_ids_of``).
     method : str
         Any ``rdl_neuro.rdm.COMPARE_METHODS`` (rsatoolbox's names).
     rdm_method : {"correlation", "euclidean", "sqeuclidean", "crossnobis"}

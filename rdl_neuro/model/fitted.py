@@ -122,7 +122,7 @@ def predict_weighted(components: torch.Tensor, theta: torch.Tensor) -> torch.Ten
 
 def fit_weighted_model(components: RDMs, brain: RDMs, method: str = "corr", *, nonneg: bool = False,
                        ridge_weight: float = 0.0, normalize: bool = True,
-                       descriptor: str = "stimulus") -> tuple[np.ndarray, RDMs]:
+                       descriptor: str | None = None) -> tuple[np.ndarray, RDMs]:
     """Fit a weighted model of component RDMs to brain RDMs (all stimuli); rsatoolbox ``fit_regress[_nn]``.
 
     Parameters
@@ -133,8 +133,8 @@ def fit_weighted_model(components: RDMs, brain: RDMs, method: str = "corr", *, n
         ``m`` brain RDMs; the target is their pool (``pool_rdm``).
     method, nonneg, ridge_weight, normalize
         As ``fit_weights``.
-    descriptor : str
-        The pattern descriptor that names stimuli; components and brain must
+    descriptor : str, optional
+        The pattern descriptor that names stimuli (``None`` reads ``stimulus``, else ``index`` with a warning (``rdl_neuro.rdm.stimulus_ids_of``)); components and brain must
         list the same stimuli in the same order.
 
     Returns

@@ -19,7 +19,7 @@ from rsatoolbox.rdm import RDMs
 from scipy.stats import rankdata
 
 from rdl_neuro.io import atomic_write_bytes
-from rdl_neuro.rdm.interop import rdm_names
+from rdl_neuro.rdm.interop import rdm_names, stimulus_ids_of
 
 __all__ = ["save_figure", "plot_rdm_comparison", "plot_layer_profile", "plot_mds", "plot_history", "figure_to_array"]
 
@@ -85,7 +85,7 @@ def plot_rdm_comparison(
     rank_transform: bool = False,
     shared_scale: bool = True,
     cmap: str = "viridis",
-    descriptor: str = "stimulus",
+    descriptor: str | None = None,
 ) -> Figure:
     """Several RDMs (student, teacher, brain...) side by side in the same stimulus order.
 
@@ -93,7 +93,8 @@ def plot_rdm_comparison(
     ----------
     rdms : RDMs or sequence of RDMs
         Each RDM becomes a panel. A sequence is matched by
-        ``pattern_descriptors[descriptor]`` to the first one's stimulus order.
+        ``pattern_descriptors[descriptor]`` to the first one's stimulus order
+        (``None`` reads ``stimulus``, else ``index`` with a warning (``rdl_neuro.rdm.stimulus_ids_of``); a named descriptor must exist).
     sort_by : str, optional
         A pattern descriptor (e.g. ``category``): stimuli are sorted by it
         (stable) and its group boundaries are drawn as lines.
@@ -123,10 +124,10 @@ def plot_rdm_comparison(
     if not parts:
         raise ValueError("no RDMs to plot")
     ref = parts[0]
-    ref_ids = list(ref.pattern_descriptors.get(descriptor, range(ref.n_cond)))
+    ref_ids = stimulus_ids_of(ref, descriptor)
     mats, names = [], []
     for part in parts:
-        ids = list(part.pattern_descriptors.get(descriptor, range(part.n_cond)))
+        ids = stimulus_ids_of(part, descriptor)
         where = {sid: i for i, sid in enumerate(ids)}
         missing = [sid for sid in ref_ids if sid not in where]
         if missing:
