@@ -7,7 +7,7 @@
 ``rdl_neuro.train.control_teachers``   null and reference teachers: permuted, categorical, model, pixel RDMs
 ``rdl_neuro.train.trainer``            ``Trainer``: loop, weight schedules, history
 ``rdl_neuro.train.checkpoints``        checkpoint format, safe reading, RNG state
-``rdl_neuro.train.probe``              ``RDMProbe``: student-teacher RDM correlation per epoch
+``rdl_neuro.train.probe``              ``RDMProbe`` (student-teacher RDMs), ``HeldOutProbe`` (held-out stimuli and subjects) per epoch
 ``rdl_neuro.train.seeds``              ``seed_everything``, ``derive_seed``
 ``rdl_neuro.train.distributed``        torchrun process group, all-gather with gradients
 =====================================  ===========================================
@@ -16,13 +16,13 @@ from rdl_neuro.train.alignment import CKAAlignmentLoss, SimilarityLoss
 from rdl_neuro.train.checkpoints import (CHECKPOINT_KEYS, CheckpointError, CorruptCheckpointWarning,
                                          find_checkpoints, load_checkpoint)
 from rdl_neuro.train.losses import CELoss, CKALoss, KDLoss, RDLLoss, RKDLoss, SPLoss, StepOutputs, TransferLoss
-from rdl_neuro.train.probe import RDMProbe
+from rdl_neuro.train.probe import HeldOutProbe, RDMProbe
 from rdl_neuro.train.seeds import derive_seed, seed_everything
 from rdl_neuro.train.teachers import NetworkTeacher, RDMTeacher
 from rdl_neuro.train.control_teachers import category_teacher, model_teacher, permuted_teacher, pixel_teacher
 from rdl_neuro.train.trainer import Schedule, Trainer, linear_warmup
 
 __all__ = ["CHECKPOINT_KEYS", "CheckpointError", "CorruptCheckpointWarning", "find_checkpoints", "load_checkpoint",
-           "CELoss", "CKALoss", "KDLoss", "RDLLoss", "RKDLoss", "SPLoss", "StepOutputs", "TransferLoss", "RDMProbe",
+           "CELoss", "CKALoss", "KDLoss", "RDLLoss", "RKDLoss", "SPLoss", "StepOutputs", "TransferLoss", "RDMProbe", "HeldOutProbe",
            "derive_seed", "seed_everything", "NetworkTeacher", "RDMTeacher", "Schedule", "Trainer", "linear_warmup",
            "CKAAlignmentLoss", "SimilarityLoss", "category_teacher", "model_teacher", "permuted_teacher", "pixel_teacher"]

@@ -1,4 +1,17 @@
-"""``RDMProbe``: the student-teacher RDM correlation on a fixed stimulus set, logged every epoch."""
+"""Probes the Trainer runs after every epoch; their numbers go into the history.
+
+``RDMProbe``
+    The student-teacher RDM correlation on a fixed stimulus set: how well the
+    student fits its teacher.
+``HeldOutProbe``
+    The student-brain comparison on stimuli held out from the teacher (and on
+    subjects held out, where the brain RDMs hold several): whether what the
+    student learns from the teacher generalises to new images and new people.
+
+A probe must not change training: it runs without gradients, in eval mode,
+puts the model back in the mode it found it in and leaves every random
+number generator as it was.
+"""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -9,12 +22,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from rdl_neuro.data.ids import id_tensor
+from rsatoolbox.rdm import RDMs
+
+from rdl_neuro.data.ids import check_id_kinds, duplicate_ids, id_tensor, plain_ids
+from rdl_neuro.model.layer_rdms import layer_rdms
 from rdl_neuro.model.recorder import LayerRecorder
-from rdl_neuro.rdm.calc import compute_rdm, is_square_rdm, to_condensed
-from rdl_neuro.rdm.compare import compare_rdms
+from rdl_neuro.rdm.calc import check_method, compute_rdm, is_square_rdm, subset_rdms, to_condensed
+from rdl_neuro.rdm.compare import COMPARE_METHODS, compare_rdms
+from rdl_neuro.rdm.interop import from_rsatoolbox
 from rdl_neuro.train.losses import RDM_EPS
 from rdl_neuro.train.teachers import NetworkTeacher, RDMTeacher
+
+__all__ = ["RDMProbe", "HeldOutProbe"]
 
 
 @dataclass
@@ -114,4 +133,155 @@ class RDMProbe:
             student = compute_rdm(feats[layer].double().cpu(), probe.method, eps=RDM_EPS)
             r = compare_rdms(student, teacher_rdms[layer], probe.compare)
             out[f"rdm_{probe.compare}_{layer}"] = float(torch.nanmean(r))
+        return out
+
+
+@dataclass
+class HeldOutProbe:
+    """Student-brain comparison on stimuli (and subjects) held out from the teacher, logged every epoch.
+
+    After every epoch the student's RDM of each probed layer over the held-out
+    stimuli (``rdl_neuro.model.layer_rdms``) is compared
+    (``rdl_neuro.rdm.compare_rdms``) with every brain RDM over the same
+    stimuli. The history gets, per layer,
+
+    ``heldout_<compare>_<layer>``
+        the mean over the held-out subjects: new stimuli *and* new people;
+    ``heldout_stim_<compare>_<layer>``
+        (only when ``heldout_subjects`` leaves some brain RDMs out) the mean
+        over the other brain RDMs -- the teacher's subjects -- on the same
+        held-out stimuli: new stimuli only.
+
+    The probe does not change training: the layer RDMs are computed without
+    gradients in eval mode (dropout off, batch-norm statistics frozen), the
+    model goes back to the mode it was in, and the random number generators
+    are restored (``torch.random.fork_rng``), so a run with the probe gives
+    bit-identical weights to one without.
+
+    Attributes
+    ----------
+    stimuli : Tensor ``(n, ...)``
+        The held-out inputs (floats, scaled as in training), in the order of ``stimulus_ids``.
+    stimulus_ids : sequence or Tensor ``(n,)``
+        Their ids (unique; at least 3); every one must be a stimulus of ``brain_rdms``.
+        The Trainer refuses ids that a loss's RDM teacher covers: those are not held out.
+    brain_rdms : rsatoolbox.rdm.RDMs
+        One RDM per subject (or session) over at least the held-out stimuli,
+        ids in the pattern descriptor ``descriptor``.
+    layers : str or sequence of str
+        Student layers (names from ``model.named_modules()``).
+    method : str
+        RDM method of the student's features (``rdl_neuro.rdm.METHODS``);
+        default ``correlation``, the usual measure of brain RDMs.
+    compare : str
+        Comparison method (``rdl_neuro.rdm.COMPARE_METHODS``).
+    heldout_subjects : sequence, optional
+        The held-out subjects: values of ``rdm_descriptors[subject_descriptor]``
+        of ``brain_rdms``. Default: every brain RDM counts as held out.
+    subject_descriptor : str
+        The rdm descriptor that names subjects (rsatoolbox's ``index``, the
+        positions 0..m-1, by default).
+    descriptor : str, optional
+        The pattern descriptor of ``brain_rdms`` holding the stimulus ids
+        (default ``stimulus``, else ``index`` with a warning).
+    batch_size : int
+        Stimuli per forward pass.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from rdl_neuro.model import build_model
+    >>> from rdl_neuro.rdm import to_rsatoolbox
+    >>> from rdl_neuro.train import HeldOutProbe
+    >>> brain = to_rsatoolbox(np.random.default_rng(0).random((3, 15)), stimulus_ids=[10, 11, 12, 13, 14, 15],
+    ...                       rdm_descriptors={"subject": ["A", "B", "C"]})
+    >>> probe = HeldOutProbe(torch.randn(4, 1, 2, 2), [12, 13, 14, 15], brain, "hidden1",
+    ...                      heldout_subjects=["C"], subject_descriptor="subject")
+    >>> net = build_model({"type": "mlp", "input_shape": [1, 2, 2], "hidden": [8], "n_classes": 3})
+    >>> sorted(probe.measure(net, torch.device("cpu")))
+    ['heldout_corr_hidden1', 'heldout_stim_corr_hidden1']
+    """
+
+    stimuli: torch.Tensor
+    stimulus_ids: Any
+    brain_rdms: RDMs
+    layers: str | Sequence[str]
+    method: str = "correlation"
+    compare: str = "corr"
+    heldout_subjects: Sequence[Any] | None = None
+    subject_descriptor: str = "index"
+    descriptor: str | None = None
+    batch_size: int = 256
+    _brain: torch.Tensor = field(init=False, repr=False, compare=False)
+    _held: torch.Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        check_method(self.method)
+        check_method(self.compare, COMPARE_METHODS, "comparison method")
+        if isinstance(self.layers, str):
+            self.layers = [self.layers]
+        self.layers = list(self.layers)
+        if not isinstance(self.stimuli, torch.Tensor):
+            raise TypeError(f"held-out probe: stimuli must be a tensor (n, ...) of inputs, "
+                            f"got {type(self.stimuli).__name__}")
+        if not isinstance(self.brain_rdms, RDMs):
+            raise TypeError(f"held-out probe: brain_rdms must be rsatoolbox.rdm.RDMs, "
+                            f"got {type(self.brain_rdms).__name__}")
+        ids = plain_ids(self.stimulus_ids)
+        if len(ids) != self.stimuli.shape[0]:
+            raise ValueError(f"held-out probe: {len(ids)} stimulus ids for {self.stimuli.shape[0]} stimuli")
+        if duplicate_ids(ids):
+            raise ValueError(f"held-out probe: duplicate stimulus ids {duplicate_ids(ids)[:5]}")
+        if len(ids) < 3:
+            raise ValueError(f"held-out probe: an RDM comparison needs at least 3 stimuli, got {len(ids)}")
+        self.stimulus_ids = ids
+        brain, brain_ids = from_rsatoolbox(self.brain_rdms, self.descriptor)
+        check_id_kinds(ids, brain_ids, "the held-out stimuli", "brain_rdms")
+        index = {sid: k for k, sid in enumerate(brain_ids)}
+        missing = [sid for sid in ids if sid not in index]
+        if missing:
+            raise ValueError(f"held-out probe: {len(missing)} held-out stimulus ids are not in brain_rdms: "
+                             f"{missing[:10]}{' ...' if len(missing) > 10 else ''} (brain ids start "
+                             f"{brain_ids[:5]})")
+        self._brain = subset_rdms(brain, [index[sid] for sid in ids])  # (m, P) in the held-out order
+        self._held = self._subject_mask()
+
+    def _subject_mask(self) -> torch.Tensor:
+        """``(m,)`` bool: which brain RDMs belong to held-out subjects."""
+        m = self.brain_rdms.n_rdm
+        if self.heldout_subjects is None:
+            return torch.ones(m, dtype=torch.bool)
+        descriptors = self.brain_rdms.rdm_descriptors
+        if self.subject_descriptor not in descriptors:
+            raise KeyError(f"held-out probe: brain_rdms have no rdm descriptor {self.subject_descriptor!r} "
+                           f"(they have {sorted(descriptors)})")
+        subjects = list(descriptors[self.subject_descriptor])
+        wanted = list(self.heldout_subjects)
+        unknown = [s for s in wanted if s not in subjects]
+        if unknown or not wanted:
+            raise ValueError(f"held-out probe: heldout_subjects {unknown or wanted} are not among the brain "
+                             f"RDMs' {self.subject_descriptor!r} values {list(dict.fromkeys(subjects))}")
+        return torch.tensor([s in wanted for s in subjects])
+
+    @property
+    def columns(self) -> list[str]:
+        """The history columns this probe writes."""
+        out = [f"heldout_{self.compare}_{layer}" for layer in self.layers]
+        if not bool(self._held.all()):
+            out += [f"heldout_stim_{self.compare}_{layer}" for layer in self.layers]
+        return out
+
+    def measure(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """The probe's history columns (see the class docstring) for the model as it is now."""
+        devices = [device] if torch.device(device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # whatever the model's forward draws, training will not see
+            rdms = layer_rdms(model, self.stimuli, self.layers, self.method, batch_size=self.batch_size,
+                              stimulus_ids=self.stimulus_ids, progress=False, device=device)
+        student = torch.as_tensor(rdms.get_vectors(), dtype=torch.float64)
+        r = compare_rdms(student, self._brain, self.compare)  # (layers, m)
+        out = {}
+        for layer, row in zip(self.layers, r):
+            out[f"heldout_{self.compare}_{layer}"] = float(torch.nanmean(row[self._held]))
+            if not bool(self._held.all()):
+                out[f"heldout_stim_{self.compare}_{layer}"] = float(torch.nanmean(row[~self._held]))
         return out

@@ -68,7 +68,7 @@ from torch.utils.data import DataLoader, Dataset
 from rdl_neuro.train.batches import GlobalBatchSampler, coverage_sampler, skip_reason, unpack_batch
 from rdl_neuro.train.checkpoints import CHECKPOINT_FORMAT, RunFiles, rng_state, set_rng_state
 from rdl_neuro.train.distributed import pick_device, setup_process_group, wrap_data_parallel
-from rdl_neuro.train.probe import RDMProbe
+from rdl_neuro.train.probe import HeldOutProbe, RDMProbe
 from rdl_neuro.train.seeds import derive_seed
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -190,6 +190,11 @@ class Trainer:
         No progress bars (they are off anyway when stderr is neither a terminal nor a notebook's).
     rdm_probe : RDMProbe, optional
         Student-teacher RDM correlation logged per epoch.
+    heldout_probe : HeldOutProbe, optional
+        Student-brain comparison on stimuli (and subjects) held out from the
+        teacher, logged per epoch (``heldout_<compare>_<layer>``); its
+        stimuli must not be covered by a loss's RDM teacher. It does not
+        change training (same weights with and without it).
     min_covered : int
         With ``> 0``, batches come from ``CoverageBatchSampler``: at least
         this many samples per (global) batch whose stimulus id is covered;
@@ -236,6 +241,7 @@ class Trainer:
         resume: bool = False,
         quiet: bool = False,
         rdm_probe: RDMProbe | None = None,
+        heldout_probe: HeldOutProbe | None = None,
         min_covered: int = 0,
         coverage: RDMTeacher | None = None,
         model_config: Mapping[str, Any] | None = None,
@@ -270,6 +276,7 @@ class Trainer:
         self.resume = resume
         self.quiet = quiet
         self.rdm_probe = rdm_probe
+        self.heldout_probe = heldout_probe
         self.min_covered = int(min_covered)
         self.coverage = coverage
         self.keep_checkpoints = keep_checkpoints
@@ -286,6 +293,7 @@ class Trainer:
         self.model.to(self.device)
 
         self.terms = self._parse_losses(losses)
+        self._check_heldout_probe()
         self.student_layers = tuple(dict.fromkeys(l for loss, _ in self.terms.values() for l in loss.student_layers))
         self._needs_teacher = any(loss.needs_teacher_logits or loss.teacher_layers for loss, _ in self.terms.values())
         if self._needs_teacher and teacher is None:
@@ -328,6 +336,25 @@ class Trainer:
             loss.to(self.device)
             terms[name] = (loss, weight)
         return terms
+
+    def _check_heldout_probe(self) -> None:
+        """The held-out probe's layers exist and its stimuli are held out from every RDM teacher of the losses."""
+        probe = self.heldout_probe
+        if probe is None:
+            return
+        if not isinstance(probe, HeldOutProbe):
+            raise TypeError(f"heldout_probe must be a HeldOutProbe, got {type(probe).__name__}")
+        from rdl_neuro.model.recorder import resolve_layers
+
+        resolve_layers(self.model, probe.layers, what="layer of the held-out probe")
+        for name, (loss, _) in self.terms.items():
+            for teacher in getattr(loss, "rdm_teachers", []):
+                known = set(teacher.ids)
+                covered = [i for i in probe.stimulus_ids if i in known]
+                if covered:
+                    raise ValueError(f"heldout_probe: {len(covered)} of its stimuli are in the RDM teacher of loss "
+                                     f"{name!r}, so they are not held out: {covered[:10]}"
+                                     f"{' ...' if len(covered) > 10 else ''}")
 
     def _train_loader(self) -> DataLoader:
         if self.min_covered > 0:
@@ -415,6 +442,7 @@ class Trainer:
                 record = self._train_epoch(loader, recorder)
                 record.update(self._validate())
                 record.update(self.rdm_probe.measure(self.model, self.device) if self.rdm_probe else {})
+                record.update(self.heldout_probe.measure(self.model, self.device) if self.heldout_probe else {})
                 if self.scheduler is not None:
                     self.scheduler.step()
                 self._records.append(record)

@@ -282,6 +282,7 @@ _HISTORY_PANELS = {
     "loss": ("loss terms", "loss"),
     "accuracy": ("accuracy", "accuracy"),
     "rdm": ("student-teacher RDM correlation", "Pearson r"),
+    "heldout": ("student-brain RDMs, held-out stimuli", "RDM comparison"),
     "schedule": ("learning rate and loss weights", "value (log scale)"),
     "other": ("other metrics", "value"),
 }
@@ -294,6 +295,8 @@ def _history_panel(column: str) -> str:
         return "accuracy"
     if name.startswith("rdm_corr"):
         return "rdm"
+    if name.startswith("heldout_"):  # HeldOutProbe: new stimuli (heldout_stim_*) and new subjects too (heldout_*)
+        return "heldout"
     if name == "lr" or name.startswith("weight_"):
         return "schedule"
     # "loss", "loss_<term>", "val_loss", sub-terms such as "rdl/hidden1", "train_<term>"
@@ -304,7 +307,8 @@ def _history_panel(column: str) -> str:
 
 def plot_history(history: pd.DataFrame, *, x: str = "epoch") -> Figure:
     """Training curves from a per-epoch DataFrame (``Trainer.fit``'s history): loss terms,
-    accuracies, the student-teacher RDM correlation, the learning rate and loss weights, and any
+    accuracies, the student-teacher RDM correlation, the student-brain comparison on held-out stimuli
+    (``HeldOutProbe``), the learning rate and loss weights, and any
     other numeric columns, each kind in its own panel (up to three panels a row)."""
     if x not in history.columns:
         history = history.reset_index(drop=True).assign(**{x: np.arange(len(history))})
