@@ -211,3 +211,84 @@ def test_device_and_allow_skipped_terms_keys(tmp_path: Path) -> None:
     assert train_cmd.build_run(load_config(cfg)).trainer.allow_skipped_terms is True
     cfg = write(tmp_path, f'output = "{tmp_path / "out"}"\n' + BASE)
     assert train_cmd.build_run(load_config(cfg)).trainer.allow_skipped_terms is False
+
+
+# ----------------------------------------------------------------- [probe.heldout]
+def heldout_files(tmp_path: Path) -> None:
+    """A pixel-RDM teacher over even training ids; 3 noisy 'subjects' over 30 odd ids (held out from the teacher)."""
+    from rdl_neuro.data.loaders import load_digits
+    from rdl_neuro.rdm import compute_rdm
+
+    digits = load_digits()
+    teach_ids = np.arange(0, 400, 2)
+    rdm = compute_rdm(digits.images[torch.as_tensor(teach_ids)].flatten(1).double(), "euclidean", square=True)
+    np.savez(tmp_path / "brain.npz", rdm=rdm.numpy(), stimulus_ids=teach_ids)
+    held_ids = np.arange(1, 61, 2)
+    g = torch.Generator().manual_seed(0)
+    x = digits.images[torch.as_tensor(held_ids)].flatten(1).double()
+    subjects = torch.stack([compute_rdm(x + 2 * torch.randn(x.shape, generator=g, dtype=torch.float64),
+                                        "correlation", square=True) for _ in range(3)])
+    np.savez(tmp_path / "heldout.npz", rdms=subjects.numpy(), stimulus_ids=held_ids)
+
+
+HELDOUT_RUN = BASE.replace("n_train = 60", "n_train = 300") + """
+[teacher]
+kind = "rdm"
+rdm = "brain.npz"
+[losses.rdl]
+weight = 0.01
+layers = ["hidden1"]
+[probe.heldout]
+rdm = "heldout.npz"
+"""
+
+
+def test_heldout_probe_from_the_config(tmp_path: Path) -> None:
+    from rdl_neuro.data.loaders import load_digits
+    from rdl_neuro.train import HeldOutProbe
+
+    heldout_files(tmp_path)
+    cfg = write(tmp_path, f'output = "{tmp_path / "out"}"\n' + HELDOUT_RUN + "subjects = [2]\n")
+    built = train_cmd.build_run(load_config(cfg))
+    probe = built.trainer.heldout_probe
+    assert probe.stimulus_ids == list(range(1, 61, 2)) and probe.layers == ["hidden1"]
+    history = built.trainer.fit()
+    assert probe.columns == ["heldout_corr_hidden1", "heldout_stim_corr_hidden1"]
+    # the history's last value is the probe's on the trained student, built here from the files by hand
+    data = np.load(tmp_path / "heldout.npz")
+    from rdl_neuro.rdm import to_rsatoolbox
+
+    images = load_digits().images[torch.as_tensor(data["stimulus_ids"])]
+    by_hand = HeldOutProbe(images, data["stimulus_ids"], to_rsatoolbox(data["rdms"], data["stimulus_ids"].tolist()),
+                           "hidden1", heldout_subjects=[2]).measure(built.model, torch.device("cpu"))
+    for column, value in by_hand.items():
+        assert history[column].iloc[-1] == pytest.approx(value, abs=1e-12)
+    # probes off: no held-out probe either
+    cfg = write(tmp_path, f'output = "{tmp_path / "out2"}"\n' + HELDOUT_RUN.replace(
+        "[probe.heldout]", "[probe]\nenabled = false\n[probe.heldout]"))
+    assert train_cmd.build_run(load_config(cfg)).trainer.heldout_probe is None
+
+
+def test_heldout_probe_config_errors(tmp_path: Path) -> None:
+    heldout_files(tmp_path)
+    out = f'output = "{tmp_path / "out"}"\n'
+    expect_error(tmp_path, out + HELDOUT_RUN + "stimuli = [1, 3, 4, 6]\n", "probe.heldout.stimuli: 2 are in the "
+                 "teacher's RDM", "[4, 6]")
+    expect_error(tmp_path, out + HELDOUT_RUN + "stimuli = [1, 3, 999999]\n", "probe.heldout.stimuli: 1 held-out "
+                 "stimulus ids are not images of data source 'digits': [999999]")
+    expect_error(tmp_path, out + HELDOUT_RUN + "stimuli = [1, 3, 5, 7, 61]\n",
+                 "probe.heldout.stimuli: 1 are not stimuli of the brain RDMs (probe.heldout.rdm): [61]")
+    expect_error(tmp_path, out + HELDOUT_RUN + "subjects = [3]\n", "probe.heldout.subjects: 3 is not an RDM of "
+                 "probe.heldout.rdm, which holds 3")
+    expect_error(tmp_path, out + HELDOUT_RUN + "subjects = [-1]\n", "probe.heldout.subjects: must be a non-empty list")
+    expect_error(tmp_path, out + HELDOUT_RUN + 'layers = ["hiden1"]\n', "probe.heldout.layers: unknown layer",
+                 "'hidden1'")
+    expect_error(tmp_path, out + HELDOUT_RUN + 'compare = "pearson"\n', "probe.heldout.compare: 'pearson' is not one of")
+    expect_error(tmp_path, out + HELDOUT_RUN + "layer = 1\n", "probe.heldout.layer: unknown key",
+                 "did you mean 'layers'")
+    expect_error(tmp_path, out + HELDOUT_RUN.replace('rdm = "heldout.npz"', 'rdm = "nothere.npz"'),
+                 "probe.heldout.rdm: file not found")
+    expect_error(tmp_path, out + HELDOUT_RUN.replace('rdm = "heldout.npz"', 'rdm_key = "x"'),
+                 "probe.heldout.rdm: missing required key")
+    expect_error(tmp_path, out + BASE + '[probe.heldout]\nrdm = "heldout.npz"\n',
+                 "probe.heldout.layers: missing; without [losses.rdl]")

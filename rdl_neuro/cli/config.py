@@ -11,6 +11,7 @@ Every choice of a training run lives in one TOML file (see
     [optimizer]  name = sgd | adam | adamw, lr, momentum, weight_decay
     [scheduler]  name = none | cosine | step, step_size, gamma
     [probe]      enabled, n_stimuli, method
+    [probe.heldout]  rdm file + stimulus_ids, stimuli, subjects, layers, method, compare   (optional)
 
 Checking is strict and happens before any data is loaded: an unknown key, a
 value of the wrong type or out of range, a missing file or an inconsistent
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from rdl_neuro.rdm.calc import METHODS as RDM_METHODS  # the RDM methods, from their one home
+from rdl_neuro.rdm.compare import COMPARE_METHODS
 
 __all__ = ["ConfigError", "load_config", "parse_config", "example_config_path", "DATA_SOURCES", "LOSS_NAMES"]
 
@@ -86,6 +88,18 @@ def _int_list(v: Any) -> str | None:
 def _str_list(v: Any) -> str | None:
     if not all(isinstance(x, str) for x in v):
         return f"must be a list of strings, got {v!r}"
+    return None
+
+
+def _int_ids(v: Any) -> str | None:
+    if not v or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        return f"must be a non-empty list of integer stimulus ids, got {v!r}"
+    return None
+
+
+def _rows(v: Any) -> str | None:
+    if not v or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v):
+        return f"must be a non-empty list of RDM numbers (0, 1, ...: rows of the RDM file), got {v!r}"
     return None
 
 
@@ -185,11 +199,22 @@ SCHEMA: dict[str, Any] = {
         "enabled": Field(BOOL, True),
         "n_stimuli": Field(INT, 200, lambda v: None if v >= 3 else f"needs at least 3 stimuli, got {v}"),
         "method": Field(STR, "euclidean", choices=RDM_METHODS),
+        # HeldOutProbe: the student-brain comparison on stimuli (and subjects) held out from the teacher
+        "heldout": {
+            "rdm": Field(STR, _REQUIRED),
+            "rdm_key": Field(STR, None),
+            "stimulus_ids": Field((str, list), None),
+            "stimuli": Field(LIST, None, _int_ids),
+            "subjects": Field(LIST, None, _rows),
+            "layers": Field(LIST, None, _str_list),
+            "method": Field(STR, "correlation", choices=RDM_METHODS),
+            "compare": Field(STR, "corr", choices=COMPARE_METHODS),
+        },
     },
 }
 
 # optional sub-tables (absent -> not used); everything else is filled with defaults
-_OPTIONAL_TABLES = {"teacher.train"} | {f"losses.{n}" for n in LOSS_NAMES}
+_OPTIONAL_TABLES = {"teacher.train", "probe.heldout"} | {f"losses.{n}" for n in LOSS_NAMES}
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -250,8 +275,9 @@ def _resolve(path: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def _require_file(cfg: dict[str, Any], section: str, key: str, base: Path, suffixes: tuple[str, ...] = ()) -> None:
-    value = cfg[section][key]
+def _require_file(table: dict[str, Any], section: str, key: str, base: Path, suffixes: tuple[str, ...] = ()) -> None:
+    """Resolve ``table[key]`` (the config's ``section.key``) against ``base``; it must exist."""
+    value = table[key]
     if value is None:
         return
     path = _resolve(value, base)
@@ -259,7 +285,21 @@ def _require_file(cfg: dict[str, Any], section: str, key: str, base: Path, suffi
         raise ConfigError(f"{section}.{key}: file not found: {path}")
     if suffixes and path.suffix.lower() not in suffixes:
         raise ConfigError(f"{section}.{key}: {path.name} has an unsupported format; use one of {', '.join(suffixes)}")
-    cfg[section][key] = str(path)
+    table[key] = str(path)
+
+
+def _check_rdm_file(table: dict[str, Any], section: str, base: Path) -> None:
+    """An RDM file (``section.rdm``) and the stimulus ids of its rows (``section.stimulus_ids``)."""
+    _require_file(table, section, "rdm", base, RDM_SUFFIXES)
+    ids = table["stimulus_ids"]
+    if isinstance(ids, str):
+        _require_file(table, section, "stimulus_ids", base, (".npy", ".csv", ".txt"))
+    elif isinstance(ids, list) and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ConfigError(f"{section}.stimulus_ids: must be integers, got {ids!r}")
+    elif ids is None and table["rdm"].endswith(".npy"):
+        raise ConfigError(f"{section}.stimulus_ids: missing; an .npy RDM needs the stimulus id of each row "
+                          "(a list or a file; an .npz may hold them as 'stimulus_ids', a .csv as its "
+                          "first column)")
 
 
 def _check_consistency(cfg: dict[str, Any], base: Path) -> None:
@@ -267,7 +307,7 @@ def _check_consistency(cfg: dict[str, Any], base: Path) -> None:
     if data["source"] == "cifar100" and not data["path"]:
         raise ConfigError("data.path: missing; the cifar100 source needs the folder or archive of the python pickles")
     if data["path"]:
-        _require_file(cfg, "data", "path", base)
+        _require_file(data, "data", "path", base)
     if not losses:
         raise ConfigError("losses: no loss terms; add at least [losses.ce]")
     kind = teacher["kind"]
@@ -277,22 +317,13 @@ def _check_consistency(cfg: dict[str, Any], base: Path) -> None:
                               "or a [teacher.train] table to train one first")
         if teacher["checkpoint"] is not None and "train" in teacher:
             raise ConfigError("teacher: give either teacher.checkpoint or [teacher.train], not both")
-        _require_file(cfg, "teacher", "checkpoint", base)
+        _require_file(teacher, "teacher", "checkpoint", base)
         if teacher["rdm"] is not None:
             raise ConfigError("teacher.rdm: only used with teacher.kind = 'rdm'")
     elif kind == "rdm":
         if teacher["rdm"] is None:
             raise ConfigError("teacher.rdm: missing; a kind = 'rdm' teacher needs an RDM file (.npy, .csv or .npz)")
-        _require_file(cfg, "teacher", "rdm", base, RDM_SUFFIXES)
-        ids = teacher["stimulus_ids"]
-        if isinstance(ids, str):
-            _require_file(cfg, "teacher", "stimulus_ids", base, (".npy", ".csv", ".txt"))
-        elif isinstance(ids, list) and not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            raise ConfigError(f"teacher.stimulus_ids: must be integers, got {ids!r}")
-        elif ids is None and teacher["rdm"].endswith(".npy"):
-            raise ConfigError("teacher.stimulus_ids: missing; an .npy RDM needs the stimulus id of each row "
-                              "(a list or a file; an .npz may hold them as 'stimulus_ids', a .csv as its "
-                              "first column)")
+        _check_rdm_file(teacher, "teacher", base)
         for bad in ("checkpoint",):
             if teacher[bad] is not None:
                 raise ConfigError(f"teacher.{bad}: only used with teacher.kind = 'network'")
@@ -323,6 +354,13 @@ def _check_consistency(cfg: dict[str, Any], base: Path) -> None:
         raise ConfigError("data.min_covered: only meaningful with an RDM teacher (teacher.kind = 'rdm')")
     if cfg["model"]["type"] == "mlp" and cfg["model"]["channels"] is not None:
         raise ConfigError("model.channels: only used with model.type = 'cnn'")
+    heldout = cfg["probe"].get("heldout")
+    if heldout is not None:
+        _check_rdm_file(heldout, "probe.heldout", base)
+        if heldout["layers"] is None and "rdl" not in losses:
+            raise ConfigError("probe.heldout.layers: missing; without [losses.rdl] name the student layers to probe")
+        if heldout["layers"] is not None and not heldout["layers"]:
+            raise ConfigError("probe.heldout.layers: must not be empty")
 
 
 def parse_config(raw: Mapping[str, Any], base_dir: str | os.PathLike[str] = ".", name: str = "config") -> dict[str, Any]:

@@ -167,36 +167,42 @@ def _read_rdm_file(path: Path, key: str | None) -> tuple[np.ndarray, list[Any] |
         raise ValueError(f"{path}: several arrays {arrays}; say which with teacher.rdm_key")
 
 
-def _rdm_teacher(cfg: dict[str, Any]) -> Any:
-    from rdl_neuro.train.teachers import RDMTeacher
-
-    t = cfg["teacher"]
+def _read_rdms(table: dict[str, Any], section: str) -> tuple[np.ndarray, list[int]]:
+    """The RDM(s) of ``section.rdm`` and the integer stimulus ids of their rows (``section.stimulus_ids``,
+    else the file's own)."""
     try:
-        rdm, file_ids = load_rdm_file(t["rdm"], t["rdm_key"])
+        rdm, file_ids = load_rdm_file(table["rdm"], table["rdm_key"])
     except (OSError, KeyError, ValueError) as err:
-        raise ConfigError(f"teacher.rdm: {err.args[0] if err.args else err}") from None
-    ids = t["stimulus_ids"]
+        raise ConfigError(f"{section}.rdm: {err.args[0] if err.args else err}") from None
+    ids = table["stimulus_ids"]
     if isinstance(ids, str):
         try:
             ids = np.load(ids, allow_pickle=False).tolist() if ids.endswith(".npy") else \
                 np.loadtxt(ids, delimiter=",", dtype=np.int64, ndmin=1).tolist()
         except (OSError, ValueError) as err:
-            raise ConfigError(f"teacher.stimulus_ids: cannot read {ids}: {err}") from None
+            raise ConfigError(f"{section}.stimulus_ids: cannot read {ids}: {err}") from None
     if ids is None:
         ids = file_ids
     if ids is None:
-        raise ConfigError(f"teacher.stimulus_ids: missing; {t['rdm']} holds no 'stimulus_ids'")
+        raise ConfigError(f"{section}.stimulus_ids: missing; {table['rdm']} holds no 'stimulus_ids'")
     try:
         ids = plain_ids(ids)  # the one rule: 3.0 is 3, 2.5 is an error
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"teacher.stimulus_ids: {err}") from None
+        raise ConfigError(f"{section}.stimulus_ids: {err}") from None
     not_int = [i for i in ids if not isinstance(i, int)]
     if not_int:
-        raise ConfigError(f"teacher.stimulus_ids: must be integers (the data's stimulus ids are sample indices), "
+        raise ConfigError(f"{section}.stimulus_ids: must be integers (the data's stimulus ids are sample indices), "
                           f"got {not_int[:3]}")
+    return rdm, ids  # type: ignore[return-value]
+
+
+def _rdm_teacher(cfg: dict[str, Any]) -> Any:
+    from rdl_neuro.train.teachers import RDMTeacher
+
+    rdm, ids = _read_rdms(cfg["teacher"], "teacher")
     method = cfg["losses"].get("rdl", {}).get("method", "unknown")
     try:
-        return RDMTeacher.from_array(rdm, ids, method=method, combine=t["combine"], seed=cfg["seed"])
+        return RDMTeacher.from_array(rdm, ids, method=method, combine=cfg["teacher"]["combine"], seed=cfg["seed"])
     except (ValueError, TypeError) as err:
         raise ConfigError(f"teacher.rdm: {err}") from None
 
@@ -327,6 +333,7 @@ def _build(cfg: dict[str, Any]) -> Run:
                       scheduler=scheduler, val_data=data.val, teacher=teacher, batch_size=cfg["batch_size"],
                       epochs=cfg["epochs"], seed=cfg["seed"], out_dir=cfg["output"], resume=cfg["resume"],
                       quiet=cfg["quiet"], rdm_probe=_probe(cfg, data, teacher, rdm_teacher),
+                      heldout_probe=_heldout_probe(cfg, data, student, rdm_teacher),
                       min_covered=cfg["data"]["min_covered"], coverage=rdm_teacher, model_config=student.config,
                       device=device, max_grad_norm=cfg["optimizer"]["max_grad_norm"] or None,
                       allow_skipped_terms=cfg["allow_skipped_terms"])
@@ -449,3 +456,55 @@ def _probe(cfg: dict[str, Any], data: _Data, teacher: Any, rdm_teacher: Any) -> 
         if len(pos) >= 3:
             return RDMProbe(data.train_set.images[pos], ids[pos], rdm_teacher, list(layers), method=p["method"])
     return None
+
+
+def _heldout_probe(cfg: dict[str, Any], data: _Data, student: torch.nn.Module, rdm_teacher: Any) -> Any:
+    """The ``HeldOutProbe`` of ``[probe.heldout]`` (None when absent or probes are off).
+
+    Its stimuli are ``probe.heldout.stimuli``, by default every stimulus of the
+    brain RDM file that the RDM teacher does not cover; their inputs are the data
+    source's images with those ids (any split).
+    """
+    from rdl_neuro.rdm.interop import to_rsatoolbox
+    from rdl_neuro.train import HeldOutProbe
+
+    h = cfg["probe"].get("heldout")
+    if h is None or not cfg["probe"]["enabled"]:
+        return None
+    rdm, ids = _read_rdms(h, "probe.heldout")
+    try:
+        brain = to_rsatoolbox(rdm, ids, "unknown")
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"probe.heldout.rdm: {err}") from None
+    taught = set(rdm_teacher.ids) if rdm_teacher is not None else set()
+    if h["stimuli"] is not None:
+        stimuli = plain_ids(h["stimuli"])
+        covered = [i for i in stimuli if i in taught]
+        if covered:
+            raise ConfigError(f"probe.heldout.stimuli: {len(covered)} are in the teacher's RDM (teacher.rdm), so not "
+                              f"held out: {covered[:10]}")
+    else:
+        stimuli = [i for i in ids if i not in taught]
+        if len(stimuli) < 3:
+            raise ConfigError(f"probe.heldout.stimuli: only {len(stimuli)} stimuli of probe.heldout.rdm are not in "
+                              "the teacher's RDM (teacher.rdm); list the held-out stimuli")
+    where = {int(i): k for k, i in enumerate(data.images.stimulus.tolist())}
+    absent = [i for i in stimuli if i not in where]
+    if absent:
+        raise ConfigError(f"probe.heldout.stimuli: {len(absent)} held-out stimulus ids are not images of data source "
+                          f"{cfg['data']['source']!r}: {absent[:10]}")
+    unknown = [i for i in stimuli if i not in set(ids)]
+    if unknown:
+        raise ConfigError(f"probe.heldout.stimuli: {len(unknown)} are not stimuli of the brain RDMs "
+                          f"(probe.heldout.rdm): {unknown[:10]}")
+    if h["subjects"] is not None and max(h["subjects"]) >= brain.n_rdm:
+        raise ConfigError(f"probe.heldout.subjects: {max(h['subjects'])} is not an RDM of probe.heldout.rdm, which "
+                          f"holds {brain.n_rdm} (numbered from 0)")
+    layers = h["layers"] if h["layers"] is not None else list(cfg["losses"]["rdl"]["layers"])
+    _check_layers(student, layers, "probe.heldout.layers")
+    images = data.images.images[torch.as_tensor([where[i] for i in stimuli])]
+    try:
+        return HeldOutProbe(images, stimuli, brain, layers, method=h["method"], compare=h["compare"],
+                            heldout_subjects=h["subjects"], subject_descriptor="index")
+    except (ValueError, TypeError, KeyError) as err:
+        raise ConfigError(f"probe.heldout: {err.args[0] if err.args else err}") from None
