@@ -233,3 +233,37 @@ def test_unknown_test_type_and_correction_are_named(rng):
     bad[1, 1] = np.nan
     with pytest.raises(ValueError, match="values contain NaN \\(unit 1, model 'b'\\)"):
         paired_unit_tests(bad, ["a", "b"])
+
+
+def test_every_test_entry_point_names_an_unknown_test_type_correction_or_alpha(rng):
+    """Issue 14's bad input: each way in (result methods, the dual bootstrap's result, the p-value functions,
+    the figure) names the bad choice and the valid ones."""
+    from rdl_neuro.inference import rsa_dual_bootstrap
+    from rdl_neuro.vis import plot_model_comparison
+
+    models, brain = random_rdms(rng)
+    res = rsa_evaluate(models, brain, "corr")
+    dual = rsa_dual_bootstrap(models, brain, n_bootstrap=20)
+    bad_type = r"unknown test_type 'z-test'; choose one of t-test, bootstrap, ranksum"
+    bad_correction = r"unknown correction 'holm'; choose one of fdr, bonferroni, none \('fdr' is Benjamini-Hochberg\)"
+    for call in (lambda: model_tests(res, test_type="z-test"), lambda: res.tests(test_type="z-test"),
+                 lambda: res.pairwise(test_type="z-test"), lambda: pairwise_tests(dual, test_type="z-test"),
+                 lambda: pair_pvalues(res.rsatoolbox_evaluations(), "z-test"),
+                 lambda: zero_pvalues(res.rsatoolbox_evaluations(), "z-test"),
+                 lambda: noise_pvalues(res.rsatoolbox_evaluations(), res.noise_ceiling, "z-test"),
+                 lambda: plot_model_comparison(res, test_type="z-test")):
+        with pytest.raises(ValueError, match=bad_type):
+            call()
+    for call in (lambda: model_tests(res, correction="holm"), lambda: res.pairwise(correction="holm"),
+                 lambda: pairwise_tests(dual, correction="holm"), lambda: significant_pvalues([0.01], "holm"),
+                 lambda: paired_unit_tests(np.ones((3, 2)), ["a", "b"], correction="holm")):
+        with pytest.raises(ValueError, match=bad_correction):
+            call()
+    # alpha is a rate: 5 (meant as 5 %) would call every test significant
+    for call in (lambda: pairwise_tests(res, alpha=5), lambda: model_tests(dual, alpha=0.0),
+                 lambda: significant_pvalues([0.01], "none", alpha=1.0)):
+        with pytest.raises(ValueError, match="alpha must lie between 0 and 1"):
+            call()
+    assert pairwise_tests(res, alpha=0.5)["significant"].dtype == bool
+    with pytest.raises(ValueError, match="ci must be 't' or 'percentile', got 'bca'"):
+        rsa_dual_bootstrap(models, brain, n_bootstrap=5, ci="bca")

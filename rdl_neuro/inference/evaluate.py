@@ -116,6 +116,11 @@ def _stack_models(model_rdms: RDMs | Sequence[RDMs], brain_rdms: RDMs, brain_ids
 
 
 
+def _check_ci(ci: str) -> None:
+    if ci not in ("t", "percentile"):
+        raise ValueError(f"ci must be 't' or 'percentile', got {ci!r}")
+
+
 def _warn_measures(model: RDMs, brain: RDMs, method: str) -> None:
     a, b = model.dissimilarity_measure, brain.dissimilarity_measure
     if not a or not b or a == b:
@@ -377,8 +382,7 @@ def rsa_evaluate(
     check_method(method, COMPARE_METHODS, "comparison method")
     if bootstrap not in BOOTSTRAPS:
         raise ValueError(f"bootstrap must be one of {BOOTSTRAPS}, got {bootstrap!r}")
-    if ci not in ("t", "percentile"):
-        raise ValueError(f"ci must be 't' or 'percentile', got {ci!r}")
+    _check_ci(ci)
     models, brain, names = prepare_rdms(model_rdms, brain_rdms, method, descriptor)
     n_stim, m = n_stimuli_from_length(brain.shape[1]), brain.shape[0]
     if noise_ceiling and m < 2:
@@ -447,6 +451,7 @@ def build_result(names: list[str], method: str, bootstrap: str | None, evaluatio
     fixed, ci, n_stimuli, n_brain, **extra
         Stored on the result; ``ci`` is ``"t"`` or ``"percentile"``.
     """
+    _check_ci(ci)
     k = len(names)
     rs_evals = evaluations[None] if bootstrap is None else evaluations
     mean = _rsatoolbox_means(rs_evals, bootstrap)

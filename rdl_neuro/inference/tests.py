@@ -199,6 +199,8 @@ def significant_pvalues(p: np.ndarray, correction: str = "fdr", alpha: float = 0
     ``correct_pvalues(p, correction) < alpha`` up to rounding at the threshold.
     """
     _check_correction(correction)
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie between 0 and 1 (the false-positive rate, e.g. 0.05), got {alpha!r}")
     p = np.asarray(p, dtype=float)
     ok = np.isfinite(p)
     n = int(ok.sum())
