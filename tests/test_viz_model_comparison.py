@@ -67,3 +67,47 @@ def test_rsatoolbox_result_figure_and_errors(k92):
         plot_model_comparison(res, pairwise="arrows")
     with pytest.raises(ValueError, match="unknown correction 'holm'"):
         plot_model_comparison(res, correction="holm")
+
+
+def test_dots_error_bars_band_and_points_are_the_results_numbers_as_pdf(k92, tmp_path):
+    """What is drawn is the result: dot heights, SEM bars, the ceiling band, each subject's evaluation."""
+    from matplotlib.collections import LineCollection
+
+    res = rsa_evaluate(k92.models, k92.human_it, "corr")
+    fig = plot_model_comparison(res, style="dot", points=True, pairwise=None)
+    ax, = fig.axes
+    assert not [p for p in ax.patches if p.get_label() == "model"]  # no bars
+    dots, = [ln for ln in ax.lines if ln.get_label() == "model"]
+    np.testing.assert_allclose(dots.get_ydata(), res.mean, atol=1e-12)
+    bars, = [c for c in ax.collections if isinstance(c, LineCollection)]
+    lengths = np.array([seg[1][1] - seg[0][1] for seg in bars.get_segments()])
+    np.testing.assert_allclose(lengths, 2 * res.sem, atol=1e-12)
+    band, = [p for p in ax.patches if p.get_label() == "noise ceiling"]
+    assert (band.get_y(), band.get_y() + band.get_height()) == pytest.approx((res.nc_lower, res.nc_upper), abs=1e-12)
+    per_subject = res.rsatoolbox_evaluations()[0]  # (k, subjects)
+    groups = [c for c in ax.collections if c.get_offsets().shape[0] == k92.human_it.n_rdm]
+    for i, group in enumerate(groups):
+        np.testing.assert_allclose(np.asarray(group.get_offsets())[:, 1], per_subject[i], atol=1e-12)
+    path = save_figure(fig, tmp_path / "dots.pdf")
+    data = path.read_bytes()
+    assert data[:5] == b"%PDF-" and b"%%EOF" in data[-32:]
+    with pytest.raises(ValueError, match=r"style must be one of \('bar', 'dot'\), got 'violin'"):
+        plot_model_comparison(res, style="violin")
+
+
+def test_significance_matrix_cells_are_the_significant_pairs(k92):
+    res = rsa_evaluate(k92.models, k92.human_it, "corr")
+    fig = plot_model_comparison(res, sort=True, correction="none")
+    ax, axm = fig.axes
+    names = [t.get_text() for t in axm.get_yticklabels()]
+    assert names == [t.get_text() for t in ax.get_xticklabels()]  # the matrix follows the bars' order
+    shown = axm.images[0].get_array()
+    mean = dict(zip(res.names, res.mean))
+    expected = np.zeros_like(shown)
+    for a, b, sig in res.pairwise(correction="none")[["model_a", "model_b", "significant"]].itertuples(index=False):
+        if sig:
+            i, j = names.index(a), names.index(b)
+            expected[i, j] = np.sign(mean[a] - mean[b])
+            expected[j, i] = -expected[i, j]
+    assert (expected != 0).sum() > 0 and (expected == 0).sum() > len(names)
+    np.testing.assert_array_equal(shown, expected)

@@ -1,6 +1,6 @@
 """The model-comparison figure: evaluations with error bars, noise ceiling and significance.
 
-One bar per model (its mean evaluation, rsatoolbox's ``get_means``) with SEM or
+One bar (or dot) per model (its mean evaluation, rsatoolbox's ``get_means``) with SEM or
 95% interval bars, the noise ceiling as a grey band, the tests against 0 and
 against the noise ceiling marked on each bar, per-subject points on request,
 and the pairwise comparisons as a compact significance matrix beside it or as
@@ -20,6 +20,7 @@ from rdl_neuro.inference.tests import model_tests, pairwise_tests
 __all__ = ["plot_model_comparison"]
 
 PAIRWISE_STYLES = ("matrix", "lines", None)
+MODEL_STYLES = ("bar", "dot")
 
 
 def _unit_points(result: RSAResult) -> np.ndarray:
@@ -33,8 +34,9 @@ def _unit_points(result: RSAResult) -> np.ndarray:
 
 def plot_model_comparison(result: RSAResult, *, test_type: str = "t-test", correction: str = "fdr",
                           alpha: float = 0.05, error_bars: str = "sem", pairwise: str | None = "matrix",
-                          points: bool = False, sort: bool = False, title: str | None = None) -> Figure:
-    """Bar chart of model evaluations with noise ceiling, tests against 0 / the ceiling and pairwise tests.
+                          points: bool = False, sort: bool = False, title: str | None = None,
+                          style: str = "bar") -> Figure:
+    """Bar (or dot) chart of model evaluations with noise ceiling, tests against 0 / the ceiling and pairwise tests.
 
     Parameters
     ----------
@@ -59,6 +61,9 @@ def plot_model_comparison(result: RSAResult, *, test_type: str = "t-test", corre
     sort : bool
         Order the models by mean evaluation, best first.
     title : str, optional
+    style : "bar" or "dot"
+        A bar per model, or a dot (clearer with many models or with
+        evaluations near or below 0).
 
     Returns
     -------
@@ -72,6 +77,8 @@ def plot_model_comparison(result: RSAResult, *, test_type: str = "t-test", corre
         raise ValueError(f"pairwise must be one of {PAIRWISE_STYLES}, got {pairwise!r}")
     if error_bars not in ("sem", "ci", None):
         raise ValueError(f"error_bars must be 'sem', 'ci' or None, got {error_bars!r}")
+    if style not in MODEL_STYLES:
+        raise ValueError(f"style must be one of {MODEL_STYLES}, got {style!r}")
     k = len(result.names)
     order = np.argsort(-result.mean, kind="stable") if sort else np.arange(k)
     names = [result.names[i] for i in order]
@@ -91,7 +98,10 @@ def plot_model_comparison(result: RSAResult, *, test_type: str = "t-test", corre
     pos = np.arange(k)
     if np.isfinite(result.nc_lower):
         ax.axhspan(result.nc_lower, result.nc_upper, color="0.82", zorder=0, label="noise ceiling")
-    ax.bar(pos, mean, color="tab:blue", zorder=2, width=0.7, label="model")
+    if style == "bar":
+        ax.bar(pos, mean, color="tab:blue", zorder=2, width=0.7, label="model")
+    else:
+        ax.plot(pos, mean, "o", color="tab:blue", ms=8, zorder=3, label="model")
     if error_bars and has_var:
         if error_bars == "sem":
             yerr = np.vstack([result.sem[order], result.sem[order]])
