@@ -11,7 +11,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 RESULT = re.compile(
-    r"^RESULT corr_rdm_speedup=(\S+) corr_rdm_vs_matmul=(\S+) rank_compare_min_speedup=(\S+) max_abs_diff=(\S+)$"
+    r"^RESULT corr_rdm_speedup=(\S+) corr_rdm_vs_matmul=(\S+) rank_compare_min_speedup=(\S+) max_abs_diff=(\S+) min_speedup=(\S+)$"
 )
 
 
@@ -28,7 +28,8 @@ def test_rdm_speed_quick_result_line():
     lines = proc.stdout.strip().splitlines()
     match = RESULT.match(lines[-1])
     assert match, f"last line is not a RESULT line: {lines[-1]!r}"
-    speedup, vs_matmul, rank_min, diff = (float(v) for v in match.groups())
+    speedup, vs_matmul, rank_min, diff, min_speedup = (float(v) for v in match.groups())
     assert speedup > 0 and vs_matmul > 0 and rank_min > 0
+    assert 0 < min_speedup <= min(speedup, rank_min)  # the smallest ratio over every row
     assert 0 <= diff < 1e-9  # torch and rsatoolbox agree on every case
     assert any(line.startswith("compare tau-a") for line in lines)

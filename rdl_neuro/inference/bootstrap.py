@@ -3,19 +3,23 @@
 ``bootstrap_general`` builds every resampled RDM as rsatoolbox does and
 compares it with ``compare_rdms`` -- exact for every method, NaN entries
 included. ``bootstrap_moments`` gives the same numbers for ``corr`` and
-``cosine`` from weighted moments of the original RDMs (one batched product
-over all resamples, models and subjects; see ``rdl_neuro.inference.resampling``).
+``cosine`` from weighted moments of the original RDMs (matrix products over all
+resamples, models and subjects, in blocks of bounded memory; see
+``rdl_neuro.inference.resampling.weighted_moments``).
 Kendall's tau has its own engine in ``rdl_neuro.inference.kendall``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
-from rdl_neuro.inference.noise_ceiling import noise_ceiling_bounds
-from rdl_neuro.inference.resampling import pair_weights
+from rdl_neuro.inference.noise_ceiling import moment_noise_ceiling, noise_ceiling_bounds
+from rdl_neuro.inference.resampling import MOMENT_BUDGET_BYTES, draw_counts, weighted_moments
 from rdl_neuro.rdm.calc import n_stimuli_from_length, subset_rdms
 from rdl_neuro.rdm.compare import compare_rdms
+from rdl_neuro.train.distributed import gather_no_grad, world_size_and_rank
 
 # comparison methods whose pattern bootstrap runs on weighted moments
 MOMENT_METHODS = ("corr", "cosine")
@@ -44,32 +48,38 @@ def bootstrap_general(models: torch.Tensor, brain: torch.Tensor, method: str, rd
 
 
 def bootstrap_moments(models: torch.Tensor, brain: torch.Tensor, method: str, rdm_idx: np.ndarray | None,
-                       pat_idx: np.ndarray | None, boot_nc: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``corr`` / ``cosine`` bootstrap from weighted moments (equal to the general path, much faster)."""
+                       pat_idx: np.ndarray | None, boot_nc: bool,
+                       budget_bytes: int = MOMENT_BUDGET_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """``corr`` / ``cosine`` bootstrap from weighted moments (equal to the general path, much faster).
+
+    Memory stays near ``budget_bytes`` beyond the inputs, for any number of stimuli and resamples
+    (see ``weighted_moments``); the products run in the inputs' dtype (float32 or float64).
+    """
     k, m = models.shape[0], brain.shape[0]
     n = n_stimuli_from_length(models.shape[1])
-    z = torch.cat([models, brain]).to(torch.float64)
-    if method == "corr":
-        # shifting by the full-data mean changes no correlation and avoids cancellation in S - mu mu^T
-        z = z - z.mean(1, keepdim=True)
+    z = torch.cat([models, brain])
+    # shifting by the full-data mean changes no correlation and avoids cancellation in S - mu mu^T
+    shift = z.mean(1, keepdim=True) if method == "corr" else None
     n_boot = len(rdm_idx if rdm_idx is not None else pat_idx)
     if pat_idx is not None:
-        weights = pair_weights(pat_idx, n)
+        counts = draw_counts(pat_idx, n)
         valid = np.array([len(np.unique(p)) >= 3 for p in pat_idx])
     else:
-        weights = torch.ones(1, z.shape[1], dtype=torch.float64)
+        counts = torch.ones(1, n, dtype=torch.float64)
         valid = np.ones(n_boot, dtype=bool)
-    # second moments (B, r, r) of the weighted entries (B = 1 when only RDMs are resampled): one matrix
-    # product of the weights with the r (r + 1) / 2 entrywise products of RDM pairs
-    r = z.shape[0]
-    iu, ju = torch.triu_indices(r, r)
-    products = z[iu] * z[ju]  # (r (r + 1) / 2, P)
-    total = weights.sum(1)
-    cov = torch.empty(weights.shape[0], r, r, dtype=torch.float64)
-    upper = (weights @ products.T) / total[:, None]
+    # the second moments needed (B = 1 when only RDMs are resampled): each RDM's own, model x subject,
+    # subject x subject; the model x model ones are never used
+    r = k + m
+    models_i, subjects_j = torch.meshgrid(torch.arange(k), torch.arange(k, r), indexing="ij")
+    among_i, among_j = torch.triu_indices(m, m) + k
+    iu = torch.cat([torch.arange(k), models_i.flatten(), among_i])
+    ju = torch.cat([torch.arange(k), subjects_j.flatten(), among_j])
+    total, first, second = weighted_moments(z, counts, (iu, ju), shift, budget_bytes)
+    upper = second / total[:, None]
     if method == "corr":
-        mean = (weights @ z.T) / total[:, None]
+        mean = first / total[:, None]
         upper = upper - mean[:, iu] * mean[:, ju]
+    cov = torch.full((counts.shape[0], r, r), float("nan"), dtype=torch.float64)
     cov[:, iu, ju] = upper
     cov[:, ju, iu] = upper
     sd = torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2))
@@ -85,23 +95,35 @@ def bootstrap_moments(models: torch.Tensor, brain: torch.Tensor, method: str, rd
     evals = (model_vs_brain * mult[:, None, :]).sum(2) / mult.sum(1, keepdim=True)
     nc = np.full((2, n_boot), np.nan)
     if boot_nc:
-        # pool_rdm z-scores (corr) or rms-normalises (cosine) each RDM and averages the copies, so the
-        # pooled RDM is sum_j h_j z_j / sum h_j and its corr/cosine with subject i is
-        # sum_j h_j R_ji / sqrt(sum_jl h_j h_l R_jl) with R the subjects' correlation/cosine matrix.
-        present = mult > 0
-        quad_all = torch.einsum("bj,bjl,bl->b", mult, among, mult)
-        upper_i = (among * mult[:, :, None]).sum(1) / torch.sqrt(quad_all)[:, None]  # (B, m)
-        h_loo = mult[:, None, :].expand(n_boot, m, m).clone()  # h_loo[b, i, j]: weights without subject i
-        h_loo[:, torch.arange(m), torch.arange(m)] = 0
-        num = torch.einsum("bij,bji->bi", h_loo, among)
-        quad = torch.einsum("bij,bjl,bil->bi", h_loo, among, h_loo)
-        lower_i = num / torch.sqrt(quad)
-        n_present = present.sum(1)
-        lower = torch.where(present, lower_i, torch.zeros_like(lower_i)).sum(1) / n_present
-        upper = torch.where(present, upper_i, torch.zeros_like(upper_i)).sum(1) / n_present
-        nc = torch.stack([lower, upper]).numpy().copy()
-        nc[:, n_present.numpy() < 2] = np.nan
+        nc = torch.stack(moment_noise_ceiling(among, mult)).numpy().copy()
     evals = evals.numpy().copy()
     evals[~valid] = np.nan
     nc[:, ~valid] = np.nan
     return evals, nc
+
+
+Engine = Callable[[np.ndarray | None, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
+
+
+def split_resamples(engine: Engine, rdm_idx: np.ndarray | None, pat_idx: np.ndarray | None,
+                    k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run ``engine(rdm_idx, pat_idx) -> (evaluations (N, k), noise ceilings (2, N))`` on this
+    process's share of the resamples under ``torch.distributed`` (torchrun), and gather every
+    rank's results in resample order; outside a process group, ``engine`` on all of them.
+
+    Every rank must hold the same draws (the same seed or ``bootstrap_indices``). Resamples are
+    independent, so the gathered results equal one process's, resample by resample.
+    """
+    world, rank = world_size_and_rank()
+    if world == 1:
+        return engine(rdm_idx, pat_idx)
+    n_boot = len(rdm_idx if rdm_idx is not None else pat_idx)
+    edges = np.linspace(0, n_boot, world + 1).round().astype(int)
+    share = slice(edges[rank], edges[rank + 1])
+    if share.start < share.stop:
+        evals, nc = engine(None if rdm_idx is None else rdm_idx[share], None if pat_idx is None else pat_idx[share])
+    else:  # more ranks than resamples
+        evals, nc = np.empty((0, k)), np.empty((2, 0))
+    both = torch.from_numpy(np.concatenate([evals, nc.T], axis=1).astype(np.float64))  # (share, k + 2)
+    gathered = gather_no_grad(both).numpy()
+    return gathered[:, :k].copy(), gathered[:, k:].T.copy()

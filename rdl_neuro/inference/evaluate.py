@@ -41,7 +41,7 @@ from rsatoolbox.rdm import RDMs
 from scipy import stats
 
 from rdl_neuro.data.ids import check_id_kinds
-from rdl_neuro.inference.bootstrap import MOMENT_METHODS, bootstrap_general, bootstrap_moments
+from rdl_neuro.inference.bootstrap import MOMENT_METHODS, bootstrap_general, bootstrap_moments, split_resamples
 from rdl_neuro.inference.kendall import KENDALL_METHODS, bootstrap_kendall
 from rdl_neuro.inference.noise_ceiling import noise_ceiling_bounds
 from rdl_neuro.inference.resampling import draw_indices
@@ -85,7 +85,7 @@ def _match_stimuli(model_ids: list[Any], brain_ids: list[Any]) -> tuple[np.ndarr
 
 
 def _stack_models(model_rdms: RDMs | Sequence[RDMs], brain_rdms: RDMs, brain_ids: list[Any], method: str,
-                  descriptor: str | None) -> tuple[torch.Tensor, list[str], np.ndarray]:
+                  descriptor: str | None, dtype: torch.dtype) -> tuple[torch.Tensor, list[str], np.ndarray]:
     """Model RDMs from one ``RDMs`` or several (e.g. a network's layers and classic model RDMs),
     restricted to and ordered by the brain's stimuli: ``(models (k, P'), names, brain positions)``.
     Every object must cover the same stimuli, so that all models are compared on one set."""
@@ -99,7 +99,7 @@ def _stack_models(model_rdms: RDMs | Sequence[RDMs], brain_rdms: RDMs, brain_ids
     vectors, names, first_pos, first_ids = [], [], None, None
     for i, obj in enumerate(objects):
         _warn_measures(obj, brain_rdms, method)
-        tensor, ids = from_rsatoolbox(obj, descriptor)
+        tensor, ids = from_rsatoolbox(obj, descriptor, dtype=dtype)
         model_pos, brain_pos = _match_stimuli(ids, brain_ids)
         if first_pos is None:
             first_pos, first_ids = brain_pos, set(ids)
@@ -109,9 +109,10 @@ def _stack_models(model_rdms: RDMs | Sequence[RDMs], brain_rdms: RDMs, brain_ids
                              f"{len(only_here)} only in [{i}] (e.g. {only_here[:5]}), "
                              f"{len(only_first)} only in [0] (e.g. {only_first[:5]}); "
                              "subset them to the same stimuli")
-        vectors.append(subset_rdms(tensor, model_pos).to(torch.float64))
+        vectors.append(subset_rdms(tensor, model_pos))
         names += rdm_names(obj)
-    return torch.cat(vectors), names, first_pos
+    # one object is used as it is: no copy of RDMs that may fill gigabytes
+    return (vectors[0] if len(vectors) == 1 else torch.cat(vectors)), names, first_pos
 
 
 
@@ -326,7 +327,8 @@ class RSAResult:
 
 
 def prepare_rdms(model_rdms: RDMs | Sequence[RDMs], brain_rdms: RDMs, method: str,
-                 descriptor: str | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+                 descriptor: str | None = None,
+                 dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Model (float64) and brain RDMs as tensors on the brain's stimuli that the models cover, in brain order.
 
     Returns
@@ -338,10 +340,12 @@ def prepare_rdms(model_rdms: RDMs | Sequence[RDMs], brain_rdms: RDMs, method: st
     """
     if not isinstance(brain_rdms, RDMs):
         raise TypeError(f"brain_rdms must be rsatoolbox.rdm.RDMs, got {type(brain_rdms).__name__}")
-    brain, brain_ids = from_rsatoolbox(brain_rdms, descriptor)
-    models, names, brain_pos = _stack_models(model_rdms, brain_rdms, brain_ids, method, descriptor)
+    brain, brain_ids = from_rsatoolbox(brain_rdms, descriptor, dtype=dtype)
+    models, names, brain_pos = _stack_models(model_rdms, brain_rdms, brain_ids, method, descriptor, dtype)
     brain = subset_rdms(brain, brain_pos)
     for name, v in (("model", models), ("brain", brain)):
+        if not bool(torch.isnan(v.sum())):
+            continue  # no NaN at all (one reduction; the mask below would be as large as the RDMs)
         bad = torch.isnan(v).all(1)
         if bool(bad.any()):
             raise ValueError(f"{name} RDM(s) {torch.nonzero(bad).squeeze(1).tolist()} are entirely NaN")
@@ -356,7 +360,8 @@ def run_bootstrap(models: torch.Tensor, brain: torch.Tensor, method: str, rdm_id
     stimuli (None: not resampled); resamples with fewer than 3 distinct
     stimuli are NaN, as in rsatoolbox.
     """
-    has_nan = bool(torch.isnan(models).any() or torch.isnan(brain).any())
+    # a sum is NaN when an entry is (one reduction; no mask of the RDMs' size)
+    has_nan = bool(torch.isnan(models.sum()) or torch.isnan(brain.sum()))
     if method in MOMENT_METHODS and not has_nan:
         return bootstrap_moments(models, brain, method, rdm_idx, pat_idx, boot_nc)
     if method in KENDALL_METHODS and rdm_idx is None and not has_nan:
@@ -377,18 +382,21 @@ def rsa_evaluate(
     seed: int | None = 0,
     bootstrap_indices: Any = None,
     descriptor: str | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> RSAResult:
     """Evaluate model RDMs against brain RDMs with rsatoolbox's statistics (see ``rsa_table``)."""
     check_method(method, COMPARE_METHODS, "comparison method")
     if bootstrap not in BOOTSTRAPS:
         raise ValueError(f"bootstrap must be one of {BOOTSTRAPS}, got {bootstrap!r}")
     _check_ci(ci)
-    models, brain, names = prepare_rdms(model_rdms, brain_rdms, method, descriptor)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    models, brain, names = prepare_rdms(model_rdms, brain_rdms, method, descriptor, dtype)
     n_stim, m = n_stimuli_from_length(brain.shape[1]), brain.shape[0]
     if noise_ceiling and m < 2:
         raise ValueError("noise_ceiling=True needs at least 2 brain RDMs (the lower bound leaves one out); "
                          "got 1 -- pass noise_ceiling=False or more subjects/sessions")
-    fixed_all = compare_rdms(models, brain, method).numpy()  # (k, m)
+    fixed_all = compare_rdms(models, brain, method).to(torch.float64).numpy()  # (k, m)
     fixed = fixed_all.mean(1)
     nc_point = noise_ceiling_bounds(brain, np.arange(m), method) if noise_ceiling else (np.nan, np.nan)
     rdm_idx = pat_idx = None
@@ -404,7 +412,10 @@ def rsa_evaluate(
         if rdm_idx is not None and pat_idx is not None and len(rdm_idx) != len(pat_idx):
             raise ValueError(f"{len(rdm_idx)} rdm and {len(pat_idx)} pattern resamples given")
         boot_nc = noise_ceiling and boot_noise_ceiling
-        evaluations, nc_arr = run_bootstrap(models, brain, method, rdm_idx, pat_idx, boot_nc)
+        # under torchrun each rank runs its share of the resamples (the draws are the same everywhere)
+        evaluations, nc_arr = split_resamples(
+            lambda rdm_part, pat_part: run_bootstrap(models, brain, method, rdm_part, pat_part, boot_nc),
+            rdm_idx, pat_idx, models.shape[0])
         ok = np.isfinite(evaluations[:, 0])
         if ok.sum() < 2:
             raise ValueError(f"only {int(ok.sum())} usable bootstrap samples; use more resamples or stimuli")
@@ -518,6 +529,7 @@ def rsa_table(
     seed: int | None = 0,
     bootstrap_indices: Any = None,
     descriptor: str | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> pd.DataFrame:
     """Model-brain RSA table with rsatoolbox's statistics, one row per model RDM.
 
@@ -556,6 +568,11 @@ def rsa_table(
     descriptor : str, optional
         The pattern descriptor that names stimuli (it must exist); default
         ``stimulus``, else ``index`` with a warning (``rdl_neuro.rdm.stimulus_ids_of``).
+    dtype : torch.float64 or torch.float32
+        Precision of the comparisons and bootstrap moments. float32 halves the memory and time
+        of large evaluations (10,000 stimuli: RDMs of 50M entries each); its results stay within
+        1e-5 of float64's (``benchmarks/scale.py`` measures the difference). float32 RDMs given
+        to rsatoolbox's ``RDMs`` are then used without a copy.
 
     Returns
     -------
@@ -585,4 +602,4 @@ def rsa_table(
     """
     return rsa_evaluate(model_rdms, brain_rdms, method, bootstrap=bootstrap, n_bootstrap=n_bootstrap,
                         noise_ceiling=noise_ceiling, boot_noise_ceiling=boot_noise_ceiling, ci=ci, seed=seed,
-                        bootstrap_indices=bootstrap_indices, descriptor=descriptor).table()
+                        bootstrap_indices=bootstrap_indices, descriptor=descriptor, dtype=dtype).table()

@@ -44,11 +44,41 @@ def pool_rdm(v: torch.Tensor, method: str) -> torch.Tensor:
     return pooled
 
 
+def moment_noise_ceiling(among: torch.Tensor, mult: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``corr`` / ``cosine`` noise ceilings ``(lower (B,), upper (B,))`` from the subjects'
+    correlations (cosines) ``among (B, m, m)`` and how often each subject is drawn, ``mult (B, m)``.
+
+    ``pool_rdm`` z-scores (corr) or rms-normalises (cosine) each RDM and averages the copies, so
+    the pooled RDM is ``sum_j h_j z_j / sum_j h_j`` and its corr / cosine with subject ``i`` is
+    ``sum_j h_j R_ji / sqrt(sum_jl h_j h_l R_jl)``; the lower bound leaves subject ``i`` out of
+    ``h``. Bounds average over the subjects present (NaN where fewer than 2 are).
+    """
+    n_boot, m = mult.shape
+    present = mult > 0
+    quad_all = torch.einsum("bj,bjl,bl->b", mult, among, mult)
+    upper_i = (among * mult[:, :, None]).sum(1) / torch.sqrt(quad_all)[:, None]  # (B, m)
+    h_loo = mult[:, None, :].expand(n_boot, m, m).clone()  # h_loo[b, i, j]: weights without subject i
+    h_loo[:, torch.arange(m), torch.arange(m)] = 0
+    num = torch.einsum("bij,bji->bi", h_loo, among)
+    quad = torch.einsum("bij,bjl,bil->bi", h_loo, among, h_loo)
+    lower_i = num / torch.sqrt(quad)
+    n_present = present.sum(1)
+    lower = torch.where(present, lower_i, torch.zeros_like(lower_i)).sum(1) / n_present
+    upper = torch.where(present, upper_i, torch.zeros_like(upper_i)).sum(1) / n_present
+    too_few = n_present < 2
+    return lower.masked_fill(too_few, float("nan")), upper.masked_fill(too_few, float("nan"))
+
+
 def noise_ceiling_bounds(brain: torch.Tensor, groups: np.ndarray, method: str) -> tuple[float, float]:
     """rsatoolbox's ``boot_noise_ceiling`` on ``brain (r, P)``; ``groups`` are the rows' ``index`` values."""
     unique = np.unique(groups)
     if len(unique) < 2:
         raise ValueError("a noise ceiling needs at least 2 brain RDMs (subjects/sessions); got 1")
+    if method in ("corr", "cosine") and len(unique) == len(groups) and not bool(torch.isnan(brain).any()):
+        # closed form from the subjects' correlation matrix: no pooled RDMs to build
+        among = compare_rdms(brain, brain, method)[None]
+        lower, upper = moment_noise_ceiling(among, torch.ones(1, brain.shape[0], dtype=among.dtype))
+        return float(lower[0]), float(upper[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         pooled_all = pool_rdm(brain, method)
