@@ -75,12 +75,13 @@ def weighted_moments(z: torch.Tensor, counts: torch.Tensor, pairs: tuple[torch.T
     ``sum w z_r z_s`` for ``(r, s)`` in ``pairs`` (rows of ``z`` minus ``shift`` if given), all float64.
 
     No ``(N, P)`` weight matrix is formed: the weights of a pair are a product, so the sum over
-    pairs is a quadratic form, ``sum_a c_a sum_{b > a} c_b v(ab)``. Rows ``a`` are taken a block at
-    a time: their entries, and the products of the entries of the RDM pairs, are laid out as a
-    (vectors x rows x later stimuli) slab, multiplied with the counts of all resamples in one
-    matrix product, and weighted by the rows' own counts. The slab and the product's result stay
-    under ``budget_bytes`` (about; at least one row at a time), whatever ``n`` and ``N``.
-    Products run in ``z``'s dtype (float32 halves time and memory); sums across blocks in float64.
+    pairs is a quadratic form, ``sum_a c_a sum_{b > a} c_b v(ab)``. Row ``a``'s entries (pairs
+    ``(a, b > a)``, contiguous in condensed order) and the products of the RDM pairs' entries are
+    multiplied with the later stimuli's counts of all resamples in one matrix product
+    ``(vectors, n - a - 1) @ (n - a - 1, N)``, then weighted by ``c_a``. The vectors are formed
+    for a block of rows at a time, under ``budget_bytes`` (about; at least one row), whatever
+    ``n`` and ``N``. Products run in ``z``'s dtype (float32 halves time and memory); sums across
+    rows in float64.
 
     Parameters
     ----------
@@ -106,26 +107,30 @@ def weighted_moments(z: torch.Tensor, counts: torch.Tensor, pairs: tuple[torch.T
     n, n_boot = n_stimuli_from_length(n_pairs), counts.shape[0]
     iu, ju = pairs
     q = r + len(iu)
-    c = counts.to(z.dtype)
+    counts_t = counts.T.to(z.dtype).contiguous()  # (n, N): the later stimuli's counts, contiguous rows
     sums = counts.sum(1)
     total = (sums * sums - (counts * counts).sum(1)) / 2
     moments = torch.zeros(q, n_boot, dtype=torch.float64)
     row = 0
     while row < n - 1:
-        width = n - 1 - row  # the later stimuli row + 1 .. n - 1
-        fit = budget_bytes // (q * (width + n_boot) * z.element_size())
-        # short blocks waste little of the slab on the triangle below the diagonal
-        height = int(max(1, min(width, fit, max(8, width // 4))))
-        stop = row + height
-        block = z[:, _row_offset(row, n):_row_offset(stop, n)]
+        # a block of rows whose vectors fit the budget
+        stop, size = row + 1, n - 1 - row
+        while stop < n - 1 and (size + n - 1 - stop) * q * z.element_size() <= budget_bytes:
+            size += n - 1 - stop
+            stop += 1
+        start_pos = _row_offset(row, n)
+        block = z[:, start_pos:_row_offset(stop, n)]
+        # (q, entries of the rows): the rows, then the products, written in place (no gathered copies)
+        vectors = torch.empty(q, block.shape[1], dtype=z.dtype)
         if shift is not None:
-            block = block - shift
-        vectors = torch.cat([block, block[iu] * block[ju]])  # (q, entries of the rows)
-        slab = z.new_zeros(q, height, width)
-        # row row + i holds the pairs with stimuli row + 1 + j for j >= i (row-major, as condensed order)
-        slab[:, torch.ones(height, width, dtype=torch.bool).triu()] = vectors
-        del vectors
-        later = slab.reshape(q * height, width) @ c[:, row + 1:].T  # (q * height, N)
-        moments += (later.reshape(q, height, n_boot) * c[:, row:stop].T).sum(1).to(torch.float64)
+            torch.sub(block, shift, out=vectors[:r])
+        else:
+            vectors[:r] = block
+        for p, (i, j) in enumerate(zip(iu.tolist(), ju.tolist())):
+            torch.mul(vectors[i], vectors[j], out=vectors[r + p])
+        for a in range(row, stop):
+            pos = _row_offset(a, n) - start_pos
+            later = vectors[:, pos:pos + n - 1 - a] @ counts_t[a + 1:]  # (q, N)
+            moments += (later * counts_t[a]).to(torch.float64)
         row = stop
     return total, moments[:r].T, moments[r:].T
