@@ -61,11 +61,12 @@ def bootstrap_moments(models: torch.Tensor, brain: torch.Tensor, method: str, rd
     # shifting by the full-data mean changes no correlation and avoids cancellation in S - mu mu^T
     shift = z.mean(1, keepdim=True) if method == "corr" else None
     n_boot = len(rdm_idx if rdm_idx is not None else pat_idx)
+    device = z.device  # any device: CUDA runs the products there (benchmarks/gpu_check.py)
     if pat_idx is not None:
-        counts = draw_counts(pat_idx, n)
+        counts = draw_counts(pat_idx, n).to(device)
         valid = np.array([len(np.unique(p)) >= 3 for p in pat_idx])
     else:
-        counts = torch.ones(1, n, dtype=torch.float64)
+        counts = torch.ones(1, n, dtype=torch.float64, device=device)
         valid = np.ones(n_boot, dtype=bool)
     # the second moments needed (B = 1 when only RDMs are resampled): each RDM's own, model x subject,
     # subject x subject; the model x model ones are never used
@@ -79,7 +80,7 @@ def bootstrap_moments(models: torch.Tensor, brain: torch.Tensor, method: str, rd
     if method == "corr":
         mean = first / total[:, None]
         upper = upper - mean[:, iu] * mean[:, ju]
-    cov = torch.full((counts.shape[0], r, r), float("nan"), dtype=torch.float64)
+    cov = torch.full((counts.shape[0], r, r), float("nan"), dtype=torch.float64, device=device)
     cov[:, iu, ju] = upper
     cov[:, ju, iu] = upper
     sd = torch.sqrt(torch.diagonal(cov, dim1=1, dim2=2))
@@ -89,14 +90,14 @@ def bootstrap_moments(models: torch.Tensor, brain: torch.Tensor, method: str, rd
     if pat_idx is None:
         model_vs_brain = model_vs_brain.expand(n_boot, k, m)
         among = among.expand(n_boot, m, m)
-    mult = torch.zeros(n_boot, m, dtype=torch.float64)
-    rows = rdm_idx if rdm_idx is not None else np.tile(np.arange(m), (n_boot, 1))
-    mult.scatter_add_(1, torch.as_tensor(rows), torch.ones(rows.shape, dtype=torch.float64))
+    mult = torch.zeros(n_boot, m, dtype=torch.float64, device=device)
+    rows = torch.as_tensor(rdm_idx if rdm_idx is not None else np.tile(np.arange(m), (n_boot, 1)), device=device)
+    mult.scatter_add_(1, rows, torch.ones(rows.shape, dtype=torch.float64, device=device))
     evals = (model_vs_brain * mult[:, None, :]).sum(2) / mult.sum(1, keepdim=True)
     nc = np.full((2, n_boot), np.nan)
     if boot_nc:
-        nc = torch.stack(moment_noise_ceiling(among, mult)).numpy().copy()
-    evals = evals.numpy().copy()
+        nc = torch.stack(moment_noise_ceiling(among, mult)).cpu().numpy().copy()
+    evals = evals.cpu().numpy().copy()
     evals[~valid] = np.nan
     nc[:, ~valid] = np.nan
     return evals, nc

@@ -58,7 +58,8 @@ def moment_noise_ceiling(among: torch.Tensor, mult: torch.Tensor) -> tuple[torch
     quad_all = torch.einsum("bj,bjl,bl->b", mult, among, mult)
     upper_i = (among * mult[:, :, None]).sum(1) / torch.sqrt(quad_all)[:, None]  # (B, m)
     h_loo = mult[:, None, :].expand(n_boot, m, m).clone()  # h_loo[b, i, j]: weights without subject i
-    h_loo[:, torch.arange(m), torch.arange(m)] = 0
+    diag = torch.arange(m, device=mult.device)
+    h_loo[:, diag, diag] = 0
     num = torch.einsum("bij,bji->bi", h_loo, among)
     quad = torch.einsum("bij,bjl,bil->bi", h_loo, among, h_loo)
     lower_i = num / torch.sqrt(quad)
