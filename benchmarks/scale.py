@@ -11,7 +11,9 @@ alone:
    its bootstrapped noise ceiling (the weighted-moment engine, memory-bounded by
    ``rdl_neuro.inference.resampling.MOMENT_BUDGET_BYTES``).
 
-``total`` is the sum of the four: the whole evaluation. Data are made in float32 (the float64
+``total`` is the sum of the four: the whole evaluation (wall seconds); ``cpu_s`` the process CPU
+seconds of the four (all threads): on a machine shared with other jobs the wall time measures
+their load too, the CPU time only this work. Data are made in float32 (the float64
 case upcasts the same numbers), so ``f32 diff`` is the largest difference between the float32
 and float64 results (comparisons, table means, SEMs, p-values, noise ceilings) of the same data.
 
@@ -75,7 +77,7 @@ def run_case(lib: str, n: int, dtype_name: str, n_boot: int, p: int, seed: int, 
     dtype = {"float32": torch.float32, "float64": torch.float64}[dtype_name]
     features, g = make_data(n, p, seed)
     features = features.to(dtype)
-    times, results = {}, {}
+    times, cpu, results = {}, {}, {}  # wall and process CPU seconds (all threads) per step
     ids = {"stimulus": [f"s{i}" for i in range(n)]}
     if lib == "rdl_neuro":
         from rsatoolbox.rdm import RDMs
@@ -83,9 +85,10 @@ def run_case(lib: str, n: int, dtype_name: str, n_boot: int, p: int, seed: int, 
         from rdl_neuro.inference import rsa_evaluate
         from rdl_neuro.rdm import compare_rdms, compute_rdm
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rdm = compute_rdm(features, "correlation")
         times["rdm"] = time.perf_counter() - t0
+        cpu["rdm"] = time.process_time() - c0
         del features
         z = torch.empty(K_MODELS + M_BRAIN, rdm.numel(), dtype=dtype)
         for i in range(z.shape[0]):  # the 16 RDMs, made in place: no (16, P) temporaries
@@ -95,18 +98,20 @@ def run_case(lib: str, n: int, dtype_name: str, n_boot: int, p: int, seed: int, 
         del rdm
         models, brain = z[:K_MODELS], z[K_MODELS:]
         for method in ("corr", "spearman"):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             results[method] = compare_rdms(models, brain, method).double().numpy()
             times[method] = time.perf_counter() - t0
+            cpu[method] = time.process_time() - c0
         # rsatoolbox RDMs hold the arrays without a copy (float32 stays float32)
         model_rdms = RDMs(models.numpy(), pattern_descriptors=ids,
                           rdm_descriptors={"name": [f"model{i}" for i in range(K_MODELS)]})
         brain_rdms = RDMs(brain.numpy(), pattern_descriptors=ids)
         draws = rsatoolbox_draws(n_boot, n, seed)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = rsa_evaluate(model_rdms, brain_rdms, "corr", bootstrap="pattern", bootstrap_indices=draws,
                            dtype=dtype)
         times["boot"] = time.perf_counter() - t0
+        cpu["boot"] = time.process_time() - c0
         for name in ("mean", "sem", "p_zero", "p_noise", "fixed"):
             results[name] = np.asarray(getattr(res, name), dtype=np.float64)
         results["nc"] = np.array([res.nc_lower, res.nc_upper])
@@ -117,9 +122,10 @@ def run_case(lib: str, n: int, dtype_name: str, n_boot: int, p: int, seed: int, 
 
         x = features.double().numpy()
         del features
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rdm = rsatoolbox.rdm.calc_rdm(rsatoolbox.data.Dataset(x), method="correlation").get_vectors()[0]
         times["rdm"] = time.perf_counter() - t0
+        cpu["rdm"] = time.process_time() - c0
         del x
         z = np.empty((K_MODELS + M_BRAIN, rdm.size))
         for i in range(z.shape[0]):
@@ -127,22 +133,24 @@ def run_case(lib: str, n: int, dtype_name: str, n_boot: int, p: int, seed: int, 
         models = rsatoolbox.rdm.RDMs(z[:K_MODELS], pattern_descriptors=ids)
         brain = rsatoolbox.rdm.RDMs(z[K_MODELS:], pattern_descriptors=ids)
         for method in ("corr", "spearman"):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             results[method] = rsatoolbox.rdm.compare(models, brain, method=method)
             times[method] = time.perf_counter() - t0
+            cpu[method] = time.process_time() - c0
         fixed = [ModelFixed(f"model{i}", models[i]) for i in range(K_MODELS)]
         np.random.seed(seed)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         import contextlib
         import io
 
         with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
             res = eval_bootstrap_pattern(fixed, brain, method="corr", N=n_boot)
         times["boot"] = time.perf_counter() - t0
+        cpu["boot"] = time.process_time() - c0
         results["mean"] = res.get_means()
     np.savez(out, **results)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # ru_maxrss: kB on Linux
-    return {"times": times, "peak_gb": peak_gb}
+    return {"times": times, "cpu_s": sum(cpu.values()), "peak_gb": peak_gb}
 
 
 def subprocess_case(lib: str, n: int, dtype: str, args, out: str) -> dict:
@@ -194,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 case = subprocess_case("rdl_neuro", n, dtype, args, path)
                 outs[dtype] = dict(np.load(path))
                 rows.append({"n": n, "library": "rdl_neuro", "dtype": dtype, **case["times"],
-                             "total": sum(case["times"].values()), "peak_gb": case["peak_gb"], "note": ""})
+                             "total": sum(case["times"].values()), "cpu_s": case["cpu_s"], "peak_gb": case["peak_gb"],
+                             "note": ""})
                 print(rows[-1], flush=True)
             diff = max(float(np.nanmax(np.abs(outs["float32"][k] - outs["float64"][k]))) for k in outs["float64"])
             f32_diff = max(f32_diff, diff)
@@ -209,12 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                 ref_diff = max(float(np.nanmax(np.abs(outs["float64"][k] - theirs[k]))) for k in theirs)
                 last_ref = (n, case["times"])
                 rows.append({"n": n, "library": "rsatoolbox", "dtype": "float64", **case["times"],
-                             "total": sum(case["times"].values()), "peak_gb": case["peak_gb"],
-                             "f32_diff": np.nan, "note": f"max |diff| vs rdl_neuro float64 {ref_diff:.1e}"})
+                             "total": sum(case["times"].values()), "cpu_s": case["cpu_s"],
+                             "peak_gb": case["peak_gb"], "f32_diff": np.nan, "note": f"max |diff| vs rdl_neuro float64 {ref_diff:.1e}"})
             else:
                 times = {k: v * scale for k, v in last_ref[1].items()}
                 rows.append({"n": n, "library": "rsatoolbox", "dtype": "float64", **times,
-                             "total": sum(times.values()), "peak_gb": np.nan, "f32_diff": np.nan,
+                             "total": sum(times.values()), "cpu_s": np.nan, "peak_gb": np.nan, "f32_diff": np.nan,
                              "note": f"* extrapolated from n={last_ref[0]} (x (n/{last_ref[0]})^2)"})
             print(rows[-1], flush=True)
     frame = pd.DataFrame(rows)
@@ -225,16 +234,18 @@ def main(argv: list[str] | None = None) -> int:
         shown[col] = [f"{v:.2f}{'*' if lib == 'rsatoolbox' and note.startswith('*') else ''}"
                       for v, lib, note in zip(frame[col], frame.library, frame.note)]
     shown["peak_gb"] = [f"{v:.2f}" if np.isfinite(v) else "-" for v in frame.peak_gb]
+    shown["cpu_s"] = [f"{v:.1f}" if np.isfinite(v) else "-" for v in frame.cpu_s]
     shown["f32_diff"] = [f"{v:.1e}" if np.isfinite(v) else "" for v in frame.f32_diff]
     shown["speedup"] = [f"{v:.1f}" if np.isfinite(v) else "" for v in frame.speedup]
-    shown = shown[["n", "library", "dtype", *STEPS, "total", "peak_gb", "speedup", "f32_diff", "note"]]
+    shown = shown[["n", "library", "dtype", *STEPS, "total", "cpu_s", "peak_gb", "speedup", "f32_diff", "note"]]
     print()
     print(shown.to_string(index=False))
-    print("(seconds; peak_gb: the case's subprocess maxrss; speedup: rsatoolbox total / this row's total; "
+    print("(wall seconds; cpu_s: process CPU seconds of the four steps, all threads (what an idle machine "
+          "spends; the wall time counts the load of others on a shared one); peak_gb: the case's subprocess maxrss; speedup: rsatoolbox total / this row's total; "
           "* extrapolated, not run)")
     largest = frame[(frame.library == "rdl_neuro") & (frame.dtype == "float32")].iloc[-1]
     line = (f"RESULT n10k_seconds={largest.total:.1f} n10k_peak_gb={largest.peak_gb:.2f} "
-            f"f32_max_diff={f32_diff:.1e}")
+            f"f32_max_diff={f32_diff:.1e} n10k_cpu_seconds={largest.cpu_s:.1f}")
     if int(largest.n) != 10000:
         line += f" largest_n={int(largest.n)}"
     print(line)

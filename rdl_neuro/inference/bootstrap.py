@@ -57,11 +57,10 @@ def bootstrap_moments(models: torch.Tensor, brain: torch.Tensor, method: str, rd
     """
     k, m = models.shape[0], brain.shape[0]
     n = n_stimuli_from_length(models.shape[1])
-    z = torch.cat([models, brain])
     # shifting by the full-data mean changes no correlation and avoids cancellation in S - mu mu^T
-    shift = z.mean(1, keepdim=True) if method == "corr" else None
+    shift = torch.cat([models.mean(1, keepdim=True), brain.mean(1, keepdim=True)]) if method == "corr" else None
     n_boot = len(rdm_idx if rdm_idx is not None else pat_idx)
-    device = z.device  # any device: CUDA runs the products there (benchmarks/gpu_check.py)
+    device = models.device  # any device: CUDA runs the products there (benchmarks/gpu_check.py)
     if pat_idx is not None:
         counts = draw_counts(pat_idx, n).to(device)
         valid = np.array([len(np.unique(p)) >= 3 for p in pat_idx])
@@ -75,7 +74,8 @@ def bootstrap_moments(models: torch.Tensor, brain: torch.Tensor, method: str, rd
     among_i, among_j = torch.triu_indices(m, m) + k
     iu = torch.cat([torch.arange(k), models_i.flatten(), among_i])
     ju = torch.cat([torch.arange(k), subjects_j.flatten(), among_j])
-    total, first, second = weighted_moments(z, counts, (iu, ju), shift, budget_bytes)
+    # models and subjects are passed apart: never copied whole into one tensor
+    total, first, second = weighted_moments((models, brain), counts, (iu, ju), shift, budget_bytes)
     upper = second / total[:, None]
     if method == "corr":
         mean = first / total[:, None]
