@@ -311,10 +311,10 @@ def _row_blocks(n: int) -> list[tuple[int, int]]:
     """Row ranges for the blocked upper-triangle Gram product.
 
     Block ``[s, e)`` needs only columns ``s..n-1``, so ``K`` blocks cost about
-    ``(K + 1) / (2K)`` of a full ``X @ X.T`` (0.75 for 2, 0.5625 for 8). Blocks
+    ``(K + 1) / (2K)`` of a full ``X @ X.T`` (0.75 for 2, 0.625 for 4). Blocks
     stay a few hundred rows tall so each product still runs at full BLAS speed.
     """
-    k = max(1, min(8, n // 250))
+    k = max(1, min(4, n // 400))
     edges = [round(i * n / k) for i in range(k + 1)]
     return list(zip(edges[:-1], edges[1:]))
 
