@@ -243,7 +243,7 @@ rdm = "heldout.npz"
 """
 
 
-def test_heldout_probe_from_the_config(tmp_path: Path) -> None:
+def test_heldout_probe_from_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from rdl_neuro.data.loaders import load_digits
     from rdl_neuro.train import HeldOutProbe
 
@@ -263,6 +263,9 @@ def test_heldout_probe_from_the_config(tmp_path: Path) -> None:
                            "hidden1", heldout_subjects=[2]).measure(built.model, torch.device("cpu"))
     for column, value in by_hand.items():
         assert history[column].iloc[-1] == pytest.approx(value, abs=1e-12)
+    # the command prints the held-out numbers of the last epoch
+    code = run_cli(write(tmp_path, f'output = "{tmp_path / "out3"}"\n' + HELDOUT_RUN))
+    assert code == 0 and "heldout_corr_hidden1 " in capsys.readouterr().out
     # probes off: no held-out probe either
     cfg = write(tmp_path, f'output = "{tmp_path / "out2"}"\n' + HELDOUT_RUN.replace(
         "[probe.heldout]", "[probe]\nenabled = false\n[probe.heldout]"))

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         parts = [f"epoch {int(last['epoch'])}", f"loss {last['loss']:.4f}", f"train_acc {last['train_acc']:.3f}"]
         if "val_acc" in history:
             parts.append(f"val_acc {last['val_acc']:.3f}")
-        parts += [f"{c} {last[c]:.3f}" for c in history.columns if c.startswith("rdm_")]
+        parts += [f"{c} {last[c]:.3f}" for c in history.columns if c.startswith(("rdm_", "heldout_"))]
         print(", ".join(parts))
         print(f"wrote {Path(cfg['output']) / 'history.csv'} and checkpoints in {Path(cfg['output'])}")
     return 0

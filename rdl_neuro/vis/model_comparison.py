@@ -168,7 +168,9 @@ def _draw_matrix(axm, pairs, names: list[str], mean: np.ndarray) -> None:
 def _draw_lines(ax, pairs, names: list[str], mean: np.ndarray) -> None:
     """Nili-style: one line per significant pair above the bars, a dot at the better model."""
     index = {n: i for i, n in enumerate(names)}
-    top = float(np.nanmax(np.append(mean, ax.get_ylim()[1])))
+    low, top = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if low <= t <= top]
+    top = float(np.nanmax(np.append(mean, top)))
     step = 0.04 * max(top, 1e-9)
     level = top + step
     for a, b, sig in zip(pairs["model_a"], pairs["model_b"], pairs["significant"]):
@@ -179,3 +181,5 @@ def _draw_lines(ax, pairs, names: list[str], mean: np.ndarray) -> None:
         better = i if mean[i] > mean[j] else j
         ax.plot([better], [level], marker="o", ms=3, color="0.1")
         level += step
+    # the lines stack above the evaluations: no value ticks there, which would read as evaluations
+    ax.set_yticks(ticks)
