@@ -174,6 +174,10 @@ def test_bad_input_names_the_problem(task):
         HeldOutProbe(x, ids, brain, "hidden1", compare="pearson")
     with pytest.raises(TypeError, match="rsatoolbox.rdm.RDMs"):
         HeldOutProbe(x, ids, brain.get_vectors(), "hidden1")
+    gappy = brain.get_vectors().copy()
+    gappy[1, :] = np.nan  # subject s1 measured none of the pairs
+    with pytest.raises(ValueError, match=r"brain RDM\(s\) \['RDM 1'\] have fewer than 3 dissimilarities"):
+        HeldOutProbe(x, ids, to_rsatoolbox(gappy, task["ids"]), "hidden1")
     # the Trainer: stimuli the teacher covers are not held out; layers must exist
     with pytest.raises(ValueError, match=r"2 of its stimuli are in the RDM teacher of loss 'rdl'.*\[100, 101\]"):
         trainer_of(task, HeldOutProbe(task["x"][:3], [100, 101, 159], brain, "hidden1"))

@@ -29,7 +29,7 @@ from rdl_neuro.model.layer_rdms import layer_rdms
 from rdl_neuro.model.recorder import LayerRecorder
 from rdl_neuro.rdm.calc import check_method, compute_rdm, is_square_rdm, subset_rdms, to_condensed
 from rdl_neuro.rdm.compare import COMPARE_METHODS, compare_rdms
-from rdl_neuro.rdm.interop import from_rsatoolbox
+from rdl_neuro.rdm.interop import from_rsatoolbox, rdm_names
 from rdl_neuro.train.losses import RDM_EPS
 from rdl_neuro.train.teachers import NetworkTeacher, RDMTeacher
 
@@ -244,6 +244,11 @@ class HeldOutProbe:
                              f"{missing[:10]}{' ...' if len(missing) > 10 else ''} (brain ids start "
                              f"{brain_ids[:5]})")
         self._brain = subset_rdms(brain, [index[sid] for sid in ids])  # (m, P) in the held-out order
+        valid = (~torch.isnan(self._brain)).sum(1)
+        if bool((valid < 3).any()):
+            bad = [name for name, v in zip(rdm_names(self.brain_rdms), valid.tolist()) if v < 3]
+            raise ValueError(f"held-out probe: brain RDM(s) {bad[:5]} have fewer than 3 dissimilarities (not NaN) "
+                             "among the held-out stimuli; a comparison needs at least 3")
         self._held = self._subject_mask()
 
     def _subject_mask(self) -> torch.Tensor:
