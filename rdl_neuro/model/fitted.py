@@ -17,7 +17,7 @@ from rsatoolbox.rdm import RDMs
 from rdl_neuro.inference.noise_ceiling import pool_rdm
 from rdl_neuro.rdm.interop import from_rsatoolbox
 
-__all__ = ["FIT_METHODS", "fit_weights", "fit_weighted_model", "predict_weighted"]
+__all__ = ["FIT_METHODS", "fit_weights", "solve_weights", "fit_weighted_model", "predict_weighted"]
 
 #: Comparison methods ``fit_weights`` fits for (rsatoolbox's ``fit_regress`` without a pattern covariance).
 FIT_METHODS = ("corr", "cosine")
@@ -102,12 +102,47 @@ def fit_weights(components: torch.Tensor, target: torch.Tensor, method: str = "c
     c = v.shape[-2]
     ata = v @ v.transpose(-1, -2) + ridge_weight * torch.eye(c, dtype=torch.float64)
     aty = (v @ y.unsqueeze(-1)).squeeze(-1)
+    return solve_weights(ata, aty, nonneg=nonneg, normalize=normalize)
+
+
+def solve_weights(ata: torch.Tensor, aty: torch.Tensor, *, nonneg: bool = False, normalize: bool = True) -> torch.Tensor:
+    """Weights from the normal equations ``ata theta = aty``, batched; the one solver of ``fit_weights``.
+
+    Parameters
+    ----------
+    ata : Tensor ``(..., c, c)``
+        ``A^T A`` (plus any ridge term) of the (centred, for ``corr``) components.
+    aty : Tensor ``(..., c)``
+        ``A^T y`` with the pooled target ``y``.
+    nonneg : bool
+        Non-negative least squares (Bro & de Jong's active set, per problem);
+        else ``torch.linalg.solve`` (the minimum-norm solution where ``ata``
+        is exactly singular).
+    normalize : bool
+        Scale each weight vector to unit length (zero vectors stay zero).
+
+    Returns
+    -------
+    Tensor ``(..., c)`` float64
+
+    Examples
+    --------
+    >>> solve_weights(torch.eye(2, dtype=torch.float64), torch.tensor([3.0, -4.0], dtype=torch.float64))
+    tensor([ 0.6000, -0.8000], dtype=torch.float64)
+    """
+    ata, aty = ata.to(torch.float64), aty.to(torch.float64)
+    c = ata.shape[-1]
     if nonneg:
         flat_a, flat_y = ata.reshape(-1, c, c).numpy(), aty.reshape(-1, c).numpy()
         theta = torch.from_numpy(np.stack([_nn_least_squares(a, b) for a, b in zip(flat_a, flat_y)]))
         theta = theta.reshape(aty.shape)
     else:
-        theta = torch.linalg.solve(ata, aty)
+        theta, info = torch.linalg.solve_ex(ata, aty.unsqueeze(-1))
+        theta = theta.squeeze(-1)
+        if bool((info != 0).any()):
+            # exactly singular (e.g. a fold with fewer distinct pairs than components): minimum-norm solution
+            bad = info != 0
+            theta[bad] = (torch.linalg.pinv(ata[bad]) @ aty[bad].unsqueeze(-1)).squeeze(-1)
     if normalize:
         norm = torch.sqrt((theta**2).sum(-1, keepdim=True))
         theta = torch.where(norm > 0, theta / torch.where(norm > 0, norm, 1.0), theta)
