@@ -203,6 +203,7 @@ def sets_k_fold(brain_rdms: RDMs, k_rdm: int | None = None, k_pattern: int | Non
     n, m = brain_rdms.n_cond, brain_rdms.n_rdm
     k_rdm = default_k_rdm(m) if k_rdm is None else k_rdm
     k_pattern = default_k_pattern(n) if k_pattern is None else k_pattern
+    check_fold_sizes(m, n, k_rdm, k_pattern)
     if random:
         return draw_cv_folds(_legacy_state(random_state), np.ones(m, np.int64), np.ones(n, np.int64), k_rdm, k_pattern)
 
@@ -405,6 +406,10 @@ def crossval(
             raise ValueError("folds given as rsatoolbox sets must be (train_set, test_set, ceil_set)")
         folds = CVFolds.from_rsatoolbox(*folds, n_stimuli=n, n_brain=m)
     _check_fold_shapes(folds, n, m)
+    few = np.nonzero((folds.test_patterns > 0).sum(1) < 3)[0]
+    if len(few):
+        raise ValueError(f"fold {int(few[0])} tests on {int((folds.test_patterns[few[0]] > 0).sum())} stimuli; "
+                         "every fold needs at least 3 stimuli (use fewer pattern folds)")
     noise = None if not noise_ceiling else ("cv" if folds.ceil_rdms is not None else "fold")
     ones_m, ones_n = np.ones(m, np.int64), np.ones(n, np.int64)
     has_nan = bool(torch.isnan(brain).any()) or any(bool(torch.isnan(c).any()) for c in comps)
