@@ -27,6 +27,7 @@ rsatoolbox's ``fit_optimize`` does).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from rsatoolbox.rdm import RDMs
 from rsatoolbox.util.inference_util import default_k_pattern, default_k_rdm
 
 from rdl_neuro._progress import progress_bar
+from rdl_neuro.inference.cv_moments import evaluate_folds_moments, folds_cover, moments_cover
 from rdl_neuro.inference.evaluate import RSAResult, build_result, prepare_rdms
 from rdl_neuro.inference.noise_ceiling import noise_ceiling_bounds, pool_rdm
 from rdl_neuro.model.rsa_models import RSAModel, as_models, fit_model, predict_with
@@ -110,13 +112,16 @@ def _counts(values: Any, size: int, what: str) -> np.ndarray:
 # ============================================================================ folds
 
 
-def _split(values: np.ndarray, k: int):
-    """rsatoolbox's k-fold split of (shuffled) values: ``(test, train)`` per group, extras to the first groups."""
-    size, extra = len(values) // k, len(values) % k
-    for i in range(k):
-        test = list(range(i * size, (i + 1) * size)) + ([len(values) - (i + 1)] if i < extra else [])
-        train = test if k <= 1 else sorted(set(range(len(values))) - set(test))
-        yield values[test], values[train]
+@functools.lru_cache(maxsize=256)
+def _fold_of_position(length: int, k: int) -> np.ndarray:
+    """rsatoolbox's k-fold split of ``length`` shuffled values: the test group of each position.
+
+    Groups are consecutive runs of ``length // k``; the ``length % k`` left
+    over, from the end, go one each to the first groups.
+    """
+    size, extra = length // k, length % k
+    out = np.repeat(np.arange(k), size)
+    return np.concatenate([out, np.arange(extra)[::-1]])
 
 
 def draw_cv_folds(rs: np.random.RandomState, rdm_counts: np.ndarray, pattern_counts: np.ndarray, k_rdm: int,
@@ -138,7 +143,8 @@ def draw_cv_folds(rs: np.random.RandomState, rdm_counts: np.ndarray, pattern_cou
     -------
     CVFolds
         ``k_rdm * k_pattern`` folds (brain-RDM groups outer); the ceiling's
-        brain RDMs are each fold's training ones.
+        brain RDMs are each fold's training ones. With ``k = 1`` training
+        and test part are the whole sample.
     """
     rdm_values = np.nonzero(rdm_counts)[0]
     pattern_values = np.nonzero(pattern_counts)[0]
@@ -148,19 +154,20 @@ def draw_cv_folds(rs: np.random.RandomState, rdm_counts: np.ndarray, pattern_cou
     if k_pattern > len(pattern_values):
         raise ValueError(f"k_pattern={k_pattern} folds need at least {k_pattern} stimuli, got {len(pattern_values)}")
     rs.shuffle(rdm_values)
-    out: list[list[np.ndarray]] = [[], [], [], []]
-    n, m = len(pattern_counts), len(rdm_counts)
-    for rdm_test, rdm_train in _split(rdm_values, k_rdm):
+    group = np.full(len(rdm_counts), -1)
+    group[rdm_values] = _fold_of_position(len(rdm_values), k_rdm)
+    test_r = (group[None] == np.arange(k_rdm)[:, None]) * rdm_counts[None]  # (k_rdm, m)
+    train_r = test_r if k_rdm == 1 else rdm_counts[None] - test_r
+    test_p = np.empty((k_rdm, k_pattern, len(pattern_counts)), dtype=np.int64)
+    for i in range(k_rdm):
         shuffled = pattern_values.copy()
         rs.shuffle(shuffled)
-        for pat_test, pat_train in _split(shuffled, k_pattern):
-            for store, values, counts, size in ((out[0], pat_train, pattern_counts, n),
-                                                (out[1], pat_test, pattern_counts, n),
-                                                (out[2], rdm_train, rdm_counts, m), (out[3], rdm_test, rdm_counts, m)):
-                mask = np.zeros(size, dtype=np.int64)
-                mask[values] = 1
-                store.append(mask * counts)
-    train_p, test_p, train_r, test_r = (np.stack(x) for x in out)
+        group = np.full(len(pattern_counts), -1)
+        group[shuffled] = _fold_of_position(len(shuffled), k_pattern)
+        test_p[i] = (group[None] == np.arange(k_pattern)[:, None]) * pattern_counts[None]
+    test_p = test_p.reshape(k_rdm * k_pattern, -1)
+    train_p = test_p if k_pattern == 1 else pattern_counts[None] - test_p
+    test_r, train_r = np.repeat(test_r, k_pattern, 0), np.repeat(train_r, k_pattern, 0)
     return CVFolds(train_p, test_p, train_r, test_r, train_r.copy())
 
 
@@ -238,6 +245,11 @@ def _rows(counts: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(counts)), counts)
 
 
+def param_shape(model: RSAModel) -> tuple[int, ...]:
+    """Shape of a model's fitted parameters: ``(c,)`` (weighted, interpolate), ``()`` (select), ``(0,)`` (fixed)."""
+    return {"fixed": (0,), "select": ()}.get(model.kind, (model.n_rdm,))
+
+
 def evaluate_folds_general(models: list[RSAModel], comps: list[torch.Tensor], brain: torch.Tensor, method: str,
                            sample_rdms: np.ndarray, sample_patterns: np.ndarray, folds: CVFolds,
                            noise: str | None) -> tuple[np.ndarray, np.ndarray, list]:
@@ -250,7 +262,7 @@ def evaluate_folds_general(models: list[RSAModel], comps: list[torch.Tensor], br
     pos_s, rows_s = _rows(sample_patterns), _rows(sample_rdms)
     n_folds = len(folds)
     evals = np.full((len(models), n_folds), np.nan)
-    params: list[list] = [[None] * n_folds for _ in models]
+    params = [np.full((n_folds,) + param_shape(model), np.nan) for model in models]
     lower, upper = np.full(n_folds, np.nan), np.full(n_folds, np.nan)
     pooled_sample = None
     for f in range(n_folds):
@@ -332,13 +344,6 @@ def _check_fold_shapes(folds: CVFolds, n: int, m: int) -> None:
 # ============================================================================ crossval
 
 
-def _engine(models: list[RSAModel], method: str, has_nan: bool):
-    """The moment engine for the models it covers (``corr``/``cosine``, no NaN), else None."""
-    from rdl_neuro.inference.cv_moments import moments_cover
-
-    return moments_cover(models, method) and not has_nan
-
-
 def crossval(
     models: Any,
     brain_rdms: RDMs,
@@ -412,15 +417,8 @@ def crossval(
                          "every fold needs at least 3 stimuli (use fewer pattern folds)")
     noise = None if not noise_ceiling else ("cv" if folds.ceil_rdms is not None else "fold")
     ones_m, ones_n = np.ones(m, np.int64), np.ones(n, np.int64)
-    has_nan = bool(torch.isnan(brain).any()) or any(bool(torch.isnan(c).any()) for c in comps)
-    if _engine(model_list, method, has_nan) and noise != "fold":
-        from rdl_neuro.inference.cv_moments import evaluate_folds_moments
-
-        evals, nc, params = evaluate_folds_moments(model_list, comps, brain, method, [(ones_m, ones_n, folds)],
-                                                   noise is not None)
-        evals, nc, params = evals[0], nc[0], [p[0] for p in params]
-    else:
-        evals, nc, params = evaluate_folds_general(model_list, comps, brain, method, ones_m, ones_n, folds, noise)
+    evals, nc, params = evaluate_jobs(model_list, comps, brain, method, [(ones_m, ones_n, folds)], noise)
+    evals, nc, params = evals[0], nc[0], [p[0] for p in params]
     if noise is None:
         nc = None
     return build_result([mod.name for mod in model_list], method, "crossval", evals[None], nc, None, (None, None), 1,
@@ -555,24 +553,54 @@ def run_samples(models: list[RSAModel], comps: list[torch.Tensor], brain: torch.
     k, n_boot = len(models), len(samples)
     evals = np.full((n_boot, k, n_folds, n_cv), np.nan)
     nc = np.full((2, n_boot, n_cv), np.nan)
-    params: list[list] = [[[None] * n_cv for _ in range(n_boot)] for _ in models]
-    jobs = [(i, r, s[0], s[1], folds) for i, s in enumerate(samples) if s is not None
-            for r, folds in enumerate(s[2])]
-    has_nan = bool(torch.isnan(brain).any()) or any(bool(torch.isnan(c).any()) for c in comps)
-    if _engine(models, method, has_nan) and noise == "cv":
-        from rdl_neuro.inference.cv_moments import evaluate_folds_moments
-
-        e, c, p = evaluate_folds_moments(models, comps, brain, method, [(j[2], j[3], j[4]) for j in jobs], True)
-        for t, (i, r, *_rest) in enumerate(jobs):
-            evals[i, :, :, r], nc[:, i, r] = e[t], c[t]
-            for j in range(k):
-                params[j][i][r] = p[j][t]
+    params = [np.full((n_boot, n_cv, n_folds) + param_shape(model), np.nan) for model in models]
+    where = [(i, r) for i, s in enumerate(samples) if s is not None for r in range(len(s[2]))]
+    jobs = [(s[0], s[1], folds) for s in samples if s is not None for folds in s[2]]
+    if not jobs:
         return evals, nc, params
-    for i, r, rdm_counts, pat_counts, folds in progress_bar(jobs, desc="crossval folds", disable=not progress):
-        e, c, p = evaluate_folds_general(models, comps, brain, method, rdm_counts, pat_counts, folds, noise)
-        evals[i, :, :, r], nc[:, i, r] = e, c
-        for j in range(k):
-            params[j][i][r] = p[j]
+    e, c, p = evaluate_jobs(models, comps, brain, method, jobs, noise, progress)
+    rows, reps = (np.array(x, dtype=np.int64) for x in zip(*where))
+    evals[rows, :, :, reps] = e
+    nc[:, rows, reps] = np.stack(c, 1)
+    for j in range(k):
+        params[j][rows, reps] = p[j]
+    return evals, nc, params
+
+
+def evaluate_jobs(models: list[RSAModel], comps: list[torch.Tensor], brain: torch.Tensor, method: str, jobs: list,
+                  noise: str | None, progress: bool = False) -> tuple[np.ndarray, list, list]:
+    """Evaluations ``(T, k, F)``, noise ceilings and parameters of fold sets ``(rdm_counts, pattern_counts, folds)``.
+
+    The models the moment engine covers run there, all jobs at once; the
+    others (and the leave-one-out ceilings) run on the general engine, job by job.
+    """
+    has_nan = bool(torch.isnan(brain).any()) or any(bool(torch.isnan(c).any()) for c in comps)
+    fast_ok = not has_nan and all(folds_cover(j[1], j[2]) for j in jobs)
+    fast = [j for j, mod in enumerate(models) if fast_ok and moments_cover([mod], method)]
+    slow = [j for j in range(len(models)) if j not in fast]
+    n_jobs, n_folds = len(jobs), len(jobs[0][2])
+    evals = np.full((n_jobs, len(models), n_folds), np.nan)
+    params = [np.full((n_jobs, n_folds) + param_shape(model), np.nan) for model in models]
+    nc: list = [None] * n_jobs
+    moment_nc = bool(fast) and noise == "cv"
+    if fast:
+        e, c, p = evaluate_folds_moments([models[j] for j in fast], [comps[j] for j in fast], brain, method, jobs,
+                                         moment_nc)
+        evals[:, fast] = e
+        for i, j in enumerate(fast):
+            params[j] = p[i]
+        if moment_nc:
+            nc = list(c)
+    if slow or not moment_nc:
+        for t, (rdm_counts, pat_counts, folds) in enumerate(progress_bar(jobs, desc="crossval folds",
+                                                                         disable=not progress)):
+            e, c, p = evaluate_folds_general([models[j] for j in slow], [comps[j] for j in slow], brain, method,
+                                             rdm_counts, pat_counts, folds, None if moment_nc else noise)
+            evals[t, slow] = e
+            for i, j in enumerate(slow):
+                params[j][t] = p[i]
+            if not moment_nc:
+                nc[t] = c
     return evals, nc, params
 
 
