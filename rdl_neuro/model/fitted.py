@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from rsatoolbox.rdm import RDMs
 
-from rdl_neuro.inference.noise_ceiling import pool_rdm
 from rdl_neuro.rdm.interop import from_rsatoolbox
 
 __all__ = ["FIT_METHODS", "fit_weights", "solve_weights", "fit_weighted_model", "predict_weighted"]
@@ -185,6 +184,9 @@ def fit_weighted_model(components: RDMs, brain: RDMs, method: str = "corr", *, n
         diff = [a for a, b in zip(comp_ids, data_ids) if a != b][:5]
         raise ValueError(f"the components and the brain RDMs cover other stimuli (or another order): "
                          f"{len(comp_ids)} vs {len(data_ids)} stimuli, first differing ids {diff}")
+    # imported here: rdl_neuro.inference (crossvalidation) imports this package
+    from rdl_neuro.inference.noise_ceiling import pool_rdm
+
     theta = fit_weights(comps, pool_rdm(data.to(torch.float64), method)[0], method, nonneg=nonneg,
                         ridge_weight=ridge_weight, normalize=normalize)
     pred = predict_weighted(comps, theta).numpy()[None]

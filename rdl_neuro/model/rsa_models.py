@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from rsatoolbox.rdm import RDMs
 
-from rdl_neuro.inference.noise_ceiling import pool_rdm
 from rdl_neuro.model.fitted import FIT_METHODS, fit_weights
 from rdl_neuro.rdm.compare import COMPARE_METHODS, DIFFERENTIABLE_METHODS, compare_rdms
 from rdl_neuro.rdm.interop import from_rsatoolbox, rdm_names
@@ -330,6 +329,9 @@ def fit_model(kind: str, components: torch.Tensor, brain: torch.Tensor, method: 
     if fitter in ("regress", "regress_nn"):
         if method not in FIT_METHODS:
             raise ValueError(f"the {fitter!r} fitter maximises {FIT_METHODS}, not {method!r}; use 'optimize'")
+        # imported here: rdl_neuro.inference (crossvalidation) imports this package
+        from rdl_neuro.inference.noise_ceiling import pool_rdm
+
         target = pool_rdm(brain, method)[0]
         keep = ~torch.isnan(target) & ~torch.isnan(components).any(0)
         return fit_weights(components[:, keep], target[keep], method, nonneg=fitter == "regress_nn",
