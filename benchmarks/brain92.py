@@ -45,8 +45,9 @@ training subjects.
 Statistics (all from the library): layer RDMs by ``rdl_neuro.model.layer_rdms``;
 per-unit pattern bootstraps of held-out images by
 ``rdl_neuro.inference.rsa_evaluate`` (the same draws for every row of a fold),
-averaged over seeds, then over units with the subjects resampled, for 95%
-intervals; noise ceilings by ``rdl_neuro.inference.pool_rdm`` /
+averaged over seeds, then over units with the subjects resampled
+(``rdl_neuro.inference.fold_subject_bootstrap``), for 95% intervals; noise
+ceilings by ``rdl_neuro.inference.leave_one_out_rdms`` / ``pool_rdm`` /
 ``noise_ceiling_bounds``; paired tests over the 16 units with FDR correction
 by ``rdl_neuro.inference.paired_unit_tests`` / ``correct_pvalues``: every row
 against the baseline, and every brain-teacher row against every null and
@@ -94,7 +95,8 @@ from _experiments import (_WORKER_STATE, TrainSpec, base_parser, fmt, machine_in
 from brain92_students import FLAGS, LAYERS, FlagLoss, build_student, has_flags  # noqa: E402
 
 from rdl_neuro.data import StimulusDataset, load_kriegeskorte92  # noqa: E402
-from rdl_neuro.inference import noise_ceiling_bounds, paired_unit_tests, correct_pvalues, pool_rdm, rsa_evaluate  # noqa: E402
+from rdl_neuro.inference import (correct_pvalues, fold_subject_bootstrap, leave_one_out_rdms,  # noqa: E402
+                                 noise_ceiling_bounds, paired_unit_tests, pool_rdm, rsa_evaluate)
 from rdl_neuro.io import atomic_write_csv  # noqa: E402
 from rdl_neuro.model.layer_rdms import layer_rdms  # noqa: E402
 from rdl_neuro.rdm import compare_rdms, to_condensed  # noqa: E402
@@ -382,7 +384,7 @@ def evaluate_fold(ctx: dict, final: list[dict], f: int, n_boot: int) -> tuple[li
     draws = np.random.default_rng(seed_of("brain92", "bootstrap", f)).integers(0, len(test_pos), (n_boot, len(test_pos)))
     refs = {name: [condensed(m[np.ix_(test_pos, test_pos)])] for name, m in zip(ctx["model_names"], ctx["model_mats"])}
     t_held = torch.from_numpy(held)
-    lower = [pool_rdm(t_held[[j for j in range(H) if j != k]], "corr")[0].numpy() for k in range(H)]
+    lower = leave_one_out_rdms(t_held, "corr").numpy()
     upper = pool_rdm(t_held, "corr")[0].numpy()
     ours = np.mean([float(compare_rdms(torch.from_numpy(lower[k]), t_held[k], "corr")) for k in range(H)])
     lib = noise_ceiling_bounds(t_held, np.arange(H), "corr")[0]
@@ -408,13 +410,6 @@ def evaluate_fold(ctx: dict, final: list[dict], f: int, n_boot: int) -> tuple[li
             cols = [j for j, (n, _, _) in enumerate(flat) if n == name]
             boots.setdefault(name, np.empty((n_boot, H)))[:, h] = np.nanmean(res.evaluations[:, cols], axis=1)
     return rows, boots
-
-
-def pooled_bootstrap(boots: list[dict[str, np.ndarray]], H: int, seed: int) -> dict[str, np.ndarray]:
-    """Per row ``(n_boot,)``: the mean over folds of each fold's resampled-image value, averaged over resampled subjects."""
-    n_boot = next(iter(boots[0].values())).shape[0]
-    subj = np.random.default_rng(seed).integers(0, H, (n_boot, H))
-    return {row: np.mean([b[row][np.arange(n_boot)[:, None], subj].mean(1) for b in boots], axis=0) for row in boots[0]}
 
 
 def unit_table(long: pd.DataFrame, final: list[dict]) -> pd.DataFrame:
@@ -675,7 +670,8 @@ def main(argv: list[str] | None = None) -> int:
         boots.append(b)
     long = pd.DataFrame(rows)
     units = unit_table(long, final)
-    boot = pooled_bootstrap(boots, ctx["H"], seed=12345)
+    # the same subject draws for every row (one seed): rows stay paired
+    boot = {row: fold_subject_bootstrap([b[row] for b in boots], ctx["H"], seed=12345) for row in boots[0]}
     nc_lower = float(units.loc[units["row"] == "noise ceiling (lower)", "r_corr"].mean())
     nc_upper = float(units.loc[units["row"] == "noise ceiling (upper)", "r_corr"].mean())
     summary = summarise(units, boot, nc_lower)

@@ -228,16 +228,3 @@ def test_paired_tests() -> None:
     assert out["mean_diff"] == pytest.approx(np.mean(a - b))
     same = paired_tests(a, a)
     assert same["p_t"] == 1.0 and same["p_wilcoxon"] == 1.0
-
-
-def test_brain92_pooled_bootstrap_resamples_subjects_not_folds() -> None:
-    """Each bootstrap sample averages the folds' values over one draw of subjects (the same people in every fold)."""
-    import brain92
-
-    n_boot, H = 200, 4
-    per_subject = np.arange(H, dtype=float)  # a value that identifies the subject
-    boots = [{"row": np.tile(per_subject + 10 * f, (n_boot, 1))} for f in range(3)]
-    pooled = brain92.pooled_bootstrap(boots, H, seed=0)["row"]
-    subj = np.random.default_rng(0).integers(0, H, (n_boot, H))
-    np.testing.assert_allclose(pooled, subj.mean(1) + 10.0)  # fold offsets 0, 10, 20 average to 10
-    assert pooled.std() > 0

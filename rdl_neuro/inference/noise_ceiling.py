@@ -44,6 +44,36 @@ def pool_rdm(v: torch.Tensor, method: str) -> torch.Tensor:
     return pooled
 
 
+def leave_one_out_rdms(brain: torch.Tensor, method: str) -> torch.Tensor:
+    """Each subject's lower-bound reference: the pool of all the other subjects' RDMs.
+
+    Parameters
+    ----------
+    brain : torch.Tensor, shape (r, P)
+        One RDM vector per subject (at least 2).
+    method : str
+        The comparison the pool is made for (``pool_rdm``'s normalisation).
+
+    Returns
+    -------
+    torch.Tensor, shape (r, P)
+        Row ``k`` is ``pool_rdm(brain without row k, method)``; comparing it with
+        ``brain[k]`` gives subject ``k``'s lower noise-ceiling bound, whose mean over
+        subjects is ``noise_ceiling_bounds``' lower bound.
+
+    Examples
+    --------
+    >>> import torch
+    >>> brain = torch.tensor([[1.0, 2.0, 3.0], [1.0, 3.0, 2.0], [2.0, 1.0, 3.0]])
+    >>> leave_one_out_rdms(brain, "corr").shape
+    torch.Size([3, 3])
+    """
+    r = brain.shape[0]
+    if brain.ndim != 2 or r < 2:
+        raise ValueError(f"leave-one-out pools need brain RDMs of shape (r >= 2, P), got {tuple(brain.shape)}")
+    return torch.cat([pool_rdm(brain[[j for j in range(r) if j != k]], method) for k in range(r)])
+
+
 def moment_noise_ceiling(among: torch.Tensor, mult: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``corr`` / ``cosine`` noise ceilings ``(lower (B,), upper (B,))`` from the subjects'
     correlations (cosines) ``among (B, m, m)`` and how often each subject is drawn, ``mult (B, m)``.

@@ -43,6 +43,44 @@ def draw_indices(bootstrap: str, n_boot: int, n_stim: int, n_brain: int, seed: i
     return rdm_idx, pat_idx
 
 
+def fold_subject_bootstrap(per_fold: Sequence[np.ndarray], n_subjects: int, seed: int | None) -> np.ndarray:
+    """Bootstrap of a crossed design: image resamples within each fold, subjects resampled across folds.
+
+    In leave-images-out x leave-one-subject-out designs every fold ``f`` yields, for
+    each of its ``n_boot`` image resamples, one evaluation per held-out subject.
+    Resample ``b`` draws ``n_subjects`` subjects with replacement (the same draw in
+    every fold, so rows stay paired when called with one seed), averages the drawn
+    subjects' evaluations within each fold, then averages over folds.
+
+    Parameters
+    ----------
+    per_fold : sequence of arrays, each (n_boot, n_subjects)
+        Per fold, the evaluation of every image resample for every held-out subject.
+    n_subjects : int
+        Number of subjects (the arrays' second axis).
+    seed : int or None
+        Seed of the subject draws.
+
+    Returns
+    -------
+    np.ndarray, shape (n_boot,)
+        The bootstrap distribution of the mean over folds and subjects.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> folds = [np.ones((5, 3)), np.full((5, 3), 3.0)]
+    >>> fold_subject_bootstrap(folds, 3, seed=0)
+    array([2., 2., 2., 2., 2.])
+    """
+    shapes = {np.shape(b) for b in per_fold}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2 or next(iter(shapes))[1] != n_subjects:
+        raise ValueError(f"every fold needs an array (n_boot, n_subjects={n_subjects}); got shapes {sorted(shapes)}")
+    n_boot = next(iter(shapes))[0]
+    subj = np.random.default_rng(seed).integers(0, n_subjects, (n_boot, n_subjects))
+    return np.mean([np.asarray(b)[np.arange(n_boot)[:, None], subj].mean(1) for b in per_fold], axis=0)
+
+
 def pair_weights(pat_idx: np.ndarray, n: int) -> torch.Tensor:
     """Pair weights ``c_a c_b`` ``(N, P)`` of pattern resamples ``(N, n)`` (``c`` = draw counts)."""
     return pair_weights_of(draw_counts(pat_idx, n))
