@@ -54,6 +54,9 @@ PRECISION_METHODS = ("shrinkage_diag", "shrinkage_eye", "diag", "full")
 # memory for one chunk's intermediates when chunk_size is not given: small enough for the chunk to
 # stay in cache between the steps (about 140 spheres of 93 voxels and 92 conditions)
 _CHUNK_BYTES = 64 * 2**20
+_GRAM_CHUNK_BYTES = 8 * 2**20
+#: centres in a row along the last axis whose Gram matrices are updated from their neighbour's (grams_at)
+SLIDE_STEPS = 16
 
 
 # --------------------------------------------------------------------------- #
@@ -120,13 +123,29 @@ class Spheres:
 
     def neighbors(self, index: slice | np.ndarray = slice(None)) -> np.ndarray:
         """Flat voxel indices ``(b, k)`` of the spheres ``index``; ``-1`` where an offset is not in the sphere."""
-        ijk = self.ijk[index]
-        coords = ijk[:, None, :] + self.offsets[None, :, :]  # (b, k, 3)
+        return self.voxels(index, self.offsets)
+
+    def voxels(self, index: slice | np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Flat indices ``(b, m)`` of the voxels at ``offsets (m, 3)`` from the centres ``index``; ``-1`` where
+        such a voxel is outside the grid (or outside the mask, when spheres are truncated) and so in no sphere."""
+        ijk = np.stack(np.unravel_index(self.centers[index], self.shape), axis=1)
+        coords = ijk[:, None, :] + offsets[None, :, :]  # (b, m, 3)
         inside = np.all((coords >= 0) & (coords < np.asarray(self.shape)), axis=2)
         flat = np.ravel_multi_index(tuple(np.where(inside[..., None], coords, 0).transpose(2, 0, 1)), self.shape)
         if self.truncate_at_boundary:
             inside &= self.mask.reshape(-1)[flat]
         return np.where(inside, flat, -1)
+
+    @cached_property
+    def slide_offsets(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(enter, leave)``: offsets from a centre of the voxels its sphere has and the sphere of the
+        previous voxel along the last axis lacks, and of those the previous sphere has and it lacks."""
+        step = np.array([0, 0, 1])
+        members = {tuple(o) for o in self.offsets.tolist()}
+        enter = [o for o in self.offsets.tolist() if tuple(np.add(o, step)) not in members]
+        leave = [list(np.subtract(o, step)) for o in self.offsets.tolist()
+                 if tuple(np.subtract(o, step)) not in members]
+        return np.array(enter, dtype=np.int64).reshape(-1, 3), np.array(leave, dtype=np.int64).reshape(-1, 3)
 
     def to_rsatoolbox(self) -> tuple[np.ndarray, list[np.ndarray]]:
         """``(centers, neighbors)`` as rsatoolbox's ``get_volume_searchlight`` returns them."""
@@ -148,6 +167,21 @@ class Spheres:
         out = np.full((int(np.prod(self.shape)),) + values.shape[1:], fill, dtype=np.float64)
         out[self.centers] = values
         return out.reshape(tuple(self.shape) + values.shape[1:])
+
+
+def _sphere_kernel(offsets: np.ndarray) -> np.ndarray:
+    """The offsets as an int32 indicator array centred on the middle voxel (odd size along every axis)."""
+    reach = np.abs(offsets).max(axis=0)
+    kernel = np.zeros(tuple(2 * reach + 1), dtype=np.int32)
+    kernel[tuple((offsets + reach).T)] = 1
+    return kernel
+
+
+def _correlate(volume: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``out[v] = sum_o kernel[o] volume[v + o]`` with zeros beyond the volume (exact, in integers)."""
+    from scipy import ndimage
+
+    return ndimage.correlate(volume, kernel, mode="constant", cval=0)
 
 
 def check_binary_mask(data: np.ndarray, name: str = "mask") -> np.ndarray:
@@ -237,13 +271,11 @@ def searchlight_spheres(
 
     shape = mask.shape
     ijk = np.stack(np.nonzero(mask), axis=1)  # C order, as rsatoolbox's list(zip(*np.nonzero(mask)))
-    in_grid = np.zeros(len(ijk), dtype=np.int64)
-    in_mask = np.zeros(len(ijk), dtype=np.int64)
-    for offset in offsets:
-        coords = ijk + offset
-        inside = np.all((coords >= 0) & (coords < np.asarray(shape)), axis=1)
-        in_grid += inside
-        in_mask[inside] += mask[tuple(coords[inside].T)]
+    # voxels of every sphere inside the grid and inside the mask: correlations of the grid and the mask
+    # with the sphere's indicator (zeros beyond the grid)
+    kernel = _sphere_kernel(offsets)
+    in_grid = _correlate(np.ones(shape, dtype=np.int32), kernel)[mask]
+    in_mask = _correlate(mask.astype(np.int32), kernel)[mask]
     counts = in_mask if truncate_at_boundary else in_grid
     # rsatoolbox: mask[neighbors].mean() >= threshold, over the voxels it keeps
     keep = (in_mask / counts >= threshold) & (counts >= min_voxels)
@@ -274,7 +306,7 @@ class SearchlightData:
     table : Tensor ``(n_rows + 1, width)``
         One row per voxel that some sphere holds (the last row is zeros, for
         offsets outside the sphere): the condition means (``width =
-        n_conditions``), or for crossnobis the training means of every fold
+        n_conditions + 1``: a last column of ones), or for crossnobis the training means of every fold
         followed by its test means (``width = 2 n_runs n_conditions``).
     rows : ndarray ``(X*Y*Z,)`` int64
         Row of ``table`` of every grid voxel (the zero row for voxels no sphere holds).
@@ -300,21 +332,19 @@ class SearchlightData:
         return len(self.conditions)
 
     def default_chunk_size(self) -> int:
-        """Spheres per chunk so that a chunk's intermediates take about 64 MB."""
+        """Spheres per chunk so that a chunk's intermediates take about 64 MB (crossnobis) or 8 MB (the rest,
+        whose chunks stay in cache through the several passes over their ``n x n`` matrices)."""
         k, c, w = self.spheres.offsets.shape[0], self.n_conditions, self.table.shape[1]
+        if self.method != "crossnobis":
+            return int(max(1, min(4096, _GRAM_CHUNK_BYTES // (self.table.element_size() * (2 * k * w + 3 * w * w)))))
         per_sphere = 3 * k * w + 4 * c * c
         if self.residuals is not None:
             per_sphere += 6 * k * k + 3 * k * self.residuals.shape[1]
         return int(max(1, min(4096, _CHUNK_BYTES // (8 * per_sphere))))
 
-    def iter_rdms(self, start: int = 0, stop: int | None = None, *, chunk_size: int | None = None,
-                  progress: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """Yield ``(lo, hi, rdms (hi - lo, n_pairs))`` for the spheres ``start:stop``, a chunk at a time.
-
-        RDMs are condensed (scipy ``squareform`` order over ``conditions``) in
-        the table's dtype and device. NaN marks undefined dissimilarities
-        (a pattern constant over a sphere under ``correlation``), as in rsatoolbox.
-        """
+    def chunks(self, start: int = 0, stop: int | None = None, *, chunk_size: int | None = None,
+               progress: bool = False) -> Iterator[tuple[int, int]]:
+        """Yield ``(lo, hi)``: the spheres ``start:stop`` a chunk at a time, with a progress bar when asked."""
         from rdl_neuro._progress import progress_bar
 
         stop = len(self.spheres) if stop is None else stop
@@ -325,10 +355,21 @@ class SearchlightData:
         try:
             for lo in range(start, stop, size):
                 hi = min(stop, lo + size)
-                yield lo, hi, self.rdms_at(slice(lo, hi))
+                yield lo, hi
                 bar.update(hi - lo)
         finally:
             bar.close()
+
+    def iter_rdms(self, start: int = 0, stop: int | None = None, *, chunk_size: int | None = None,
+                  progress: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield ``(lo, hi, rdms (hi - lo, n_pairs))`` for the spheres ``start:stop``, a chunk at a time.
+
+        RDMs are condensed (scipy ``squareform`` order over ``conditions``) in
+        the table's dtype and device. NaN marks undefined dissimilarities
+        (a pattern constant over a sphere under ``correlation``), as in rsatoolbox.
+        """
+        for lo, hi in self.chunks(start, stop, chunk_size=chunk_size, progress=progress):
+            yield lo, hi, self.rdms_at(slice(lo, hi))
 
     @cached_property
     def _pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -337,42 +378,123 @@ class SearchlightData:
         rows, cols = torch.triu_indices(c, c, 1, device=self.table.device)
         return rows, cols, rows * c + cols
 
+    @cached_property
+    def _padded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(rows, centres, strides)`` on the grid padded by the spheres' reach: the table row of every padded
+        voxel (the zero row outside the grid), the padded flat index of every centre, and the padded strides.
+        A sphere's rows are then ``rows[centre + offsets @ strides]``, without bounds checks."""
+        spheres = self.spheres
+        reach = np.abs(spheres.offsets).max(axis=0)
+        shape = np.asarray(spheres.shape) + 2 * reach
+        rows = np.full(tuple(shape), self.table.shape[0] - 1, dtype=np.int64)
+        inner = tuple(slice(r, r + n) for r, n in zip(reach, spheres.shape))
+        rows[inner] = self.rows.reshape(spheres.shape)
+        strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
+        centres = (spheres.ijk + reach) @ strides
+        return rows.reshape(-1), centres, strides
+
+    def _gather(self, positions: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
+        """Table rows ``(b, m, width)`` of the voxels at ``offsets (m, 3)`` from the centres ``positions (b,)``;
+        the zero row for a voxel in no sphere (outside the grid, or the mask when spheres are truncated)."""
+        rows, centres, strides = self._padded
+        index = rows[centres[positions][:, None] + (offsets @ strides)[None, :]]
+        return self.table.index_select(0, torch.as_tensor(index.reshape(-1), device=self.table.device)).view(
+            len(positions), len(offsets), -1)
+
+    def grams_at(self, index: slice | np.ndarray) -> torch.Tensor:
+        """Every sphere's Gram matrix of the table's columns, ``(b, width, width)`` (not for crossnobis).
+
+        ``G = X^T X`` over the sphere's voxels ``X (n_voxels, width)``; with the table's last column of
+        ones, ``G[:, -1, :-1]`` are the sums of the condition patterns and ``G[:, -1, -1]`` the voxel count.
+
+        Work is shared between neighbouring spheres: the sphere of the next voxel along the last axis
+        differs from the current one by a cap of voxels entering and one leaving (about half a sphere
+        together), so its Gram is the current one plus ``E^T E - L^T L``, one batched product over those
+        caps. At most ``SLIDE_STEPS`` centres in a row are updated so; then a sphere's Gram is computed
+        from all its voxels again, which bounds the rounding the updates add up (about ``SLIDE_STEPS``
+        units in the last place of the Gram's entries).
+        """
+        if self.method == "crossnobis":
+            raise ValueError("grams_at is not defined for crossnobis (a cross-validated product)")
+        positions = np.arange(len(self.spheres))[index]
+        centers = self.spheres.centers[positions]
+        b = len(positions)
+        # a centre continues the previous one when it is the next voxel along the last axis; runs of such
+        # centres are cut into pieces of at most SLIDE_STEPS, each starting with a full sphere
+        follows = np.zeros(b, dtype=bool)
+        follows[1:] = (np.diff(centers) == 1) & (centers[1:] % self.spheres.shape[2] != 0)
+        order = np.arange(b)
+        step = (order - np.maximum.accumulate(np.where(follows, 0, order))) % SLIDE_STEPS
+        piece = np.cumsum(step == 0) - 1
+        length = np.bincount(piece)
+        # slots: step by step, pieces longest first, so that the pieces still running at a step are the
+        # first ones of the previous step's block and the running sums are sums of contiguous blocks
+        rank = np.empty(len(length), dtype=np.int64)
+        rank[np.argsort(-length, kind="stable")] = np.arange(len(length))
+        alive = np.bincount(np.concatenate([np.arange(n) for n in length]), minlength=length.max())
+        block = np.concatenate([[0], np.cumsum(alive)])
+        slot = block[step] + rank[piece]
+        by_slot = np.empty(b, dtype=np.int64)
+        by_slot[slot] = positions
+        w = self.table.shape[1]
+        out = torch.empty((b, w, w), dtype=self.table.dtype, device=self.table.device)
+        full = self._gather(by_slot[: alive[0]], self.spheres.offsets)
+        torch.bmm(full.transpose(1, 2), full, out=out[: alive[0]])
+        if b > alive[0]:
+            enter, leave = self.spheres.slide_offsets
+            caps = self._gather(by_slot[alive[0]:], np.concatenate([enter, leave]))
+            signed = caps.clone()
+            signed[:, len(enter):].neg_()
+            torch.bmm(signed.transpose(1, 2), caps, out=out[alive[0]:])
+            for s in range(1, len(alive)):  # running sums along each piece
+                out[block[s]: block[s] + alive[s]] += out[block[s - 1]: block[s - 1] + alive[s]]
+        return out.index_select(0, torch.as_tensor(slot, device=out.device))
+
+    def correlations_at(self, index: slice | np.ndarray) -> torch.Tensor:
+        """Pearson correlations ``(b, n, n)`` between the condition patterns over each sphere's voxels
+        (``method="correlation"``; ``1 - r`` is the RDM); NaN for a pattern constant over the sphere."""
+        if self.method != "correlation":
+            raise ValueError(f"correlations_at needs method='correlation', not {self.method!r}")
+        gram = self.grams_at(index)
+        c = self.n_conditions
+        sums, counts = gram[:, c, :c], gram[:, c, c:]
+        # centring through the sums: G - s s^T / p. The table is centred per condition over the whole
+        # volume (correlations are blind to that), so the sums stay small next to the spread and the
+        # subtraction loses no precision.
+        scale = (torch.diagonal(gram, dim1=1, dim2=2)[:, :c] - sums * sums / counts).rsqrt_()
+        r = gram[:, :c, :c] * scale[:, :, None]
+        r.mul_(scale[:, None, :])
+        centre = sums * scale / counts.sqrt()
+        return r.baddbmm_(centre[:, :, None], centre[:, None, :], alpha=-1)
+
     def rdms_at(self, index: slice | np.ndarray) -> torch.Tensor:
         """RDMs ``(b, n_pairs)`` of the spheres ``index`` (a slice or positions), in one batch."""
-        device = self.table.device
-        neighbors = self.spheres.neighbors(index)
-        pad = self.table.shape[0] - 1
-        gather = torch.as_tensor(np.where(neighbors >= 0, self.rows[np.maximum(neighbors, 0)], pad), device=device)
-        b, k = gather.shape
-        counts = torch.as_tensor(self.spheres.n_voxels[index], dtype=self.table.dtype, device=device)
-        # offsets outside a sphere read the zero row: they add nothing to the sums and products below
-        patterns = self.table.index_select(0, gather.reshape(-1)).view(b, k, -1)
-        c = self.n_conditions
         rows, cols, upper = self._pairs
         if self.method == "correlation":
-            # centring over the sphere's voxels through the sums: G - s s^T / p. The table is centred per
-            # condition over the whole volume (correlations are blind to that), so the sums stay small
-            # next to the spread and the subtraction loses no precision. The patterns are scaled to unit
-            # centred norm first, so one batched product gives 1 - r directly.
-            sums = patterns.sum(dim=1)  # (b, c)
-            # (a reduction of the squares is several times faster than vector_norm over dim 1)
-            inv = (patterns.square().sum(dim=1) - sums * sums / counts[:, None]).rsqrt_()
-            patterns.mul_(inv[:, None, :])
-            sums.mul_(inv)
-            ones = torch.ones((), dtype=patterns.dtype, device=device).expand(b, c, c)
-            one_minus_r = torch.baddbmm(ones, patterns.transpose(1, 2), patterns, alpha=-1)
-            one_minus_r.baddbmm_((sums / counts[:, None]).unsqueeze(2), sums.unsqueeze(1))
-            return one_minus_r.reshape(b, -1).index_select(1, upper)
+            b = len(np.arange(len(self.spheres))[index])
+            return torch.rsub(self.correlations_at(index).view(b, -1).index_select(1, upper), 1)
         if self.method in ("sqeuclidean", "euclidean"):
-            sq = patterns.square().sum(dim=1)  # (b, c)
-            dist = torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), patterns.transpose(1, 2), patterns, alpha=-2)
-            dist = dist.reshape(b, -1).index_select(1, upper)
-            return dist.clamp_min_(0).sqrt_() if self.method == "euclidean" else dist.div_(counts[:, None])
-        # crossnobis: the table holds every fold's training means, then its test means
+            gram = self.grams_at(index)
+            c = self.n_conditions
+            sq = torch.diagonal(gram, dim1=1, dim2=2)[:, :c]
+            dist = sq.index_select(1, rows) + sq.index_select(1, cols) \
+                - 2 * gram[:, :c, :c].reshape(len(gram), -1).index_select(1, upper)
+            counts = gram[:, c, c:]
+            return dist.clamp_min_(0).sqrt_() if self.method == "euclidean" else dist.div_(counts)
+        # crossnobis: the table holds every fold's training means, then its test means; offsets outside a
+        # sphere read the zero row and add nothing to the products
+        device = self.table.device
+        neighbors = self.spheres.neighbors(index)
+        patterns = self._gather(np.arange(len(self.spheres))[index], self.spheres.offsets)
+        b, k = neighbors.shape
+        counts = torch.as_tensor(self.spheres.n_voxels[index], dtype=self.table.dtype, device=device)
+        c = self.n_conditions
         r = self.n_runs
         train = patterns[:, :, : r * c]  # (b, k, r*c)
         test = patterns[:, :, r * c:].reshape(b, k * r, c)
         if self.residuals is not None:
+            pad = self.table.shape[0] - 1
+            gather = torch.as_tensor(np.where(neighbors >= 0, self.rows[np.maximum(neighbors, 0)], pad), device=device)
             res = self.residuals.index_select(0, gather.reshape(-1)).view(b, k, -1)
             valid = None if bool((neighbors >= 0).all()) else torch.as_tensor(neighbors >= 0, device=device)
             precision = batched_precision(res.transpose(1, 2), valid, self.precision_method, self.spheres.ijk[index])
@@ -494,10 +616,14 @@ def prepare_searchlight(
                                   radius_unit=radius_unit, truncate_at_boundary=truncate_at_boundary)
 
     # the voxels that some sphere holds: read only those
-    union = np.zeros(int(np.prod(vols.shape)), dtype=bool)
-    for start in range(0, len(spheres), 8192):
-        held = spheres.neighbors(slice(start, start + 8192))
-        union[held[held >= 0]] = True
+    # the voxels that some sphere holds (a voxel v is in the sphere of c when v - c is an offset, i.e. when
+    # c - v is one of the mirrored offsets): read only those
+    centres = np.zeros(vols.shape, dtype=np.int32)
+    centres.reshape(-1)[spheres.centers] = 1
+    union = _correlate(centres, _sphere_kernel(-spheres.offsets)) > 0
+    if truncate_at_boundary:
+        union &= spheres.mask
+    union = union.reshape(-1)
     union_flat = np.flatnonzero(union)
     rows = np.full(union.shape, len(union_flat), dtype=np.int64)
     rows[union_flat] = np.arange(len(union_flat))
@@ -516,10 +642,9 @@ def prepare_searchlight(
     if method == "crossnobis":
         unique_runs, run_index = np.unique(run, return_inverse=True)
         n_runs, n_cond = len(unique_runs), len(unique_cond)
-        sums = np.zeros((n_runs, n_cond, data.shape[1]))
-        counts = np.zeros((n_runs, n_cond))
-        np.add.at(sums, (run_index, cond_index), data)
-        np.add.at(counts, (run_index, cond_index), 1)
+        cell = _one_hot(run_index * n_cond + cond_index, n_runs * n_cond)
+        sums = (cell @ data).reshape(n_runs, n_cond, data.shape[1])
+        counts = cell.sum(axis=1).reshape(n_runs, n_cond)
         test = sums / counts[:, :, None]
         # fold f trains on the mean of every observation outside run f (rsatoolbox's average_dataset_by)
         train = (sums.sum(axis=0) - sums) / (counts.sum(axis=0) - counts)[:, :, None]
@@ -538,15 +663,23 @@ def prepare_searchlight(
             res_table = _with_zero_row(res.T, dtype, device)
             noise_model = f"residuals:{precision_method}"
     else:
-        sums = np.zeros((len(unique_cond), data.shape[1]))
-        np.add.at(sums, cond_index, data)
-        table = (sums / np.bincount(cond_index)[:, None]).T  # condition means, as rsatoolbox averages repeats
+        # condition means, as rsatoolbox averages repeats
+        table = (_one_hot(cond_index, len(unique_cond)) @ data / np.bincount(cond_index)[:, None]).T
         # shifts that leave the dissimilarities unchanged and keep the sums in rdms_at small (precision):
         # correlation is blind to a constant added to a condition's pattern, distances to one added to a voxel
         table = table - table.mean(axis=0 if method == "correlation" else 1, keepdims=True)
+        # a column of ones: the spheres' Gram matrices then hold the pattern sums and voxel counts too
+        table = np.concatenate([table, np.ones((table.shape[0], 1))], axis=1)
     return SearchlightData(spheres=spheres, method=method, conditions=unique_cond,
                            table=_with_zero_row(table, dtype, device), rows=rows, residuals=res_table,
                            precision_method=precision_method, n_runs=n_runs, noise_model=noise_model)
+
+
+def _one_hot(index: np.ndarray, n: int) -> np.ndarray:
+    """``(n, len(index))`` float64 with a 1 at ``[index[i], i]``: sums over groups as one matrix product."""
+    out = np.zeros((n, len(index)))
+    out[index, np.arange(len(index))] = 1.0
+    return out
 
 
 def _with_zero_row(array: np.ndarray, dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:

@@ -15,7 +15,9 @@ error (FWE) corrected p-values (Nichols & Holmes 2002).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import itertools
+import json
 import math
 import os
 import warnings
@@ -28,13 +30,14 @@ import numpy as np
 import torch
 
 from rdl_neuro.data.ids import check_id_kinds, plain_ids
-from rdl_neuro.data.searchlight import Spheres, prepare_searchlight
+from rdl_neuro.data.searchlight import SearchlightData, Spheres, prepare_searchlight
 from rdl_neuro.rdm.calc import check_method, subset_rdms
 from rdl_neuro.rdm.compare import COMPARE_METHODS, compare_rdms
 from rdl_neuro.rdm.interop import from_rsatoolbox, rdm_names
 
 __all__ = ["SearchlightResult", "evaluate_searchlight", "model_matrix", "GroupTestResult",
-           "searchlight_group_test", "ALTERNATIVES", "GROUP_TESTS"]
+           "searchlight_group_test", "ALTERNATIVES", "GROUP_TESTS", "correlation_rdm_scores", "FUSED_METHODS",
+           "SearchlightCheckpoint"]
 
 #: alternative hypotheses of the group test
 ALTERNATIVES = ("greater", "two-sided", "less")
@@ -168,6 +171,157 @@ def model_matrix(models: Any, conditions: Sequence[Any], descriptor: str | None 
     return torch.cat(vectors), unique
 
 
+def correlation_rdm_scores(correlations: torch.Tensor, models: torch.Tensor, method: str) -> torch.Tensor:
+    """``compare_rdms(1 - r, models, method)`` for ``method`` "corr" or "cosine", from full correlation matrices.
+
+    The RDMs ``1 - r`` are never formed: Pearson's or the cosine of an RDM
+    with a model needs only the sums of ``r``, ``r**2`` and ``r * m`` over the
+    pairs, which come from the symmetric ``n x n`` matrices directly (a sum
+    over the whole matrix, less the diagonal, halved).
+
+    Parameters
+    ----------
+    correlations : Tensor ``(b, n, n)``
+        Symmetric, e.g. ``SearchlightData.correlations_at``; NaN makes the score NaN.
+    models : Tensor ``(n_models, n_pairs)``
+        Condensed model RDMs over the same conditions.
+    method : {"corr", "cosine"}
+
+    Returns
+    -------
+    Tensor ``(b, n_models)``
+
+    Examples
+    --------
+    >>> import torch
+    >>> from rdl_neuro.rdm import compare_rdms
+    >>> x = torch.randn(2, 6, 5, dtype=torch.float64)
+    >>> r = torch.stack([torch.corrcoef(v.T) for v in x])
+    >>> rows, cols = torch.triu_indices(5, 5, 1)
+    >>> models = torch.rand(3, 10, dtype=torch.float64)
+    >>> fused = correlation_rdm_scores(r, models, "corr")
+    >>> bool(torch.allclose(fused, compare_rdms(1 - r[:, rows, cols], models, "corr")))
+    True
+    """
+    if method not in FUSED_METHODS:
+        raise ValueError(f"method must be one of {FUSED_METHODS}, got {method!r}")
+    b, n, _ = correlations.shape
+    n_pairs = n * (n - 1) // 2
+    flat = correlations.reshape(b, -1)
+    diag = torch.diagonal(correlations, dim1=1, dim2=2)
+    # (a plain sum, a norm and matrix-vector products: the fastest reductions of torch on the CPU)
+    sum_r = (flat.sum(dim=1) - diag.sum(dim=1)) / 2
+    sum_r2 = (torch.linalg.vector_norm(flat, dim=1).square() - diag.square().sum(dim=1)) / 2
+    rows, cols = torch.triu_indices(n, n, 1, device=models.device)
+    if method == "corr":  # Pearson(1 - r, m) = -Pearson(r, m); m centred over the pairs
+        models = models - models.mean(dim=1, keepdim=True)
+    square = torch.zeros(len(models), n, n, dtype=models.dtype, device=models.device)
+    square[:, rows, cols] = models
+    square = square + square.transpose(1, 2)
+    sum_rm = torch.stack([flat @ m.reshape(-1) for m in square], dim=1) / 2  # (b, n_models)
+    sum_m2 = (models * models).sum(dim=1)
+    if method == "corr":
+        var_r = sum_r2 - sum_r * sum_r / n_pairs
+        return -sum_rm / torch.sqrt(var_r[:, None] * sum_m2[None, :])
+    sum_d2 = n_pairs - 2 * sum_r + sum_r2  # (1 - r)^2 summed over the pairs
+    return (models.sum(dim=1)[None, :] - sum_rm) / torch.sqrt(sum_d2[:, None] * sum_m2[None, :])
+
+
+#: comparisons that ``evaluate_searchlight`` computes from correlation matrices without forming the RDMs
+FUSED_METHODS = ("corr", "cosine")
+
+
+def _chunk_scores(data: SearchlightData, lo: int, hi: int, models: torch.Tensor, method: str) -> torch.Tensor:
+    """Scores ``(hi - lo, n_models)`` of the spheres ``lo:hi``; NaN where a sphere's RDM is undefined."""
+    if data.method == "correlation" and method in FUSED_METHODS:
+        return correlation_rdm_scores(data.correlations_at(slice(lo, hi)), models, method)
+    rdms = data.rdms_at(slice(lo, hi))
+    out = torch.full((hi - lo, len(models)), float("nan"), dtype=rdms.dtype, device=rdms.device)
+    finite = torch.isfinite(rdms.sum(dim=1))  # a NaN anywhere makes the row's sum NaN
+    if bool(finite.any()):
+        out[finite] = compare_rdms(rdms[finite], models, method)
+    return out
+
+
+def _parts(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """Blocks ``(lo, hi)`` covering ``start:stop`` with edges on multiples of ``size`` (the same blocks
+    whichever process or restart asks, so that saved ones are found again)."""
+    edges = sorted({start, stop} | set(range((start // size + 1) * size, stop, size)))
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _fingerprint(data: SearchlightData, models: torch.Tensor, method: str) -> str:
+    """A digest of everything a searchlight's scores depend on (inputs, spheres, models, methods, dtype)."""
+    digest = hashlib.sha256()
+    for array in (data.spheres.centers, data.spheres.offsets, data.spheres.n_voxels, data.rows,
+                  data.table.cpu().numpy(), models.cpu().numpy(),
+                  None if data.residuals is None else data.residuals.cpu().numpy()):
+        digest.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
+    digest.update(repr((data.method, data.precision_method, data.n_runs, str(data.table.dtype), method,
+                        data.spheres.shape, data.conditions.tolist())).encode())
+    return digest.hexdigest()
+
+
+class SearchlightCheckpoint:
+    """A folder of finished blocks of searchlight scores, so that a stopped searchlight can be resumed.
+
+    ``manifest.json`` holds a digest of the inputs (betas, spheres, models,
+    methods, dtype); each block is ``part-<lo>-<hi>.npy`` (scores of the spheres
+    ``lo:hi``, float64), written atomically with ``rdl_neuro.io``. A folder
+    whose digest differs is refused (ValueError), so a resume never mixes two
+    searchlights; an unreadable block is computed again.
+
+    Parameters
+    ----------
+    folder : path
+    fingerprint : str
+        The digest of the inputs.
+    clean : bool
+        Remove temporaries of killed writes first (only when no other process writes into the folder).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], fingerprint: str, *, clean: bool = True) -> None:
+        from rdl_neuro.io import atomic_write_text, remove_stale_temporaries
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if clean:
+            remove_stale_temporaries(self.folder)
+        manifest = self.folder / "manifest.json"
+        if manifest.is_file():
+            try:
+                found = json.loads(manifest.read_text()).get("fingerprint")
+            except (json.JSONDecodeError, OSError, AttributeError):
+                found = None
+            if found != fingerprint:
+                raise ValueError(f"checkpoint folder {self.folder} holds another searchlight (other betas, mask, "
+                                 "models or options): use a new folder, or delete this one to start over")
+        else:
+            atomic_write_text(manifest, json.dumps({"fingerprint": fingerprint}))
+
+    def path(self, lo: int, hi: int) -> Path:
+        """The file of the block ``lo:hi``."""
+        return self.folder / f"part-{lo:09d}-{hi:09d}.npy"
+
+    def load(self, lo: int, hi: int, n_models: int) -> np.ndarray | None:
+        """The saved scores ``(hi - lo, n_models)`` of a block, or None when it is missing or unreadable."""
+        path = self.path(lo, hi)
+        if not path.is_file():
+            return None
+        try:
+            scores = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            warnings.warn(f"checkpoint block {path} is unreadable ({err}); computing it again", stacklevel=3)
+            return None
+        return scores if scores.shape == (hi - lo, n_models) else None
+
+    def save(self, lo: int, hi: int, scores: np.ndarray) -> None:
+        """Write the scores of the block ``lo:hi`` atomically."""
+        from rdl_neuro.io import atomic_write
+
+        atomic_write(self.path(lo, hi), lambda f: np.save(f, scores, allow_pickle=False))
+
+
 def evaluate_searchlight(
     betas: Any,
     conditions: Any,
@@ -189,6 +343,8 @@ def evaluate_searchlight(
     dtype: torch.dtype = torch.float64,
     progress: bool = False,
     distributed: bool | Literal["auto"] = "auto",
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 8192,
 ) -> SearchlightResult:
     """Searchlight RSA of one subject: every sphere's RDM compared with every model RDM.
 
@@ -217,6 +373,14 @@ def evaluate_searchlight(
         Under ``torch.distributed`` (e.g. ``torchrun``) each rank computes a
         contiguous block of centres and every rank receives all scores
         (``"auto"``: whenever a process group with several ranks is initialised).
+    checkpoint : path, optional
+        A folder where every finished block of ``checkpoint_every`` spheres is
+        written (atomically): a searchlight that is stopped (Ctrl-C, a killed
+        job) and called again with the same inputs and folder loads those
+        blocks and computes only the rest, giving the uninterrupted result. A
+        folder made for other inputs is a ValueError (see :class:`SearchlightCheckpoint`).
+    checkpoint_every : int
+        Spheres per checkpointed block.
 
     Returns
     -------
@@ -234,9 +398,12 @@ def evaluate_searchlight(
     >>> result.scores.shape, result.to_nifti().shape
     ((216, 1), (6, 6, 6))
     """
+    from rdl_neuro._progress import progress_bar
     from rdl_neuro.train.distributed import gather_no_grad, world_size_and_rank
 
     check_method(method, COMPARE_METHODS, "comparison method")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
     if distributed not in ("auto", True, False):
         raise ValueError(f"distributed must be 'auto', True or False, got {distributed!r}")
     data = prepare_searchlight(betas, conditions, mask=mask, radius=radius, threshold=threshold,
@@ -249,14 +416,25 @@ def evaluate_searchlight(
     if distributed is True and world == 1:
         raise ValueError("distributed=True but no torch.distributed process group with several ranks is running")
     start, stop = data.spheres.rank_range(world, rank)
+    parts = None
+    if checkpoint is not None:
+        parts = SearchlightCheckpoint(checkpoint, _fingerprint(data, model_rdms, method), clean=world == 1)
     local = torch.full((stop - start, len(names)), float("nan"), dtype=dtype, device=data.table.device)
-    for lo, hi, rdms in data.iter_rdms(start, stop, chunk_size=chunk_size, progress=progress and rank == 0):
-        finite = torch.isfinite(rdms.sum(dim=1))  # a NaN anywhere makes the row's sum NaN
-        if bool(finite.all()):
-            local[lo - start:hi - start] = compare_rdms(rdms, model_rdms, method)
-        elif bool(finite.any()):
-            block = local[lo - start:hi - start]
-            block[finite] = compare_rdms(rdms[finite], model_rdms, method)
+    bar = progress_bar(total=stop - start, desc="searchlight", unit="sphere", disable=not (progress and rank == 0))
+    try:
+        for lo, hi in _parts(start, stop, checkpoint_every if parts is not None else stop - start):
+            saved = parts.load(lo, hi, len(names)) if parts is not None else None
+            if saved is not None:
+                local[lo - start:hi - start] = torch.as_tensor(saved, dtype=dtype, device=local.device)
+                bar.update(hi - lo)
+                continue
+            for a, b in data.chunks(lo, hi, chunk_size=chunk_size):
+                local[a - start:b - start] = _chunk_scores(data, a, b, model_rdms, method)
+                bar.update(b - a)
+            if parts is not None:
+                parts.save(lo, hi, local[lo - start:hi - start].cpu().numpy().astype(np.float64))
+    finally:
+        bar.close()
     scores = gather_no_grad(local) if world > 1 else local
     scores_np = scores.cpu().numpy().astype(np.float64)
     n_undefined = int(np.isnan(scores_np).all(axis=1).sum())
