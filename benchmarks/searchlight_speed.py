@@ -5,6 +5,9 @@ The synthetic brain is an ellipsoid mask in a box, with random float64 betas
 (``get_volume_searchlight``), correlation RDMs per sphere
 (``get_searchlight_RDMs``) and the evaluation of one fixed model RDM with
 Pearson correlation (``evaluate_models_searchlight`` with ``eval_fixed``).
+rdl_neuro runs it twice, in float64 and in float32 (``dtype=``); each row
+says its precision and its largest difference from rsatoolbox (which computes
+in float64).
 
 rsatoolbox finds all spheres, but computes RDMs and evaluations only for a
 subset of the centres (``--rsatoolbox-centres``, spread evenly over the mask);
@@ -13,20 +16,32 @@ cost per centre does not depend on which centres). rdl_neuro runs the whole
 searchlight, from the NIfTI images to the map. ``max_abs_diff`` compares
 rdl_neuro's RDMs and evaluations with rsatoolbox's on the subset.
 
+The crossnobis row: ``--crossnobis-runs`` runs of every condition and
+``--residuals`` residual volumes; rsatoolbox computes each sphere's RDM the
+way its users do (a ``Dataset`` per sphere, ``prec_from_residuals`` with
+``shrinkage_diag``, ``calc_rdm(..., method="crossnobis", cv_descriptor="run")``;
+``get_searchlight_RDMs`` has no cross-validation) on
+``--crossnobis-centres`` centres, extrapolated, then the same evaluation;
+rdl_neuro runs all spheres (float64).
+
 Peak memory is measured in a fresh subprocess (its maximum resident set size)
 running rdl_neuro's whole searchlight on a larger mask (``--memory-voxels``,
-default 100,000 voxels) with the same number of conditions; its wall time is
-shown too.
+default 100,000 voxels, float64) with the same number of conditions; its wall
+time is shown too.
 
     python benchmarks/searchlight_speed.py            # 35k-voxel brain, 92 conditions (a few minutes)
     python benchmarks/searchlight_speed.py --quick    # small brain (seconds; used by the tests)
 
 The last line is machine-readable:
 
-    RESULT searchlight_speedup=... max_abs_diff=... peak_memory_gb=... memory_voxels=...
+    RESULT searchlight_speedup=... max_abs_diff=... precision=float32 speedup_float64=... max_abs_diff_float64=...
+           crossnobis_speedup=... crossnobis_max_abs_diff=... peak_memory_gb=... memory_voxels=...
 
 ``searchlight_speedup``: rsatoolbox's (extrapolated) time for spheres + RDMs +
-evaluation over all centres / rdl_neuro's time for the same.
+evaluation over all centres / rdl_neuro's time for the same at ``precision``
+(``--dtype``, default float32), whose largest difference from rsatoolbox is
+``max_abs_diff``; ``speedup_float64`` and ``max_abs_diff_float64``: the same
+in float64.
 """
 from __future__ import annotations
 
@@ -65,19 +80,20 @@ def synthetic_brain(n_voxels: int, n_conditions: int, seed: int) -> tuple[np.nda
     return mask.reshape(shape), betas, affine
 
 
-def ours(mask, betas, affine, model, radius, threshold, chunk_size):
+def ours(mask, betas, affine, model, radius, threshold, chunk_size, dtype=torch.float64, conditions=None, **options):
     """rdl_neuro's searchlight from NIfTI images to scores; returns (seconds, result)."""
     import nibabel as nib
     from rsatoolbox.rdm import RDMs
 
     from rdl_neuro.inference.searchlight import evaluate_searchlight
 
-    n = betas.shape[-1]
+    n = int(round((1 + np.sqrt(1 + 8 * model.size)) / 2))  # conditions of the condensed model RDM
+    conditions = np.arange(betas.shape[-1]) if conditions is None else conditions
     model_rdm = RDMs(model[None], pattern_descriptors={"stimulus": np.arange(n)}, rdm_descriptors={"name": ["m"]})
     start = time.perf_counter()
-    result = evaluate_searchlight(nib.Nifti1Image(betas, affine), np.arange(n), model_rdm,
+    result = evaluate_searchlight(nib.Nifti1Image(betas, affine), conditions, model_rdm,
                                   mask=nib.Nifti1Image(mask.astype(np.uint8), affine), radius=radius,
-                                  threshold=threshold, chunk_size=chunk_size)
+                                  threshold=threshold, chunk_size=chunk_size, dtype=dtype, **options)
     return time.perf_counter() - start, result
 
 
@@ -93,60 +109,15 @@ def memory_child(n_voxels: int, n_conditions: int, radius: float, threshold: flo
                       "n_spheres": len(result.spheres), "mean_sphere": float(result.spheres.n_voxels.mean())}))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a small brain (a smoke test of the script)")
-    parser.add_argument("--voxels", type=int, default=35_000, help="voxels in the brain mask (default 35,000)")
-    parser.add_argument("--conditions", type=int, default=92, help="conditions (default 92)")
-    parser.add_argument("--radius", type=float, default=3.0, help="sphere radius in voxels (default 3)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="sphere fraction inside the mask (default 0.5)")
-    parser.add_argument("--rsatoolbox-centres", type=int, default=2000,
-                        help="centres rsatoolbox computes RDMs and evaluations for (default 2,000)")
-    parser.add_argument("--memory-voxels", type=int, default=100_000,
-                        help="mask size of the peak-memory run (default 100,000; 0 skips it)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="threads of torch and of numpy's BLAS, for both libraries (default 1: per core)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="folder for the table and the record (default results/)")
-    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.voxels, args.conditions, args.rsatoolbox_centres, args.memory_voxels = 3000, 20, 200, 5000
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(args.threads)
-    threadpool_limits(args.threads)
-    if args.memory_child:
-        memory_child(args.memory_voxels, args.conditions, args.radius, args.threshold, args.seed)
-        return 0
-
-    import nibabel as nib
+def rsatoolbox_correlation(mask, betas, model, args):
+    """rsatoolbox's spheres (all), RDMs and evaluations (a subset); returns times, subset and results."""
     from rsatoolbox.inference import eval_fixed
     from rsatoolbox.model import ModelFixed
     from rsatoolbox.rdm import RDMs
     from rsatoolbox.util.searchlight import (evaluate_models_searchlight, get_searchlight_RDMs,
                                              get_volume_searchlight)
 
-    from rdl_neuro.data.searchlight import prepare_searchlight
-
-    rec = start_record("searchlight_speed", args, argv, seeds=args.seed,
-                       depends_on=["rdl_neuro/data/searchlight.py", "rdl_neuro/data/nifti.py",
-                                   "rdl_neuro/inference/searchlight.py", "rdl_neuro/rdm",
-                                   "benchmarks/searchlight_speed.py"])
-    mask, betas, affine = synthetic_brain(args.voxels, args.conditions, args.seed)
-    n_cond = args.conditions
-    model = np.random.default_rng(args.seed + 1).random(n_cond * (n_cond - 1) // 2)
-    print(f"synthetic brain: {int(mask.sum())} voxels in a {mask.shape} box, {n_cond} conditions, "
-          f"radius {args.radius:g} voxels, threshold {args.threshold:g}; {args.threads} thread(s) for both libraries",
-          flush=True)
-
-    ours_s, result = ours(mask, betas, affine, model, args.radius, args.threshold, None)
-    n_spheres = len(result.spheres)
-    print(f"rdl_neuro: {n_spheres} spheres ({result.spheres.n_voxels.mean():.1f} voxels on average) in "
-          f"{ours_s:.2f} s", flush=True)
-
-    # rsatoolbox: all spheres, then RDMs and evaluations for an even subset of the centres
+    n_cond = betas.shape[-1]
     quiet = io.StringIO()
     with redirect_stdout(quiet), redirect_stderr(quiet):
         start = time.perf_counter()
@@ -162,29 +133,160 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         evaluations = evaluate_models_searchlight(sl_rdms, fixed, eval_fixed, method="corr")
         eval_s = time.perf_counter() - start
+    theirs = np.array([e.evaluations.ravel()[0] for e in evaluations])
+    return spheres_s, rdms_s, eval_s, centers, subset, sl_rdms, theirs
+
+
+def rsatoolbox_crossnobis(mask, betas, conditions, runs, residuals, model, args):
+    """rsatoolbox's crossnobis RDMs (a Dataset per sphere, noise precision from residuals) and evaluations on
+    a subset of the centres; returns (spheres_s, rdms_s, eval_s, centers, subset, rdms, evaluations)."""
+    from rsatoolbox.data import Dataset
+    from rsatoolbox.data.noise import prec_from_residuals
+    from rsatoolbox.inference import eval_fixed
+    from rsatoolbox.model import ModelFixed
+    from rsatoolbox.rdm import RDMs, calc_rdm, concat
+    from rsatoolbox.util.searchlight import evaluate_models_searchlight, get_volume_searchlight
+
+    n_cond = int(conditions.max()) + 1
+    quiet = io.StringIO()
+    with redirect_stdout(quiet), redirect_stderr(quiet):
+        start = time.perf_counter()
+        centers, neighbors = get_volume_searchlight(mask, radius=args.radius, threshold=args.threshold)
+        spheres_s = time.perf_counter() - start
+        subset = np.linspace(0, len(centers) - 1, min(args.crossnobis_centres, len(centers))).round().astype(int)
+        X = betas.reshape(-1, betas.shape[-1]).T
+        R = residuals.reshape(-1, residuals.shape[-1]).T
+        start = time.perf_counter()
+        rdms = []
+        for i in subset:
+            nb = neighbors[i]
+            ds = Dataset(X[:, nb], obs_descriptors={"stimulus": conditions, "run": runs})
+            noise = prec_from_residuals(R[:, nb], method="shrinkage_diag")
+            rdms.append(calc_rdm(ds, method="crossnobis", descriptor="stimulus", cv_descriptor="run", noise=noise))
+        sl_rdms = concat(rdms)
+        rdms_s = time.perf_counter() - start
+        fixed = ModelFixed("m", RDMs(model[None], pattern_descriptors={"stimulus": np.arange(n_cond)}))
+        start = time.perf_counter()
+        evaluations = evaluate_models_searchlight(sl_rdms, fixed, eval_fixed, method="corr")
+        eval_s = time.perf_counter() - start
+    theirs = np.array([e.evaluations.ravel()[0] for e in evaluations])
+    return spheres_s, rdms_s, eval_s, centers, subset, sl_rdms, theirs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a small brain (a smoke test of the script)")
+    parser.add_argument("--voxels", type=int, default=35_000, help="voxels in the brain mask (default 35,000)")
+    parser.add_argument("--conditions", type=int, default=92, help="conditions (default 92)")
+    parser.add_argument("--radius", type=float, default=3.0, help="sphere radius in voxels (default 3)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="sphere fraction inside the mask (default 0.5)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                        help="precision of the headline searchlight_speedup (default float32; both are shown)")
+    parser.add_argument("--rsatoolbox-centres", type=int, default=2000,
+                        help="centres rsatoolbox computes RDMs and evaluations for (default 2,000)")
+    parser.add_argument("--crossnobis-runs", type=int, default=3, help="runs of the crossnobis row (default 3)")
+    parser.add_argument("--residuals", type=int, default=60, help="residual volumes of the crossnobis row (default 60)")
+    parser.add_argument("--crossnobis-centres", type=int, default=300,
+                        help="centres rsatoolbox computes crossnobis RDMs for (default 300; 0 skips the row)")
+    parser.add_argument("--memory-voxels", type=int, default=100_000,
+                        help="mask size of the peak-memory run (default 100,000; 0 skips it)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of torch and of numpy's BLAS, for both libraries (default 1: per core)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="folder for the table and the record (default results/)")
+    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.voxels, args.conditions, args.rsatoolbox_centres, args.memory_voxels = 3000, 20, 200, 5000
+        args.crossnobis_centres, args.residuals = min(args.crossnobis_centres, 50), 30
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
+    if args.memory_child:
+        memory_child(args.memory_voxels, args.conditions, args.radius, args.threshold, args.seed)
+        return 0
+
+    import nibabel as nib
+
+    from rdl_neuro.data.searchlight import prepare_searchlight
+
+    rec = start_record("searchlight_speed", args, argv, seeds=args.seed,
+                       depends_on=["rdl_neuro/data/searchlight.py", "rdl_neuro/data/nifti.py",
+                                   "rdl_neuro/inference/searchlight.py", "rdl_neuro/rdm",
+                                   "benchmarks/searchlight_speed.py"])
+    mask, betas, affine = synthetic_brain(args.voxels, args.conditions, args.seed)
+    n_cond = args.conditions
+    model = np.random.default_rng(args.seed + 1).random(n_cond * (n_cond - 1) // 2)
+    print(f"synthetic brain: {int(mask.sum())} voxels in a {mask.shape} box, {n_cond} conditions, "
+          f"radius {args.radius:g} voxels, threshold {args.threshold:g}; {args.threads} thread(s) for both libraries",
+          flush=True)
+    # a first call on a tiny volume loads rdl_neuro's lazily imported modules (rsatoolbox's are imported already)
+    ours(np.ones((8, 8, 8), bool), betas[:8, :8, :8], affine, model, args.radius, 0.0, None)
+
+    timed = {}
+    for dtype in (torch.float64, torch.float32):
+        seconds, result = ours(mask, betas, affine, model, args.radius, args.threshold, None, dtype=dtype)
+        timed[str(dtype).replace("torch.", "")] = (seconds, result)
+        print(f"rdl_neuro ({str(dtype).replace('torch.', '')}): {len(result.spheres)} spheres ({result.spheres.n_voxels.mean():.1f} voxels on "
+              f"average) in {seconds:.2f} s", flush=True)
+    spheres_s, rdms_s, eval_s, centers, subset, sl_rdms, theirs = rsatoolbox_correlation(mask, betas, model, args)
+    n_spheres = len(timed["float64"][1].spheres)
     if len(centers) != n_spheres:
         raise RuntimeError(f"rsatoolbox found {len(centers)} spheres, rdl_neuro {n_spheres}")
     scale = len(centers) / len(subset)
-    theirs = np.array([e.evaluations.ravel()[0] for e in evaluations])
-    position = np.searchsorted(result.spheres.centers, centers[subset])
-    eval_diff = float(np.abs(result.scores[position, 0] - theirs).max())
-    # the RDMs themselves, on the subset
-    data = prepare_searchlight(nib.Nifti1Image(betas, affine), np.arange(n_cond),
-                               mask=nib.Nifti1Image(mask.astype(np.uint8), affine), radius=args.radius,
-                               threshold=args.threshold)
-    rdm_diff = float(np.abs(data.rdms_at(position).numpy() - sl_rdms.dissimilarities).max())
-    worst = max(eval_diff, rdm_diff)
-
     rsa_total = spheres_s + scale * (rdms_s + eval_s)
+    position = np.searchsorted(timed["float64"][1].spheres.centers, centers[subset])
+    diffs = {}
+    for name, dtype in (("float64", torch.float64), ("float32", torch.float32)):
+        eval_diff = float(np.abs(timed[name][1].scores[position, 0] - theirs).max())
+        data = prepare_searchlight(nib.Nifti1Image(betas, affine), np.arange(n_cond),
+                                   mask=nib.Nifti1Image(mask.astype(np.uint8), affine), radius=args.radius,
+                                   threshold=args.threshold, dtype=dtype)
+        rdm_diff = float(np.abs(data.rdms_at(position).double().numpy() - sl_rdms.dissimilarities).max())
+        diffs[name] = (rdm_diff, eval_diff)
     rows = [
         {"step": "spheres (get_volume_searchlight)", "rsatoolbox_s": spheres_s, "basis": "all centres"},
         {"step": "RDMs (get_searchlight_RDMs)", "rsatoolbox_s": scale * rdms_s,
          "basis": f"{len(subset)} centres x {scale:.1f}"},
         {"step": "evaluation (evaluate_models_searchlight)", "rsatoolbox_s": scale * eval_s,
          "basis": f"{len(subset)} centres x {scale:.1f}"},
-        {"step": "total", "rsatoolbox_s": rsa_total, "rdl_neuro_s": ours_s, "speedup": rsa_total / ours_s,
-         "basis": f"{n_spheres} spheres"},
     ]
+    for name in ("float64", "float32"):
+        rows.append({"step": f"total, correlation RDMs (rdl_neuro {name})", "rsatoolbox_s": rsa_total,
+                     "rdl_neuro_s": timed[name][0], "speedup": rsa_total / timed[name][0],
+                     "max_abs_diff": max(diffs[name]), "basis": f"{n_spheres} spheres"})
+
+    cross = None
+    if args.crossnobis_centres:
+        n_runs = args.crossnobis_runs
+        rng = np.random.default_rng(args.seed + 2)
+        cv_betas = betas[..., np.tile(np.arange(n_cond), n_runs)] + rng.normal(size=betas.shape[:3] + (n_cond * n_runs,))
+        conditions = np.tile(np.arange(n_cond), n_runs)
+        runs = np.repeat(np.arange(n_runs), n_cond)
+        residuals = rng.normal(size=betas.shape[:3] + (args.residuals,))
+        cross_s, cross_result = ours(mask, cv_betas, affine, model, args.radius, args.threshold, None,
+                                     conditions=conditions, runs=runs, rdm_method="crossnobis",
+                                     residuals=nib.Nifti1Image(residuals, affine))
+        print(f"rdl_neuro (crossnobis, float64): {n_spheres} spheres in {cross_s:.2f} s", flush=True)
+        c_spheres_s, c_rdms_s, c_eval_s, _, c_subset, c_rdms, c_theirs = rsatoolbox_crossnobis(
+            mask, cv_betas, conditions, runs, residuals, model, args)
+        c_scale = len(centers) / len(c_subset)
+        c_total = c_spheres_s + c_scale * (c_rdms_s + c_eval_s)
+        c_position = np.searchsorted(cross_result.spheres.centers, centers[c_subset])
+        data = prepare_searchlight(nib.Nifti1Image(cv_betas, affine), conditions,
+                                   mask=nib.Nifti1Image(mask.astype(np.uint8), affine), radius=args.radius,
+                                   threshold=args.threshold, runs=runs, method="crossnobis",
+                                   residuals=nib.Nifti1Image(residuals, affine))
+        c_diff = max(float(np.abs(data.rdms_at(c_position).numpy() - c_rdms.dissimilarities).max()),
+                     float(np.abs(cross_result.scores[c_position, 0] - c_theirs).max()))
+        cross = (c_total / cross_s, c_diff)
+        rows.append({"step": f"total, crossnobis RDMs ({n_runs} runs, {args.residuals} residuals; rdl_neuro float64)",
+                     "rsatoolbox_s": c_total, "rdl_neuro_s": cross_s, "speedup": c_total / cross_s,
+                     "max_abs_diff": c_diff,
+                     "basis": f"rsatoolbox: {len(c_subset)} centres x {c_scale:.1f} (spheres: all)"})
+
     memory = None
     if args.memory_voxels:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", "--memory-voxels",
@@ -194,27 +296,37 @@ def main(argv: list[str] | None = None) -> int:
         if res.returncode != 0:
             raise RuntimeError(f"the peak-memory run failed:\n{res.stderr[-3000:]}")
         memory = json.loads(res.stdout.strip().splitlines()[-1])
-        rows.append({"step": f"rdl_neuro, {memory['n_voxels']}-voxel mask ({memory['n_spheres']} spheres)",
+        rows.append({"step": f"rdl_neuro float64, {memory['n_voxels']}-voxel mask ({memory['n_spheres']} spheres)",
                      "rdl_neuro_s": memory["seconds"], "peak_memory_gb": memory["peak_gb"],
                      "rsatoolbox_s": rsa_total / n_spheres * memory["n_spheres"],
                      "basis": "rsatoolbox: per-sphere rate above"})
         rows[-1]["speedup"] = rows[-1]["rsatoolbox_s"] / memory["seconds"]
-    table = pd.DataFrame(rows, columns=["step", "rsatoolbox_s", "rdl_neuro_s", "speedup", "peak_memory_gb", "basis"])
+    table = pd.DataFrame(rows, columns=["step", "rsatoolbox_s", "rdl_neuro_s", "speedup", "max_abs_diff",
+                                        "peak_memory_gb", "basis"])
     shown = table.copy()
     for col, fmt in (("rsatoolbox_s", "{:.2f}"), ("rdl_neuro_s", "{:.2f}"), ("speedup", "{:.1f}"),
-                     ("peak_memory_gb", "{:.2f}")):
+                     ("max_abs_diff", "{:.1e}"), ("peak_memory_gb", "{:.2f}")):
         shown[col] = [fmt.format(v) if pd.notna(v) else "" for v in table[col]]
     print(shown.to_string(index=False))
-    print(f"max |difference| on the {len(subset)} rsatoolbox centres: RDMs {rdm_diff:.1e}, evaluations {eval_diff:.1e}")
-    out = Path(args.out) if args.out else Path("results")
+    for name in ("float64", "float32"):
+        print(f"max |difference| from rsatoolbox on the {len(subset)} centres, rdl_neuro in {name}: "
+              f"RDMs {diffs[name][0]:.1e}, evaluations {diffs[name][1]:.1e}")
+    out = Path(args.out) if args.out else Path(__file__).resolve().parents[1] / "results"
     out.mkdir(parents=True, exist_ok=True)
     shown.to_csv(out / "searchlight_speed.csv", index=False)
-    line = (f"RESULT searchlight_speedup={rsa_total / ours_s:.1f} max_abs_diff={worst:.1e} "
+    head = args.dtype
+    line = (f"RESULT searchlight_speedup={rsa_total / timed[head][0]:.1f} max_abs_diff={max(diffs[head]):.1e} "
+            f"precision={head} speedup_float64={rsa_total / timed['float64'][0]:.1f} "
+            f"max_abs_diff_float64={max(diffs['float64']):.1e} "
+            f"crossnobis_speedup={cross[0] if cross else float('nan'):.1f} "
+            f"crossnobis_max_abs_diff={cross[1] if cross else float('nan'):.1e} "
             f"peak_memory_gb={memory['peak_gb'] if memory else float('nan'):.2f} "
             f"memory_voxels={memory['n_voxels'] if memory else 0}")
     rec.finish(shown, result_line=line,
                notes=(f"rsatoolbox's RDM and evaluation times are extrapolated from {len(subset)} of the "
-                      f"{n_spheres} centres (x{scale:.1f}); its sphere search ran on all of them."),
+                      f"{n_spheres} centres (x{scale:.1f}; crossnobis: from {args.crossnobis_centres}); its sphere "
+                      f"search ran on all of them. The headline searchlight_speedup is rdl_neuro in {head}; "
+                      "rsatoolbox computes in float64."),
                title="Searchlight RSA: rdl_neuro vs rsatoolbox")
     print(line)
     return 0

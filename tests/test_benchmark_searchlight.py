@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULT = re.compile(r"^RESULT searchlight_speedup=(\S+) max_abs_diff=(\S+) peak_memory_gb=(\S+) memory_voxels=(\d+)$")
+RESULT = re.compile(r"^RESULT searchlight_speedup=(\S+) max_abs_diff=(\S+) precision=float32 speedup_float64=(\S+) "
+                    r"max_abs_diff_float64=(\S+) crossnobis_speedup=(\S+) crossnobis_max_abs_diff=(\S+) "
+                    r"peak_memory_gb=(\S+) memory_voxels=(\d+)$")
 
 
 @pytest.mark.slow
@@ -20,10 +22,11 @@ def test_searchlight_speed_quick(tmp_path):
     lines = proc.stdout.strip().splitlines()
     match = RESULT.match(lines[-1])
     assert match, f"last line is not a RESULT line: {lines[-1]!r}"
-    speedup, diff, peak_gb, memory_voxels = float(match[1]), float(match[2]), float(match[3]), int(match[4])
-    assert speedup > 0 and 0 <= diff < 1e-10  # the same RDMs and evaluations as rsatoolbox's
-    assert 0 < peak_gb < 8 and memory_voxels > 4000
+    speedup, diff, speedup64, diff64, cross, cross_diff, peak_gb = (float(v) for v in match.groups()[:7])
+    assert speedup > 0 and 0 <= diff < 1e-5  # float32: the same RDMs and evaluations as rsatoolbox's to its precision
+    assert speedup64 > 0 and 0 <= diff64 < 1e-10 and cross > 0 and 0 <= cross_diff < 1e-10  # float64
+    assert 0 < peak_gb < 8 and int(match[8]) > 4000
     table = (tmp_path / "searchlight_speed.csv").read_text()
-    assert "get_searchlight_RDMs" in table
-    assert "200 centres x" in table
+    assert "get_searchlight_RDMs" in table and "crossnobis" in table
+    assert "200 centres x" in table and "50 centres x" in table
     assert (tmp_path / "records" / "searchlight_speed.md").is_file()

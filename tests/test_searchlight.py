@@ -146,7 +146,7 @@ def _models(rng, ids):
                 rdm_descriptors={"name": ["a", "b"]})
 
 
-@pytest.mark.parametrize("method", ["corr", "spearman", "tau-a", "cosine_cov"])
+@pytest.mark.parametrize("method", ["corr", "cosine", "spearman", "tau-a", "cosine_cov"])
 def test_evaluation_equals_rsatoolbox(rng, method, capsys):
     shape, n_cond = (7, 8, 6), 7
     mask = rng.random(shape) < 0.8
@@ -174,6 +174,67 @@ def test_evaluation_equals_rsatoolbox(rng, method, capsys):
     outside = np.ones(values.size, bool)
     outside[centers] = False
     assert np.isnan(values.reshape(-1)[outside]).all()
+
+
+@pytest.mark.parametrize("method, reference, truncate", [("correlation", "correlation", False),
+                                                          ("sqeuclidean", "euclidean", True)])
+def test_rows_of_centres_longer_than_the_shared_steps(rng, method, reference, truncate, capsys):
+    """Grams updated along rows of centres (SLIDE_STEPS at a time), rows cut by holes, by chunks and by the
+    order of the positions asked for: every RDM still equals rsatoolbox's."""
+    from rdl_neuro.data.searchlight import SLIDE_STEPS, prepare_searchlight
+
+    shape, n_cond = (3, 4, 2 * SLIDE_STEPS + 5), 5
+    mask = rng.random(shape) < 0.9
+    data = rng.normal(size=shape + (n_cond,)) + 3.0
+    centers, neighbors = get_volume_searchlight(mask, radius=2, threshold=0.3, truncate_at_boundary=truncate)
+    ref = get_searchlight_RDMs(data.reshape(-1, n_cond).T, centers, neighbors, np.arange(n_cond), method=reference,
+                               verbose=False).dissimilarities
+    prepared = prepare_searchlight(img(data), np.arange(n_cond), mask=mask_img(mask), radius=2, threshold=0.3,
+                                   truncate_at_boundary=truncate, method=method)
+    assert np.diff(prepared.spheres.centers).tolist().count(1) > 2 * SLIDE_STEPS  # long rows
+    for chunk_size in (7, None):
+        ours = np.concatenate([rdms.numpy() for _, _, rdms in prepared.iter_rdms(chunk_size=chunk_size)])
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-10)
+    shuffled = rng.permutation(len(centers))
+    np.testing.assert_allclose(prepared.rdms_at(shuffled).numpy(), ref[shuffled], rtol=0, atol=1e-10)
+
+
+def test_stopped_searchlight_resumes_to_the_same_maps(rng, tmp_path, monkeypatch):
+    from rdl_neuro.data.searchlight import SearchlightData
+
+    data, mask = rng.normal(size=(6, 6, 6, 5)), np.ones((6, 6, 6), bool)
+    models = _models(rng, np.arange(5))
+    args = dict(mask=mask_img(mask), threshold=0.5, chunk_size=10)
+    whole = evaluate_searchlight(img(data), np.arange(5), models, **args)
+    calls = []
+    original = SearchlightData.correlations_at
+
+    def stop_at_the_seventh_chunk(self, index):
+        calls.append(index)
+        if len(calls) == 7 and stopping:
+            raise KeyboardInterrupt
+        return original(self, index)
+
+    monkeypatch.setattr(SearchlightData, "correlations_at", stop_at_the_seventh_chunk)
+    folder = tmp_path / "checkpoint"
+    stopping = True
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_searchlight(img(data), np.arange(5), models, checkpoint=folder, checkpoint_every=30, **args)
+    # chunks 1-6 finished blocks 0:30 and 30:60 (the 7th chunk was the first of block 60:90)
+    assert sorted(p.name for p in folder.glob("part-*")) == ["part-000000000-000000030.npy",
+                                                            "part-000000030-000000060.npy"]
+    calls.clear()
+    stopping = False
+    resumed = evaluate_searchlight(img(data), np.arange(5), models, checkpoint=folder, checkpoint_every=30, **args)
+    assert calls[0] == slice(60, 70) and len(calls) == (216 - 60 + 9) // 10  # only the unfinished spheres
+    np.testing.assert_array_equal(resumed.scores, whole.scores)
+    # a damaged block is computed again; a folder of another searchlight is refused
+    (folder / "part-000000030-000000060.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.warns(UserWarning, match="part-000000030-000000060.npy is unreadable"):
+        again = evaluate_searchlight(img(data), np.arange(5), models, checkpoint=folder, checkpoint_every=30, **args)
+    np.testing.assert_array_equal(again.scores, whole.scores)
+    with pytest.raises(ValueError, match="holds another searchlight"):
+        evaluate_searchlight(img(data + 1e-3), np.arange(5), models, checkpoint=folder, checkpoint_every=30, **args)
 
 
 def test_float32_and_chunking_agree(rng):

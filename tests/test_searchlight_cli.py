@@ -120,3 +120,73 @@ def test_two_torchrun_processes_write_the_single_process_map(files, tmp_path):
     assert np.isfinite(a).sum() > 100
     assert sorted(p.name for p in dist_out.iterdir()) == ["peaks.csv", "searchlight_category.nii.gz",
                                                           "searchlight_category.png"]
+
+
+@pytest.fixture
+def subjects(files, tmp_path, rng) -> list[Path]:
+    """Three subjects' 4D betas on one grid: the planted region of ``files`` plus fresh noise each."""
+    base = np.asarray(nib.load(files["betas"]).dataobj)
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"sub-0{i + 1}_betas.nii.gz"
+        nib.save(nib.Nifti1Image(base + 0.5 * rng.normal(size=base.shape), AFFINE), path)
+        paths.append(path)
+    return paths
+
+
+def _group_args(files, subjects, out, *extra):
+    args = _args(files, out, *extra)
+    at = args.index("--betas")
+    args[at:at + 2] = ["--subject-betas", *map(str, subjects)]
+    return args
+
+
+@pytest.mark.parametrize("test", ["t", "permutation"])
+def test_group_test_from_the_command_line(files, subjects, tmp_path, capsys, test):
+    from rdl_neuro.inference.searchlight import searchlight_group_test
+
+    out = tmp_path / "out"
+    assert main(_group_args(files, subjects, out, "--group-test", test, "--n-permutations", "100")) == 0
+    printed = capsys.readouterr().out
+    assert "subject sub-03_betas (3 of 3)" in printed and "wrote the group maps" in printed
+    model = RDMs(np.load(files["model"])["rdm"][np.triu_indices(N_COND, 1)][None],
+                 pattern_descriptors={"stimulus": np.arange(10, 10 + N_COND)}, rdm_descriptors={"name": ["category"]})
+    results = [evaluate_searchlight(str(s), np.arange(10, 10 + N_COND), model, mask=str(files["mask"]), radius=2,
+                                    threshold=0.5) for s in subjects]
+    for s, result in zip(subjects, results):  # every subject's map, as one call would give it
+        written = nib.load(out / s.name.split(".")[0] / "searchlight_category.nii.gz")
+        np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(result.to_nifti().dataobj))
+        assert not (out / s.name.split(".")[0] / "checkpoint").exists()  # removed once the subject is done
+    expected = searchlight_group_test(results, test=test, n_permutations=100)
+    for kind in ("t", "p") + (("p_fwe",) if test == "permutation" else ()):
+        written = np.asarray(nib.load(out / f"group_category_{kind}.nii.gz").dataobj)
+        np.testing.assert_array_equal(written, np.asarray(getattr(expected, kind).dataobj))
+    assert (test == "permutation") == (out / "group_category_p_fwe.nii.gz").is_file()
+    assert (out / "group_category_t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    row = (out / "group.csv").read_text().splitlines()
+    assert row[0].startswith("model,test,alternative,n_subjects,n_voxels") and row[1].startswith(f"category,{test},")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"conditions": 2}, r"--conditions: give one file for all 3 subjects or one per subject, got 2"),
+    ({"one_subject": True}, r"--subject-betas: a test across subjects needs at least 2 subjects, got 1"),
+    ({"both": True}, r"give --betas \(one subject\) or --subject-betas \(one 4D image per subject\), not both"),
+    ({"extra": ["--n-permutations", "0"]}, r"--n-permutations must be at least 1, got 0"),
+    ({"extra": ["--alpha", "1.5"]}, r"--alpha must lie in \(0, 1\), got 1.5"),
+    ({"extra": ["--runs", "a.txt", "b.txt"]}, r"--runs: give one file for all 3 subjects or one per subject, got 2"),
+])
+def test_group_mistakes_exit_2_with_one_line(files, subjects, tmp_path, capsys, change, message):
+    args = _group_args(files, subjects, tmp_path / "out")
+    if "conditions" in change:
+        at = args.index("--conditions")
+        args[at + 1:at + 2] = [str(files["conditions"])] * change["conditions"]
+    if "one_subject" in change:
+        at = args.index("--subject-betas")
+        del args[at + 2:at + 4]
+    if "both" in change:
+        args += ["--betas", str(files["betas"])]
+    args += change.get("extra", [])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rdl-neuro searchlight: error: ") and err.count("\n") == 1, err
+    assert re.search(message, err), err

@@ -8,6 +8,18 @@ its centre voxel, NaN elsewhere, in the betas' space), a figure of each map and
 ``peaks.csv``. Under ``torchrun`` the centres are split across the processes
 and rank 0 writes the files.
 
+Several subjects (``--subject-betas``, one 4D image per subject, normalised to
+one space) give each subject's maps in ``<out>/<subject>/`` and the test across
+subjects per model (``--group-test``: one-sample t on Fisher-z values, or
+sign-flip permutations with max-statistic FWE correction):
+``group_<model>_t.nii.gz``, ``_p`` and (permutations) ``_p_fwe``, a figure of
+the t map and ``group.csv``. ``--mask``, ``--conditions`` and ``--runs`` then take
+one file for all subjects or one per subject.
+
+Finished blocks of spheres are kept in ``<out>/checkpoint/`` while the
+searchlight runs: a run that is stopped (Ctrl-C, a killed job) resumes from them
+when the same command is given again; the folder is removed at the end.
+
 Conditions (and runs) files hold one id per volume, separated by new lines,
 spaces or commas. Model files are ``.npy``, ``.csv`` or ``.npz`` RDMs (square
 or condensed, one or a stack), matched to the conditions by stimulus id: the
@@ -37,16 +49,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     from rdl_neuro.data.nifti import METHODS
     from rdl_neuro.data.searchlight import PRECISION_METHODS
+    from rdl_neuro.inference.searchlight import ALTERNATIVES, GROUP_TESTS
     from rdl_neuro.rdm.compare import COMPARE_METHODS
     from rdl_neuro.vis.brain_maps import BRAIN_MAP_KINDS
 
-    p.add_argument("--betas", nargs="+", required=True, help="4D beta image, or 3D images in volume order")
-    p.add_argument("--mask", required=True, help="binary mask on the betas' grid: the searchlight centres")
-    p.add_argument("--conditions", required=True, help="file with the condition (stimulus id) of every volume")
+    p.add_argument("--betas", nargs="+", default=None, help="4D beta image, or 3D images in volume order")
+    p.add_argument("--subject-betas", nargs="+", default=None,
+                   help="several subjects: one 4D beta image each (in one space); adds the group test")
+    p.add_argument("--mask", nargs="+", required=True,
+                   help="binary mask on the betas' grid: the searchlight centres (one, or one per subject)")
+    p.add_argument("--conditions", nargs="+", required=True,
+                   help="file with the condition (stimulus id) of every volume (one, or one per subject)")
     p.add_argument("--model", nargs="+", required=True, help="model RDM files (.npy, .csv, .npz)")
     p.add_argument("--model-ids", default=None, help="file with the stimulus ids of the model RDMs' rows")
-    p.add_argument("--runs", default=None, help="file with the run of every volume (needed by crossnobis)")
-    p.add_argument("--residuals", nargs="+", default=None, help="GLM residual images (crossnobis noise precision)")
+    p.add_argument("--runs", nargs="+", default=None,
+                   help="file with the run of every volume (needed by crossnobis; one, or one per subject)")
+    p.add_argument("--residuals", nargs="+", default=None,
+                   help="GLM residual images (crossnobis noise precision); several subjects: one 4D image each")
     p.add_argument("--precision-method", default="shrinkage_diag", choices=PRECISION_METHODS)
     p.add_argument("--rdm-method", default="correlation", choices=METHODS, help="sphere RDM dissimilarity")
     p.add_argument("--method", default="corr", choices=COMPARE_METHODS, help="RDM comparison (rsatoolbox names)")
@@ -61,6 +80,14 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bg", default=None, help="background of the figure: an anatomical image in the betas' space, "
                                                "or MNI152 (nilearn's template; for normalised data)")
     p.add_argument("--plot-threshold", type=float, default=None, help="values below this are not drawn")
+    p.add_argument("--group-test", default="t", choices=GROUP_TESTS,
+                   help="test across subjects (with --subject-betas): t-test or sign-flip permutations (FWE)")
+    p.add_argument("--alternative", default="greater", choices=ALTERNATIVES, help="alternative of the group test")
+    p.add_argument("--n-permutations", type=int, default=5000, help="sign flips of the permutation test")
+    p.add_argument("--alpha", type=float, default=0.05, help="FWE level of the permutation test's threshold")
+    p.add_argument("--no-fisher-z", action="store_true",
+                   help="test the maps' values as they are (default: Fisher z, for correlation-like comparisons)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random sign flips")
     p.add_argument("--chunk-size", type=int, default=None, help="spheres per batch (default: ~64 MB)")
     p.add_argument("--device", default=None, help="torch device (default cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -118,51 +145,157 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(" ".join(str(err).split())) from None
 
 
+def _per_subject(values: list[str] | None, n: int, option: str) -> list[Any]:
+    """One value per subject from an option given once (shared) or once per subject."""
+    if values is None:
+        return [None] * n
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise ValueError(f"{option}: give one file for all {n} subjects or one per subject, got {len(values)}")
+    return list(values)
+
+
+def _subject_labels(paths: Sequence[str]) -> list[str]:
+    """Folder names of the subjects: the file names without extensions, else ``subject-01``, ... when they repeat."""
+    from rdl_neuro.inference.searchlight import file_safe
+
+    stems = [file_safe(Path(p).name.split(".")[0]) for p in paths]
+    return stems if len(set(stems)) == len(stems) else [f"subject-{i + 1:02d}" for i in range(len(paths))]
+
+
 def _run(args: argparse.Namespace) -> int:
+    import shutil
+
     import nibabel as nib
     import torch.distributed as dist
 
-    from rdl_neuro.inference.searchlight import evaluate_searchlight
-    from rdl_neuro.io import atomic_write_csv
     from rdl_neuro.train.distributed import setup_process_group
-    from rdl_neuro.vis import plot_brain_map, save_figure
 
-    conditions = read_ids(args.conditions, "--conditions")
-    runs = None if args.runs is None else read_ids(args.runs, "--runs")
+    if (args.betas is None) == (args.subject_betas is None):
+        raise ValueError("give --betas (one subject) or --subject-betas (one 4D image per subject), not both")
+    subjects = [args.betas if len(args.betas) > 1 else args.betas[0]] if args.betas is not None \
+        else list(args.subject_betas)
+    group = args.subject_betas is not None
+    if group and len(subjects) < 2:
+        raise ValueError(f"--subject-betas: a test across subjects needs at least 2 subjects, got {len(subjects)}")
+    n = len(subjects)
+    masks = _per_subject(args.mask, n, "--mask")
+    conditions = [read_ids(path, "--conditions") for path in _per_subject(args.conditions, n, "--conditions")]
+    runs = [None if path is None else read_ids(path, "--runs") for path in _per_subject(args.runs, n, "--runs")]
+    if args.residuals is None or not group:
+        residuals = [args.residuals] * n
+    elif len(args.residuals) != n:
+        raise ValueError(f"--residuals: give one 4D residual image per subject ({n}), got {len(args.residuals)}")
+    else:
+        residuals = list(args.residuals)
     models = load_model_rdms(args.model, args.model_ids)
     if args.chunk_size is not None and args.chunk_size < 1:
         raise ValueError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    if args.n_permutations < 1:
+        raise ValueError(f"--n-permutations must be at least 1, got {args.n_permutations}")
+    if not 0 < args.alpha < 1:
+        raise ValueError(f"--alpha must lie in (0, 1), got {args.alpha}")
     if args.bg is not None and args.bg != "MNI152" and not Path(args.bg).is_file():
         raise FileNotFoundError(f"--bg file not found: {args.bg}")
+    out = Path(args.out)
+    labels = _subject_labels(args.subject_betas) if group else [""]
     world, rank, created = setup_process_group("auto")
     try:
-        try:
-            result = evaluate_searchlight(
-                args.betas if len(args.betas) > 1 else args.betas[0], conditions, models, mask=args.mask,
-                method=args.method, radius=args.radius, threshold=args.threshold,
-                radius_unit="mm" if args.mm else "voxels", truncate_at_boundary=args.truncate, runs=runs,
-                rdm_method=args.rdm_method, residuals=args.residuals, precision_method=args.precision_method,
-                chunk_size=args.chunk_size, device=args.device, progress=not args.no_progress)
-        except nib.filebasedimages.ImageFileError as err:
-            raise ValueError(f"cannot read an image: {err}") from None
-        if rank == 0:
-            out = Path(args.out)
-            paths = result.save(out)
-            for name, path in zip(result.models, paths):
-                fig = plot_brain_map(path, kind=args.plot, bg_img=args.bg, threshold=args.plot_threshold,
-                                     title=f"{name}: {args.method} with {args.rdm_method} RDMs")
-                save_figure(fig, path.with_name(path.name.replace(".nii.gz", f".{args.format}")))
-            peaks = result.peaks()
-            atomic_write_csv(peaks, out / "peaks.csv")
-            print(f"{len(result.spheres)} spheres (radius {args.radius:g} {'mm' if args.mm else 'voxels'}, "
-                  f"{result.spheres.n_voxels.mean():.1f} voxels on average), {len(result.models)} model(s)"
-                  + (f", {world} processes" if world > 1 else ""))
-            print(peaks.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-            print(f"wrote {len(paths)} map(s), figures and peaks.csv to {out}")
+        results = []
+        for i, label in enumerate(labels):
+            folder = out / label if group else out
+            if group and rank == 0:
+                print(f"subject {label} ({i + 1} of {n})", flush=True)
+            try:
+                result = _subject_searchlight(args, subjects[i], masks[i], conditions[i], runs[i], residuals[i],
+                                              models, folder / "checkpoint")
+            except nib.filebasedimages.ImageFileError as err:
+                raise ValueError(f"cannot read an image: {err}") from None
+            if rank == 0:
+                _write_subject(args, result, folder, world)
+                shutil.rmtree(folder / "checkpoint", ignore_errors=True)  # finished: nothing left to resume
+            results.append(result)
+        if group and rank == 0:
+            _write_group(args, results, out)
     finally:
         if created:
             dist.destroy_process_group()
     return 0
+
+
+def _subject_searchlight(args: argparse.Namespace, betas: Any, mask: str, conditions: np.ndarray,
+                         runs: np.ndarray | None, residuals: Any, models: Any, checkpoint: Path) -> Any:
+    """One subject's searchlight, checkpointed into ``checkpoint``."""
+    from rdl_neuro.inference.searchlight import evaluate_searchlight
+
+    return evaluate_searchlight(
+        betas, conditions, models, mask=mask, method=args.method, radius=args.radius, threshold=args.threshold,
+        radius_unit="mm" if args.mm else "voxels", truncate_at_boundary=args.truncate, runs=runs,
+        rdm_method=args.rdm_method, residuals=residuals, precision_method=args.precision_method,
+        chunk_size=args.chunk_size, device=args.device, progress=not args.no_progress, checkpoint=checkpoint)
+
+
+def _write_subject(args: argparse.Namespace, result: Any, out: Path, world: int) -> None:
+    """Maps, figures and ``peaks.csv`` of one subject."""
+    from rdl_neuro.io import atomic_write_csv
+    from rdl_neuro.vis import plot_brain_map, save_figure
+
+    paths = result.save(out)
+    for name, path in zip(result.models, paths):
+        fig = plot_brain_map(path, kind=args.plot, bg_img=args.bg, threshold=args.plot_threshold,
+                             title=f"{name}: {args.method} with {args.rdm_method} RDMs")
+        save_figure(fig, path.with_name(path.name.replace(".nii.gz", f".{args.format}")))
+    peaks = result.peaks()
+    atomic_write_csv(peaks, out / "peaks.csv")
+    print(f"{len(result.spheres)} spheres (radius {args.radius:g} {'mm' if args.mm else 'voxels'}, "
+          f"{result.spheres.n_voxels.mean():.1f} voxels on average), {len(result.models)} model(s)"
+          + (f", {world} processes" if world > 1 else ""))
+    print(peaks.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote {len(paths)} map(s), figures and peaks.csv to {out}")
+
+
+def _write_group(args: argparse.Namespace, results: list[Any], out: Path) -> None:
+    """The test across subjects of every model: t, p (and p_fwe) maps, a figure of t and ``group.csv``."""
+    import pandas as pd
+
+    from rdl_neuro.inference.searchlight import file_safe, searchlight_group_test
+    from rdl_neuro.io import atomic_write_csv
+    from rdl_neuro.vis import plot_brain_map, save_figure
+
+    rows = []
+    for name in results[0].models:
+        try:
+            test = searchlight_group_test(results, model=name, test=args.group_test, alternative=args.alternative,
+                                          fisher_z=not args.no_fisher_z, n_permutations=args.n_permutations,
+                                          alpha=args.alpha, seed=args.seed)
+        except ValueError as err:
+            raise ValueError(f"group test of model {name!r}: {str(err).replace('fisher_z=False', '--no-fisher-z')}"
+                             ) from None
+        t_path = test.save(out, prefix=f"group_{file_safe(name)}")[0]
+        t = np.asarray(test.t.dataobj)
+        threshold = test.fwe_threshold
+        if threshold is not None and args.alternative != "two-sided":
+            survivors = int(np.nansum(t * (1 if args.alternative == "greater" else -1) > threshold))
+        else:
+            survivors = None if threshold is None else int(np.nansum(np.abs(t) > threshold))
+        title = f"{name}: {test.test} across {test.n_subjects} subjects"
+        if survivors == 0:  # nothing to draw above the threshold: show the whole t map and say so
+            threshold, title = None, title + f" (no voxel at FWE {args.alpha:g})"
+        elif threshold is not None:
+            title += f", FWE {args.alpha:g}"
+        fig = plot_brain_map(t_path, kind=args.plot, bg_img=args.bg, threshold=threshold, title=title)
+        save_figure(fig, t_path.with_name(t_path.name.replace(".nii.gz", f".{args.format}")))
+        p_fwe = None if test.p_fwe is None else np.asarray(test.p_fwe.dataobj)
+        rows.append({"model": name, "test": test.test, "alternative": test.alternative,
+                     "n_subjects": test.n_subjects, "n_voxels": test.n_voxels,
+                     "n_permutations": test.n_permutations, "fwe_threshold": test.fwe_threshold,
+                     "n_significant_fwe": None if p_fwe is None else int((p_fwe < args.alpha).sum()),
+                     "max_t": float(np.nanmax(np.asarray(test.t.dataobj)))})
+    table = pd.DataFrame(rows)
+    atomic_write_csv(table, out / "group.csv")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote the group maps, figures and group.csv to {out}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

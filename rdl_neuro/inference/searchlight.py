@@ -37,7 +37,7 @@ from rdl_neuro.rdm.interop import from_rsatoolbox, rdm_names
 
 __all__ = ["SearchlightResult", "evaluate_searchlight", "model_matrix", "GroupTestResult",
            "searchlight_group_test", "ALTERNATIVES", "GROUP_TESTS", "correlation_rdm_scores", "FUSED_METHODS",
-           "SearchlightCheckpoint"]
+           "SearchlightCheckpoint", "save_nifti", "file_safe"]
 
 #: alternative hypotheses of the group test
 ALTERNATIVES = ("greater", "two-sided", "less")
@@ -51,6 +51,18 @@ def _nifti(volume: np.ndarray, affine: np.ndarray) -> Any:
     img = nib.Nifti1Image(volume.astype(np.float64), affine)
     img.header.set_xyzt_units("mm")
     return img
+
+
+def file_safe(name: str) -> str:
+    """``name`` with every character other than letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def save_nifti(image: Any, path: str | os.PathLike[str]) -> Path:
+    """Write a NIfTI image as ``.nii.gz`` atomically (``rdl_neuro.io``; the same bytes every time); returns the path."""
+    from rdl_neuro.io import atomic_write_bytes
+
+    return atomic_write_bytes(path, gzip.compress(image.to_bytes(), mtime=0))
 
 
 @dataclass
@@ -101,17 +113,8 @@ class SearchlightResult:
 
     def save(self, folder: str | os.PathLike[str], prefix: str = "searchlight") -> list[Path]:
         """Write one ``<prefix>_<model>.nii.gz`` per model into ``folder`` (atomically); returns the paths."""
-        from rdl_neuro.io import atomic_write_bytes
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i, name in enumerate(self.models):
-            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-            path = folder / f"{prefix}_{safe}.nii.gz"
-            atomic_write_bytes(path, gzip.compress(self.to_nifti(i).to_bytes(), mtime=0))
-            paths.append(path)
-        return paths
+        return [save_nifti(self.to_nifti(i), Path(folder) / f"{prefix}_{file_safe(name)}.nii.gz")
+                for i, name in enumerate(self.models)]
 
     def peaks(self) -> Any:
         """A DataFrame with each model's best sphere: ``model, value, i, j, k, x, y, z`` (mm)."""
@@ -203,8 +206,26 @@ def correlation_rdm_scores(correlations: torch.Tensor, models: torch.Tensor, met
     >>> bool(torch.allclose(fused, compare_rdms(1 - r[:, rows, cols], models, "corr")))
     True
     """
+    return _fused_scores(correlations, _fused_models(models, method, correlations.shape[1]), method)
+
+
+def _fused_models(models: torch.Tensor, method: str, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the fused scores need of the models, computed once: ``(squares (n_models, n*n), sums, sums of
+    squares)``; for "corr" of the models centred over the pairs (Pearson(1 - r, m) = -Pearson(r, m))."""
     if method not in FUSED_METHODS:
         raise ValueError(f"method must be one of {FUSED_METHODS}, got {method!r}")
+    if method == "corr":
+        models = models - models.mean(dim=1, keepdim=True)
+    rows, cols = torch.triu_indices(n, n, 1, device=models.device)
+    square = torch.zeros(len(models), n, n, dtype=models.dtype, device=models.device)
+    square[:, rows, cols] = models
+    square = square + square.transpose(1, 2)
+    return square.reshape(len(models), -1), models.sum(dim=1), (models * models).sum(dim=1)
+
+
+def _fused_scores(correlations: torch.Tensor, fused: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                  method: str) -> torch.Tensor:
+    squares, sum_m, sum_m2 = fused
     b, n, _ = correlations.shape
     n_pairs = n * (n - 1) // 2
     flat = correlations.reshape(b, -1)
@@ -212,29 +233,24 @@ def correlation_rdm_scores(correlations: torch.Tensor, models: torch.Tensor, met
     # (a plain sum, a norm and matrix-vector products: the fastest reductions of torch on the CPU)
     sum_r = (flat.sum(dim=1) - diag.sum(dim=1)) / 2
     sum_r2 = (torch.linalg.vector_norm(flat, dim=1).square() - diag.square().sum(dim=1)) / 2
-    rows, cols = torch.triu_indices(n, n, 1, device=models.device)
-    if method == "corr":  # Pearson(1 - r, m) = -Pearson(r, m); m centred over the pairs
-        models = models - models.mean(dim=1, keepdim=True)
-    square = torch.zeros(len(models), n, n, dtype=models.dtype, device=models.device)
-    square[:, rows, cols] = models
-    square = square + square.transpose(1, 2)
-    sum_rm = torch.stack([flat @ m.reshape(-1) for m in square], dim=1) / 2  # (b, n_models)
-    sum_m2 = (models * models).sum(dim=1)
+    sum_rm = torch.stack([flat @ m for m in squares], dim=1) / 2  # (b, n_models)
     if method == "corr":
         var_r = sum_r2 - sum_r * sum_r / n_pairs
         return -sum_rm / torch.sqrt(var_r[:, None] * sum_m2[None, :])
     sum_d2 = n_pairs - 2 * sum_r + sum_r2  # (1 - r)^2 summed over the pairs
-    return (models.sum(dim=1)[None, :] - sum_rm) / torch.sqrt(sum_d2[:, None] * sum_m2[None, :])
+    return (sum_m[None, :] - sum_rm) / torch.sqrt(sum_d2[:, None] * sum_m2[None, :])
 
 
 #: comparisons that ``evaluate_searchlight`` computes from correlation matrices without forming the RDMs
 FUSED_METHODS = ("corr", "cosine")
 
 
-def _chunk_scores(data: SearchlightData, lo: int, hi: int, models: torch.Tensor, method: str) -> torch.Tensor:
-    """Scores ``(hi - lo, n_models)`` of the spheres ``lo:hi``; NaN where a sphere's RDM is undefined."""
-    if data.method == "correlation" and method in FUSED_METHODS:
-        return correlation_rdm_scores(data.correlations_at(slice(lo, hi)), models, method)
+def _chunk_scores(data: SearchlightData, lo: int, hi: int, models: torch.Tensor, method: str,
+                  fused: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Scores ``(hi - lo, n_models)`` of the spheres ``lo:hi``; NaN where a sphere's RDM is undefined.
+    ``fused``: ``_fused_models`` of the models when the scores come from correlation matrices."""
+    if fused is not None:
+        return _fused_scores(data.correlations_at(slice(lo, hi)), fused, method)
     rdms = data.rdms_at(slice(lo, hi))
     out = torch.full((hi - lo, len(models)), float("nan"), dtype=rdms.dtype, device=rdms.device)
     finite = torch.isfinite(rdms.sum(dim=1))  # a NaN anywhere makes the row's sum NaN
@@ -419,6 +435,8 @@ def evaluate_searchlight(
     parts = None
     if checkpoint is not None:
         parts = SearchlightCheckpoint(checkpoint, _fingerprint(data, model_rdms, method), clean=world == 1)
+    fused = _fused_models(model_rdms, method, data.n_conditions) \
+        if data.method == "correlation" and method in FUSED_METHODS else None
     local = torch.full((stop - start, len(names)), float("nan"), dtype=dtype, device=data.table.device)
     bar = progress_bar(total=stop - start, desc="searchlight", unit="sphere", disable=not (progress and rank == 0))
     try:
@@ -429,7 +447,7 @@ def evaluate_searchlight(
                 bar.update(hi - lo)
                 continue
             for a, b in data.chunks(lo, hi, chunk_size=chunk_size):
-                local[a - start:b - start] = _chunk_scores(data, a, b, model_rdms, method)
+                local[a - start:b - start] = _chunk_scores(data, a, b, model_rdms, method, fused)
                 bar.update(b - a)
             if parts is not None:
                 parts.save(lo, hi, local[lo - start:hi - start].cpu().numpy().astype(np.float64))
@@ -479,6 +497,12 @@ class GroupTestResult:
     test: str
     alternative: str
     alpha: float
+
+    def save(self, folder: str | os.PathLike[str], prefix: str = "group") -> list[Path]:
+        """Write ``<prefix>_t.nii.gz``, ``_p`` and (permutation test) ``_p_fwe`` into ``folder``; returns the paths."""
+        images = {"t": self.t, "p": self.p, "p_fwe": self.p_fwe}
+        return [save_nifti(image, Path(folder) / f"{prefix}_{kind}.nii.gz")
+                for kind, image in images.items() if image is not None]
 
 
 def _stack_maps(maps: Any, model: str | int | None) -> tuple[np.ndarray, Any]:
