@@ -109,25 +109,26 @@ def memory_child(n_voxels: int, n_conditions: int, radius: float, threshold: flo
                       "n_spheres": len(result.spheres), "mean_sphere": float(result.spheres.n_voxels.mean())}))
 
 
-def rsatoolbox_correlation(mask, betas, model, args):
-    """rsatoolbox's spheres (all), RDMs and evaluations (a subset); returns times, subset and results."""
+def rsatoolbox_searchlight(mask, model, args, n_centres, sphere_rdms):
+    """rsatoolbox's spheres (all centres), then ``sphere_rdms(centers, neighbors)`` -> RDMs and the evaluation
+    of the model (eval_fixed, corr) on ``n_centres`` of the centres, spread evenly.
+
+    Returns ``(spheres_s, rdms_s, eval_s, centers, subset, rdms, evaluations)``.
+    """
     from rsatoolbox.inference import eval_fixed
     from rsatoolbox.model import ModelFixed
     from rsatoolbox.rdm import RDMs
-    from rsatoolbox.util.searchlight import (evaluate_models_searchlight, get_searchlight_RDMs,
-                                             get_volume_searchlight)
+    from rsatoolbox.util.searchlight import evaluate_models_searchlight, get_volume_searchlight
 
-    n_cond = betas.shape[-1]
+    n_cond = int(round((1 + np.sqrt(1 + 8 * model.size)) / 2))
     quiet = io.StringIO()
     with redirect_stdout(quiet), redirect_stderr(quiet):
         start = time.perf_counter()
         centers, neighbors = get_volume_searchlight(mask, radius=args.radius, threshold=args.threshold)
         spheres_s = time.perf_counter() - start
-        subset = np.linspace(0, len(centers) - 1, min(args.rsatoolbox_centres, len(centers))).round().astype(int)
-        data_2d = betas.reshape(-1, n_cond).T
+        subset = np.linspace(0, len(centers) - 1, min(n_centres, len(centers))).round().astype(int)
         start = time.perf_counter()
-        sl_rdms = get_searchlight_RDMs(data_2d, centers[subset], [neighbors[i] for i in subset], np.arange(n_cond),
-                                       method="correlation", verbose=False)
+        sl_rdms = sphere_rdms(centers[subset], [neighbors[i] for i in subset])
         rdms_s = time.perf_counter() - start
         fixed = ModelFixed("m", RDMs(model[None], pattern_descriptors={"stimulus": np.arange(n_cond)}))
         start = time.perf_counter()
@@ -135,42 +136,37 @@ def rsatoolbox_correlation(mask, betas, model, args):
         eval_s = time.perf_counter() - start
     theirs = np.array([e.evaluations.ravel()[0] for e in evaluations])
     return spheres_s, rdms_s, eval_s, centers, subset, sl_rdms, theirs
+
+
+def rsatoolbox_correlation(mask, betas, model, args):
+    """rsatoolbox's correlation searchlight: ``get_searchlight_RDMs`` on a subset of the centres."""
+    from rsatoolbox.util.searchlight import get_searchlight_RDMs
+
+    n_cond = betas.shape[-1]
+    data_2d = betas.reshape(-1, n_cond).T
+    return rsatoolbox_searchlight(mask, model, args, args.rsatoolbox_centres, lambda centers, neighbors:
+                                  get_searchlight_RDMs(data_2d, centers, neighbors, np.arange(n_cond),
+                                                       method="correlation", verbose=False))
 
 
 def rsatoolbox_crossnobis(mask, betas, conditions, runs, residuals, model, args):
-    """rsatoolbox's crossnobis RDMs (a Dataset per sphere, noise precision from residuals) and evaluations on
-    a subset of the centres; returns (spheres_s, rdms_s, eval_s, centers, subset, rdms, evaluations)."""
+    """rsatoolbox's crossnobis searchlight (a Dataset per sphere, noise precision from its residuals)."""
     from rsatoolbox.data import Dataset
     from rsatoolbox.data.noise import prec_from_residuals
-    from rsatoolbox.inference import eval_fixed
-    from rsatoolbox.model import ModelFixed
-    from rsatoolbox.rdm import RDMs, calc_rdm, concat
-    from rsatoolbox.util.searchlight import evaluate_models_searchlight, get_volume_searchlight
+    from rsatoolbox.rdm import calc_rdm, concat
 
-    n_cond = int(conditions.max()) + 1
-    quiet = io.StringIO()
-    with redirect_stdout(quiet), redirect_stderr(quiet):
-        start = time.perf_counter()
-        centers, neighbors = get_volume_searchlight(mask, radius=args.radius, threshold=args.threshold)
-        spheres_s = time.perf_counter() - start
-        subset = np.linspace(0, len(centers) - 1, min(args.crossnobis_centres, len(centers))).round().astype(int)
-        X = betas.reshape(-1, betas.shape[-1]).T
-        R = residuals.reshape(-1, residuals.shape[-1]).T
-        start = time.perf_counter()
+    X = betas.reshape(-1, betas.shape[-1]).T
+    R = residuals.reshape(-1, residuals.shape[-1]).T
+
+    def sphere_rdms(centers, neighbors):
         rdms = []
-        for i in subset:
-            nb = neighbors[i]
+        for nb in neighbors:
             ds = Dataset(X[:, nb], obs_descriptors={"stimulus": conditions, "run": runs})
             noise = prec_from_residuals(R[:, nb], method="shrinkage_diag")
             rdms.append(calc_rdm(ds, method="crossnobis", descriptor="stimulus", cv_descriptor="run", noise=noise))
-        sl_rdms = concat(rdms)
-        rdms_s = time.perf_counter() - start
-        fixed = ModelFixed("m", RDMs(model[None], pattern_descriptors={"stimulus": np.arange(n_cond)}))
-        start = time.perf_counter()
-        evaluations = evaluate_models_searchlight(sl_rdms, fixed, eval_fixed, method="corr")
-        eval_s = time.perf_counter() - start
-    theirs = np.array([e.evaluations.ravel()[0] for e in evaluations])
-    return spheres_s, rdms_s, eval_s, centers, subset, sl_rdms, theirs
+        return concat(rdms)
+
+    return rsatoolbox_searchlight(mask, model, args, args.crossnobis_centres, sphere_rdms)
 
 
 def main(argv: list[str] | None = None) -> int:

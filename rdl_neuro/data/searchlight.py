@@ -11,17 +11,32 @@ RDMs and the brain maps live in ``rdl_neuro.inference.searchlight``.
 
 How it is made fast
 -------------------
-Every voxel's condition pattern is one row of a table on the device. A chunk
-of ``b`` spheres gathers its rows into a ``(b, k, n_conditions)`` block
-(``k`` = voxels of a full sphere; voxels outside the volume point at a zero
-row) and one batched matrix product gives every sphere's ``n x n`` inner
-products at once; the dissimilarities follow elementwise:
+Every voxel's condition pattern is one row of a table on the device (with a
+last column of ones). The grid is padded by the spheres' reach, so a chunk of
+spheres gathers its rows with one index without bounds checks (voxels in no
+sphere point at a zero row).
 
-- ``correlation``: patterns centred over the sphere's voxels, then
-  ``1 - G_ij / sqrt(G_ii G_jj)`` (rsatoolbox's ``correlation``);
+``correlation``, ``euclidean`` and ``sqeuclidean`` need each sphere's Gram
+matrix ``G = X^T X`` of the table's columns (inner products of the condition
+patterns; thanks to the column of ones it holds the pattern sums and the voxel
+count too). Sums over a sphere are linear in its voxels, so neighbouring
+spheres share work (``SearchlightData.grams_at``): the sphere of the next
+centre along the last axis differs from the current one by a cap of voxels
+that enter and one that leaves (for radius 3: 25 + 25 of 93 voxels), and its
+Gram is the current one plus ``E^T E - L^T L``. A chunk computes the first
+sphere of every row of centres in full, all the cap products in one batched
+product, and then running sums along the rows, at most ``SLIDE_STEPS`` at a
+time (which bounds the rounding the updates add up). The dissimilarities then
+follow elementwise:
+
+- ``correlation``: ``r = (G_ij - s_i s_j / p) / sqrt(var_i var_j)`` with the
+  sums ``s`` and ``var_i = G_ii - s_i^2 / p`` (rsatoolbox's ``correlation`` is
+  ``1 - r``); the table is centred per condition over the volume, so the
+  subtraction loses no precision;
 - ``sqeuclidean``: ``(G_ii + G_jj - 2 G_ij) / n_voxels`` (rsatoolbox's
   ``euclidean``); ``euclidean`` is its square root times ``sqrt(n_voxels)``;
-- ``crossnobis``: leave-one-run-out, ``K = sum_f A_f^T P B_f`` with ``A_f``
+- ``crossnobis`` (per sphere, no sharing: the noise precision is the
+  sphere's own): leave-one-run-out, ``K = sum_f A_f^T P B_f`` with ``A_f``
   the mean of the other runs, ``B_f`` run ``f`` and ``P`` the sphere's noise
   precision (identity, or rsatoolbox's ``prec_from_residuals`` of the sphere's
   residuals, estimated for all spheres of a chunk in one batch), then
