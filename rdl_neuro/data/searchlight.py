@@ -69,7 +69,7 @@ PRECISION_METHODS = ("shrinkage_diag", "shrinkage_eye", "diag", "full")
 # memory for one chunk's intermediates when chunk_size is not given: small enough for the chunk to
 # stay in cache between the steps (about 140 spheres of 93 voxels and 92 conditions)
 _CHUNK_BYTES = 64 * 2**20
-_GRAM_CHUNK_BYTES = 8 * 2**20
+_GRAM_CHUNK_BYTES = 32 * 2**20
 #: centres in a row along the last axis whose Gram matrices are updated from their neighbour's (grams_at)
 SLIDE_STEPS = 16
 
@@ -347,8 +347,8 @@ class SearchlightData:
         return len(self.conditions)
 
     def default_chunk_size(self) -> int:
-        """Spheres per chunk so that a chunk's intermediates take about 64 MB (crossnobis) or 8 MB (the rest,
-        whose chunks stay in cache through the several passes over their ``n x n`` matrices)."""
+        """Spheres per chunk so that a chunk's intermediates take about 64 MB (crossnobis) or 32 MB (the rest:
+        about 100 spheres of 93 voxels and 92 conditions in float64, enough for the shared Gram updates)."""
         k, c, w = self.spheres.offsets.shape[0], self.n_conditions, self.table.shape[1]
         if self.method != "crossnobis":
             return int(max(1, min(4096, _GRAM_CHUNK_BYTES // (self.table.element_size() * (2 * k * w + 3 * w * w)))))
@@ -460,9 +460,11 @@ class SearchlightData:
             caps = self._gather(by_slot[alive[0]:], np.concatenate([enter, leave]))
             signed = caps.clone()
             signed[:, len(enter):].neg_()
-            torch.bmm(signed.transpose(1, 2), caps, out=out[alive[0]:])
-            for s in range(1, len(alive)):  # running sums along each piece
-                out[block[s]: block[s] + alive[s]] += out[block[s - 1]: block[s - 1] + alive[s]]
+            signed_t = signed.transpose(1, 2)
+            for s in range(1, len(alive)):  # step by step along the pieces: previous Gram + this step's caps
+                here, there = slice(block[s], block[s] + alive[s]), slice(block[s] - alive[0], block[s + 1] - alive[0])
+                torch.baddbmm(out[block[s - 1]: block[s - 1] + alive[s]], signed_t[there], caps[there],
+                              out=out[here])
         return out.index_select(0, torch.as_tensor(slot, device=out.device))
 
     def correlations_at(self, index: slice | np.ndarray) -> torch.Tensor:
