@@ -58,6 +58,10 @@ def plain_ids(ids: Iterable[Any]) -> list[Hashable]:
     """``[plain_id(i) for i in ids]``; a tensor or array of ids is read element by element."""
     if isinstance(ids, (torch.Tensor, np.ndarray)):
         ids = ids.tolist()
+    ids = list(ids)
+    # the usual ids are plain already (all ints or all strs): a type check each instead of plain_id's
+    if all(type(i) is int for i in ids) or all(type(i) is str for i in ids):
+        return ids
     return [plain_id(i) for i in ids]
 
 

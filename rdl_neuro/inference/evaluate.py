@@ -38,8 +38,9 @@ import numpy as np
 import pandas as pd
 import torch
 from rsatoolbox.rdm import RDMs
-from scipy import stats
+from scipy import special
 
+from rdl_neuro._threads import serial_if_small
 from rdl_neuro.data.ids import check_id_kinds
 from rdl_neuro.inference.bootstrap import MOMENT_METHODS, bootstrap_general, bootstrap_moments, split_resamples
 from rdl_neuro.inference.kendall import KENDALL_METHODS, bootstrap_kendall
@@ -369,6 +370,13 @@ def run_bootstrap(models: torch.Tensor, brain: torch.Tensor, method: str, rdm_id
     return bootstrap_general(models, brain, method, rdm_idx, pat_idx, boot_nc)
 
 
+def _n_dissimilarities(rdms: RDMs | Sequence[RDMs]) -> int:
+    """Entries of the dissimilarity arrays of ``rdms`` (one RDMs object or a sequence of them)."""
+    if isinstance(rdms, RDMs):
+        return int(np.size(rdms.dissimilarities))
+    return sum(_n_dissimilarities(r) for r in rdms) if isinstance(rdms, Sequence) and not isinstance(rdms, str) else 0
+
+
 def rsa_evaluate(
     model_rdms: RDMs | Sequence[RDMs],
     brain_rdms: RDMs,
@@ -391,14 +399,17 @@ def rsa_evaluate(
     _check_ci(ci)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    models, brain, names = prepare_rdms(model_rdms, brain_rdms, method, descriptor, dtype)
-    n_stim, m = n_stimuli_from_length(brain.shape[1]), brain.shape[0]
-    if noise_ceiling and m < 2:
-        raise ValueError("noise_ceiling=True needs at least 2 brain RDMs (the lower bound leaves one out); "
-                         "got 1 -- pass noise_ceiling=False or more subjects/sessions")
-    fixed_all = compare_rdms(models, brain, method).to(torch.float64).numpy()  # (k, m)
-    fixed = fixed_all.mean(1)
-    nc_point = noise_ceiling_bounds(brain, np.arange(m), method) if noise_ceiling else (np.nan, np.nan)
+    # the fixed evaluation of small RDMs is milliseconds of work: on one thread (see rdl_neuro._threads;
+    # the bootstraps below keep the thread pool)
+    with serial_if_small(_n_dissimilarities(model_rdms) + _n_dissimilarities(brain_rdms)):
+        models, brain, names = prepare_rdms(model_rdms, brain_rdms, method, descriptor, dtype)
+        n_stim, m = n_stimuli_from_length(brain.shape[1]), brain.shape[0]
+        if noise_ceiling and m < 2:
+            raise ValueError("noise_ceiling=True needs at least 2 brain RDMs (the lower bound leaves one out); "
+                             "got 1 -- pass noise_ceiling=False or more subjects/sessions")
+        fixed_all = compare_rdms(models, brain, method).to(torch.float64).numpy()  # (k, m)
+        fixed = fixed_all.mean(1)
+        nc_point = noise_ceiling_bounds(brain, np.arange(m), method) if noise_ceiling else (np.nan, np.nan)
     rdm_idx = pat_idx = None
     if bootstrap is None:
         evaluations, nc_arr = fixed_all, np.array(nc_point)
@@ -493,7 +504,8 @@ def build_result(names: list[str], method: str, bootstrap: str | None, evaluatio
             ci_low, ci_high = np.quantile(framed, 0.025, axis=0), np.quantile(framed, 0.975, axis=0)
         else:
             # rsatoolbox's get_ci(0.95), to the bit: its cut is (1 - 0.95) / 2, not 0.025
-            cut = stats.t.ppf((1 - 0.95) / 2, dof) if dof > 0 else np.nan
+            # (stats.t.ppf's number: it calls stdtrit, after argument handling that cost a millisecond)
+            cut = special.stdtrit(dof, (1 - 0.95) / 2) if dof > 0 else np.nan
             ci_low, ci_high = mean + sem * cut, mean - sem * cut
     return RSAResult(names=list(names), method=method, bootstrap=bootstrap, evaluations=evaluations,
                      noise_ceiling=noise_ceiling, fixed=nan_k if fixed is None else fixed, mean=mean, sem=sem,

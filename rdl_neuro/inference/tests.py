@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 if TYPE_CHECKING:
     from rdl_neuro.inference.evaluate import RSAResult
@@ -231,6 +231,12 @@ def _quiet_nanmean():
 
 def _model_means(evaluations: np.ndarray) -> np.ndarray:
     """rsatoolbox's reduction: ``nanmean`` over samples, then over every trailing axis."""
+    if evaluations.size and not np.isnan(evaluations).any():
+        # without NaN, nanmean is mean (the same sum over the same axis, divided by the count)
+        out = evaluations.mean(0)
+        while out.ndim > 1:
+            out = out.mean(axis=-1)
+        return out
     with _quiet_nanmean():
         out = np.nanmean(evaluations, 0)
         while out.ndim > 1:
@@ -261,8 +267,14 @@ def _wilcoxon(d: np.ndarray) -> np.ndarray:
     return np.array([stats.wilcoxon(row).pvalue for row in d]) if len(d) else np.zeros(0)
 
 
+def _t_cdf(t: np.ndarray, dof: float) -> np.ndarray:
+    """``scipy.stats.t.cdf(t, dof)``, the same numbers (it calls ``stdtr`` too; NaN for ``dof <= 0``)
+    without its argument handling, which cost 10x the function itself on a few dozen values."""
+    return special.stdtr(dof, t)
+
+
 def _t_two_sided(t: np.ndarray, dof: float) -> np.ndarray:
-    return 2 * (1 - stats.t.cdf(np.abs(t), dof))
+    return 2 * (1 - _t_cdf(np.abs(t), dof))
 
 
 def _sqrt_var(var: np.ndarray) -> np.ndarray:
@@ -324,7 +336,7 @@ def zero_pvalues(evaluations: np.ndarray, test_type: str = "t-test", model_var: 
     if test_type == "t-test":
         if model_var is None:
             raise ValueError("the t-test needs the variances of the model evaluations (model_var)")
-        return 1 - stats.t.cdf(_model_means(evaluations) / _sqrt_var(np.asarray(model_var)), dof)
+        return 1 - _t_cdf(_model_means(evaluations) / _sqrt_var(np.asarray(model_var)), dof)
     if test_type == "bootstrap":
         e = _per_sample(evaluations)
         return ((e <= 0).sum(axis=0) + 1) / e.shape[0]
@@ -369,15 +381,11 @@ def noise_pvalues(evaluations: np.ndarray, noise_ceiling: np.ndarray, test_type:
 def _pair_table(names: Sequence[str], diff: np.ndarray, sem: np.ndarray, p: np.ndarray, correction: str,
                 alpha: float, pairs: tuple[np.ndarray, np.ndarray]) -> pd.DataFrame:
     i, j = pairs
-    return pd.DataFrame({
-        "model_a": [names[a] for a in i],
-        "model_b": [names[b] for b in j],
-        "diff": np.asarray(diff, dtype=float),
-        "sem": np.asarray(sem, dtype=float),
-        "p": np.asarray(p, dtype=float),
-        "p_corrected": correct_pvalues(p, correction),
-        "significant": significant_pvalues(p, correction, alpha),
-    }, columns=PAIR_COLUMNS)
+    names = np.array(names, dtype=object)
+    # the dict is in PAIR_COLUMNS order: no columns= (a reindex that costs a third of the call)
+    return pd.DataFrame(dict(zip(PAIR_COLUMNS, (
+        names[i], names[j], np.asarray(diff, dtype=float), np.asarray(sem, dtype=float), np.asarray(p, dtype=float),
+        correct_pvalues(p, correction), significant_pvalues(p, correction, alpha)))))
 
 
 def pairwise_tests(result: RSAResult, test_type: str = "t-test", correction: str = "fdr",
