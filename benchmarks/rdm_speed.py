@@ -2,7 +2,7 @@
 
 Fresh random float64 data every run. For each case both libraries run on the
 same data, alternating call by call (the machine may be shared: both see the same
-load); the table gives the median time of each, the median of the per-repeat ratios
+load; a call of milliseconds is timed as a loop of calls lasting ``MIN_TIMING_S``); the table gives the median time of each, the median of the per-repeat ratios
 (rsatoolbox time / torch time) with their range, and the largest absolute difference
 between the results. Each RDM size also times the floor of any RDM, numpy's
 ``X @ X.T`` (a symmetric rank-k product, syrk: half the work of a general product),
@@ -27,6 +27,7 @@ The last line is machine-readable:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -66,14 +67,35 @@ def timed(func, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
+# each timing runs a call enough times to take at least this long: a single call of a millisecond
+# measures the scheduler of a shared machine more than the call
+MIN_TIMING_S = 0.05
+
+
+def calls_per_timing(warm_s: float) -> int:
+    """How many calls one timing of a call that took ``warm_s`` runs (``MIN_TIMING_S`` in all)."""
+    return max(1, min(1000, math.ceil(MIN_TIMING_S / max(warm_s, 1e-6))))
+
+
+def per_call(func, number: int) -> float:
+    """Wall time of ``number`` calls of ``func``, divided by ``number``."""
+    start = time.perf_counter()
+    for _ in range(number):
+        func()
+    return (time.perf_counter() - start) / number
+
+
 def side_by_side(ours, theirs, repeats: int) -> tuple[float, float, list[float], object, object]:
-    """Alternate ``ours()`` and ``theirs()`` ``repeats`` times (after one warm-up call each):
-    ``(median ours s, median theirs s, per-repeat ratios theirs / ours, ours' result, theirs')``."""
-    ours_result, theirs_result = ours(), theirs()
+    """Alternate ``ours()`` and ``theirs()`` ``repeats`` times (after one warm-up call each; each
+    timing averages enough calls to last ``MIN_TIMING_S``): ``(median ours s, median theirs s,
+    per-repeat ratios theirs / ours, ours' result, theirs')``."""
+    warm_ours, ours_result = timed(ours, 1)
+    warm_theirs, theirs_result = timed(theirs, 1)
+    n_ours, n_theirs = calls_per_timing(warm_ours), calls_per_timing(warm_theirs)
     t_ours, t_theirs = [], []
     for _ in range(repeats):
-        t_ours.append(timed(ours, 1)[0])
-        t_theirs.append(timed(theirs, 1)[0])
+        t_ours.append(per_call(ours, n_ours))
+        t_theirs.append(per_call(theirs, n_theirs))
     ratios = [b / a for a, b in zip(t_ours, t_theirs)]
     return statistics.median(t_ours), statistics.median(t_theirs), ratios, ours_result, theirs_result
 
