@@ -17,7 +17,11 @@ resamples (default 20; about 40 ms each) and its time is extrapolated linearly t
 made are recorded and replayed into ``rsa_dual_bootstrap`` to compare the per-resample evaluations,
 noise ceilings and corrected variances. Pairwise tests: t-tests of every pair of models from the
 dual-bootstrap variances (rsatoolbox ``Result.test_pairwise`` vs ``pairwise_tests`` with FDR).
-``bootstrap_crossval`` is not in rdl_neuro yet, so it has no row.
+``bootstrap_crossval`` (corr, ``--n`` resamples): the 8 fixed models and one weighted model of all 8
+(least squares, ``fit_regress``), rsatoolbox's default folds (5 over stimuli, 2 over subjects, 2
+repetitions); rsatoolbox runs ``--n-cv-ref`` resamples (default 5; about 0.1 s each) and its time is
+extrapolated linearly to ``--n``; ours replays its draws and folds (``random_state``) to compare the
+per-resample evaluations and noise ceilings.
 
 Threads: rsatoolbox's bootstrap is a Python loop on one core; rdl_neuro runs on torch's thread
 count (by default one per core, as a user gets it). ``--threads 1`` compares single cores.
@@ -26,7 +30,7 @@ count (by default one per core, as a user gets it). ``--threads 1`` compares sin
                                    [--repeats R] [--data PATH]
 
 Prints a table, ``max_abs_diff_boot=...`` and, last, ``RESULT boot_corr_speedup=...
-boot_tau_a_speedup=... max_abs_diff_fixed=... dual_boot_speedup=... min_speedup=...``
+boot_tau_a_speedup=... max_abs_diff_fixed=... dual_boot_speedup=... crossval_speedup=... min_speedup=...``
 (``min_speedup``: the smallest ratio over every row). ``--quick`` uses few resamples (a smoke test).
 """
 from __future__ import annotations
@@ -81,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="tau-a resamples run by rsatoolbox, extrapolated to --n-tau (default 50, quick 3)")
     parser.add_argument("--n-dual-ref", type=int, default=None,
                         help="dual-bootstrap resamples run by rsatoolbox, extrapolated to --n (default 20, quick 2)")
+    parser.add_argument("--n-cv-ref", type=int, default=None,
+                        help="bootstrap_crossval resamples run by rsatoolbox, extrapolated to --n (default 5, quick 2)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads for rdl_neuro (default: torch's default, one per core)")
     parser.add_argument("--repeats", type=int, default=1, help="alternating timing repeats, fastest kept")
@@ -94,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     n_tau = args.n_tau or (20 if args.quick else 1000)
     n_ref = min(args.n_ref or (3 if args.quick else 50), n_tau)
     n_dual_ref = min(args.n_dual_ref or (2 if args.quick else 20), n_corr)
+    n_cv_ref = min(args.n_cv_ref or (2 if args.quick else 5), n_corr)
 
     warnings.filterwarnings("ignore")
     import torch
@@ -159,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     dual_row, pair_row = dual_bootstrap_rows(models, models_rdms, brain, n_corr, n_dual_ref, args, timed)
     rows += [dual_row, pair_row]
     speedups["dual"] = dual_row[3] / dual_row[4]
+    rows.append(crossval_row(models, models_rdms, brain, n_corr, n_cv_ref, args, timed))
+    speedups["crossval"] = rows[-1][3] / rows[-1][4]
 
     print(f"{'task':<26} {'N':>5} {'N rsatb':>7} {'rsatoolbox s':>13} {'rdl_neuro s':>12} {'speedup':>8} "
           f"{'max |diff|':>11}")
@@ -166,14 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         mark = "*" if n_theirs != n else " "
         print(f"{task:<26} {n:>5} {n_theirs:>7} {t_ref:>12.3f}{mark} {t_ours:>12.3f} {t_ref / t_ours:>8.1f} "
               f"{diff:>11.2e}")
-    print(f"(* rsatoolbox ran {n_ref} of the {n_tau} tau-a resamples and {n_dual_ref} of the {n_corr} dual-bootstrap "
-          f"resamples; its time is extrapolated linearly per resample. rdl_neuro threads: {threads}; fastest of {args.repeats} alternating repeats; "
+    print(f"(* rsatoolbox ran {n_ref} of the {n_tau} tau-a resamples, {n_dual_ref} of the {n_corr} dual-bootstrap "
+          f"and {n_cv_ref} of the {n_corr} bootstrap_crossval resamples; its time is extrapolated linearly per resample. rdl_neuro threads: {threads}; fastest of {args.repeats} alternating repeats; "
           f"max |diff| over every resample rsatoolbox ran, with the noise ceilings and p-values)")
     print(f"max_abs_diff_boot={max_boot:.2e}")
     min_speedup = min(t_ref / t_ours for _, _, _, t_ref, t_ours, _ in rows)  # over every row of the table
     result = (f"RESULT boot_corr_speedup={speedups['corr']:.1f} boot_tau_a_speedup={speedups['tau-a']:.1f} "
               f"max_abs_diff_fixed={max_fixed:.2e} dual_boot_speedup={speedups['dual']:.1f} "
-              f"min_speedup={min_speedup:.2f}")
+              f"crossval_speedup={speedups['crossval']:.1f} min_speedup={min_speedup:.2f}")
     import pandas as pd
 
     table = pd.DataFrame([{"task": task.replace("bootstrap_pattern", "bootstrap,").replace("fixed", "fixed,")
@@ -228,6 +237,35 @@ def dual_bootstrap_rows(models, models_rdms, brain, n_boot: int, n_ref: int, arg
                                                     lambda: pairwise_tests(same, "t-test", "fdr"), timed)
     pair_row = ("pairwise t-tests (dual)", 1, 1, t_ref, t_ours, float(np.abs(table["p"].to_numpy() - p_ref[i, j]).max()))
     return dual_row, pair_row
+
+
+def crossval_row(models, models_rdms, brain, n_boot: int, n_ref: int, args, timed) -> tuple:
+    """Table row for ``bootstrap_crossval`` (corr): the 8 fixed models and one weighted model of all 8 (least squares).
+
+    rsatoolbox runs ``n_ref`` resamples (its time extrapolated linearly to ``n_boot``); ours replays its draws and
+    folds (``random_state``) for the per-resample comparison and runs all ``n_boot`` for the time.
+    """
+    from rsatoolbox.inference import bootstrap_crossval as rs_bootstrap_crossval
+    from rsatoolbox.model import ModelWeighted
+    from rsatoolbox.model.fitter import fit_regress
+
+    from rdl_neuro.inference import bootstrap_crossval
+
+    all_models = list(models) + [ModelWeighted("weighted", models_rdms)]
+    fitters = [None] * len(models) + [fit_regress]
+    times_ref, times_ours = [], []
+    for _ in range(args.repeats):  # alternate, so both see the same load
+        np.random.seed(args.seed)
+        with contextlib.redirect_stderr(io.StringIO()):
+            t, ref = timed(lambda: rs_bootstrap_crossval(all_models, brain, method="corr", fitter=fitters, N=n_ref))
+        times_ref.append(t)
+        t, _ = timed(lambda: bootstrap_crossval(all_models, brain, "corr", fitter=fitters, n_bootstrap=n_boot,
+                                                random_state=args.seed))
+        times_ours.append(t)
+    same = bootstrap_crossval(all_models, brain, "corr", fitter=fitters, n_bootstrap=n_ref, random_state=args.seed)
+    diff = float(max(np.nanmax(np.abs(same.evaluations - ref.evaluations)),
+                     np.nanmax(np.abs(same.noise_ceiling - ref.noise_ceiling))))
+    return ("bootstrap_crossval corr", n_boot, n_ref, min(times_ref) * n_boot / n_ref, min(times_ours), diff)
 
 
 if __name__ == "__main__":

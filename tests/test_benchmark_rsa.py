@@ -18,7 +18,8 @@ def test_rsa_speed_quick(kriegeskorte_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = proc.stdout.strip().splitlines()[-1]
     match = re.fullmatch(r"RESULT boot_corr_speedup=([\d.]+) boot_tau_a_speedup=([\d.]+) "
-                         r"max_abs_diff_fixed=([\d.e+-]+) dual_boot_speedup=([\d.]+) min_speedup=([\d.]+)", last)
+                         r"max_abs_diff_fixed=([\d.e+-]+) dual_boot_speedup=([\d.]+) crossval_speedup=([\d.]+) "
+                         r"min_speedup=([\d.]+)", last)
     assert match, last
     assert float(match.group(3)) <= 1e-9
-    assert 0 < float(match.group(5)) <= min(float(match.group(g)) for g in (1, 2, 4))
+    assert 0 < float(match.group(6)) <= min(float(match.group(g)) for g in (1, 2, 4, 5))
