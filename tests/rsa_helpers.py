@@ -52,3 +52,26 @@ def record_bootstrap_draws(monkeypatch) -> list[tuple[np.ndarray, np.ndarray]]:
 
     monkeypatch.setattr(rs_evaluate, "bootstrap_sample", recording)
     return drawn
+
+
+def assert_dual_equal(ours, ref, tol: float = 1e-9) -> None:
+    """A dual-bootstrap result equals rsatoolbox's: samples, variances, means, tests (to ``tol``)."""
+    from rdl_neuro.inference import pairwise_tests
+
+    close = dict(atol=tol, rtol=0)
+    np.testing.assert_allclose(ours.evaluations, ref.evaluations, **close)
+    np.testing.assert_allclose(ours.noise_ceiling, ref.noise_ceiling, **close)
+    np.testing.assert_allclose(ours.variances, ref.variances, **close)
+    np.testing.assert_allclose(ours.model_var, ref.model_var, **close)
+    np.testing.assert_allclose(ours.diff_var, ref.diff_var, **close)
+    np.testing.assert_allclose(ours.nc_var, ref.noise_ceil_var, **close)
+    np.testing.assert_allclose(ours.mean, ref.get_means(), **close)
+    np.testing.assert_allclose(ours.sem, ref.get_sem(), **close)
+    np.testing.assert_allclose(ours.p_zero, ref.test_zero(), **close)
+    np.testing.assert_allclose(ours.p_noise, ref.test_noise(), **close)
+    assert ours.dof == ref.dof and ours.cv_method == ref.cv_method
+    k = len(ours.names)
+    i, j = np.triu_indices(k, 1)
+    for test_type in ("t-test", "bootstrap"):
+        np.testing.assert_allclose(pairwise_tests(ours, test_type, "none")["p"], ref.test_pairwise(test_type)[i, j],
+                                   **close)

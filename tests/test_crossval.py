@@ -6,7 +6,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from rsatoolbox.inference import bootstrap_crossval as rs_bootstrap_crossval
 from rsatoolbox.inference import crossval as rs_crossval
 from rsatoolbox.inference import sets_k_fold as rs_sets_k_fold

@@ -8,8 +8,8 @@ import pytest
 from rsatoolbox.inference import eval_dual_bootstrap
 from rsatoolbox.model import ModelFixed
 
-from rdl_neuro.inference import pairwise_tests, rsa_dual_bootstrap
-from rsa_helpers import fixed_models, random_rdms, record_bootstrap_draws
+from rdl_neuro.inference import rsa_dual_bootstrap
+from rsa_helpers import assert_dual_equal, fixed_models, random_rdms, record_bootstrap_draws
 
 TOL = dict(atol=1e-9, rtol=0)
 
@@ -25,25 +25,6 @@ def _replay(drawn):
     return np.array([r for r, _ in drawn]), np.array([p for _, p in drawn])
 
 
-def _check_equal(ours, ref):
-    np.testing.assert_allclose(ours.evaluations, ref.evaluations, **TOL)
-    np.testing.assert_allclose(ours.noise_ceiling, ref.noise_ceiling, **TOL)
-    np.testing.assert_allclose(ours.variances, ref.variances, **TOL)
-    np.testing.assert_allclose(ours.model_var, ref.model_var, **TOL)
-    np.testing.assert_allclose(ours.diff_var, ref.diff_var, **TOL)
-    np.testing.assert_allclose(ours.nc_var, ref.noise_ceil_var, **TOL)
-    np.testing.assert_allclose(ours.mean, ref.get_means(), **TOL)
-    np.testing.assert_allclose(ours.sem, ref.get_sem(), **TOL)
-    np.testing.assert_allclose(ours.p_zero, ref.test_zero(), **TOL)
-    np.testing.assert_allclose(ours.p_noise, ref.test_noise(), **TOL)
-    assert ours.dof == ref.dof and ours.cv_method == ref.cv_method
-    k = len(ours.names)
-    i, j = np.triu_indices(k, 1)
-    for test_type in ("t-test", "bootstrap"):
-        np.testing.assert_allclose(pairwise_tests(ours, test_type, "none")["p"], ref.test_pairwise(test_type)[i, j],
-                                   **TOL)
-
-
 @pytest.mark.parametrize("method", ["corr", "cosine", "spearman", "tau-a"])
 def test_dual_bootstrap_equals_rsatoolbox(rng, monkeypatch, method):
     models, brain = random_rdms(rng, n=8, k=3, m=5)
@@ -51,7 +32,7 @@ def test_dual_bootstrap_equals_rsatoolbox(rng, monkeypatch, method):
     np.random.seed(11)
     ref = eval_dual_bootstrap(fixed_models(models), brain, method=method, N=15)
     ours = rsa_dual_bootstrap(models, brain, method, bootstrap_indices=_replay(drawn))
-    _check_equal(ours, ref)
+    assert_dual_equal(ours, ref)
 
 
 def test_dual_bootstrap_on_the_92_images(kriegeskorte_dir, monkeypatch):
@@ -64,7 +45,7 @@ def test_dual_bootstrap_on_the_92_images(kriegeskorte_dir, monkeypatch):
     ref = eval_dual_bootstrap([ModelFixed(nm, k92.models[i]) for i, nm in enumerate(names)], k92.human_it,
                               method="corr", N=6)
     ours = rsa_dual_bootstrap(k92.models, k92.human_it, "corr", bootstrap_indices=_replay(drawn))
-    _check_equal(ours, ref)
+    assert_dual_equal(ours, ref)
 
 
 def test_dual_bootstrap_seeded_and_errors(rng):

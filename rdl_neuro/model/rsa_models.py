@@ -28,7 +28,6 @@ the pairs of a stimulus drawn twice (bootstrap resamples), as rsatoolbox's.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
