@@ -34,14 +34,17 @@ time is shown too.
 
 The last line is machine-readable:
 
-    RESULT searchlight_speedup=... max_abs_diff=... precision=float32 speedup_float64=... max_abs_diff_float64=...
+    RESULT searchlight_speedup=... max_abs_diff=... precision=float32 cpu_speedup=... speedup_float64=...
+           max_abs_diff_float64=...
            crossnobis_speedup=... crossnobis_max_abs_diff=... peak_memory_gb=... memory_voxels=...
 
 ``searchlight_speedup``: rsatoolbox's (extrapolated) time for spheres + RDMs +
 evaluation over all centres / rdl_neuro's time for the same at ``precision``
 (``--dtype``, default float32), whose largest difference from rsatoolbox is
-``max_abs_diff``; ``speedup_float64`` and ``max_abs_diff_float64``: the same
-in float64.
+``max_abs_diff``; ``cpu_speedup``: the same ratio of the processes' CPU times
+(less disturbed than wall-clock times when other work shares the cores; equal
+on a quiet machine); ``speedup_float64`` and ``max_abs_diff_float64``: wall
+clock in float64.
 """
 from __future__ import annotations
 
@@ -80,6 +83,12 @@ def synthetic_brain(n_voxels: int, n_conditions: int, seed: int) -> tuple[np.nda
     return mask.reshape(shape), betas, affine
 
 
+def now() -> np.ndarray:
+    """``[wall, cpu]`` seconds: wall-clock time and this process's CPU time (the CPU time is what a run costs
+    when other processes share the cores; on a quiet machine the two agree)."""
+    return np.array([time.perf_counter(), time.process_time()])
+
+
 def ours(mask, betas, affine, model, radius, threshold, chunk_size, dtype=torch.float64, conditions=None, **options):
     """rdl_neuro's searchlight from NIfTI images to scores; returns (seconds, result)."""
     import nibabel as nib
@@ -90,11 +99,11 @@ def ours(mask, betas, affine, model, radius, threshold, chunk_size, dtype=torch.
     n = int(round((1 + np.sqrt(1 + 8 * model.size)) / 2))  # conditions of the condensed model RDM
     conditions = np.arange(betas.shape[-1]) if conditions is None else conditions
     model_rdm = RDMs(model[None], pattern_descriptors={"stimulus": np.arange(n)}, rdm_descriptors={"name": ["m"]})
-    start = time.perf_counter()
+    start = now()
     result = evaluate_searchlight(nib.Nifti1Image(betas, affine), conditions, model_rdm,
                                   mask=nib.Nifti1Image(mask.astype(np.uint8), affine), radius=radius,
                                   threshold=threshold, chunk_size=chunk_size, dtype=dtype, **options)
-    return time.perf_counter() - start, result
+    return now() - start, result
 
 
 def memory_child(n_voxels: int, n_conditions: int, radius: float, threshold: float, seed: int) -> None:
@@ -104,6 +113,7 @@ def memory_child(n_voxels: int, n_conditions: int, radius: float, threshold: flo
     mask, betas, affine = synthetic_brain(n_voxels, n_conditions, seed)
     model = np.random.default_rng(seed + 1).random(n_conditions * (n_conditions - 1) // 2)
     seconds, result = ours(mask, betas, affine, model, radius, threshold, None)
+    seconds = float(seconds[0])
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": seconds, "peak_gb": peak_kb / 2**20, "n_voxels": int(mask.sum()),
                       "n_spheres": len(result.spheres), "mean_sphere": float(result.spheres.n_voxels.mean())}))
@@ -113,7 +123,7 @@ def rsatoolbox_searchlight(mask, model, args, n_centres, sphere_rdms):
     """rsatoolbox's spheres (all centres), then ``sphere_rdms(centers, neighbors)`` -> RDMs and the evaluation
     of the model (eval_fixed, corr) on ``n_centres`` of the centres, spread evenly.
 
-    Returns ``(spheres_s, rdms_s, eval_s, centers, subset, rdms, evaluations)``.
+    Returns ``(spheres_s, rdms_s, eval_s, centers, subset, rdms, evaluations)``; times as ``now()``.
     """
     from rsatoolbox.inference import eval_fixed
     from rsatoolbox.model import ModelFixed
@@ -123,17 +133,17 @@ def rsatoolbox_searchlight(mask, model, args, n_centres, sphere_rdms):
     n_cond = int(round((1 + np.sqrt(1 + 8 * model.size)) / 2))
     quiet = io.StringIO()
     with redirect_stdout(quiet), redirect_stderr(quiet):
-        start = time.perf_counter()
+        start = now()
         centers, neighbors = get_volume_searchlight(mask, radius=args.radius, threshold=args.threshold)
-        spheres_s = time.perf_counter() - start
+        spheres_s = now() - start
         subset = np.linspace(0, len(centers) - 1, min(n_centres, len(centers))).round().astype(int)
-        start = time.perf_counter()
+        start = now()
         sl_rdms = sphere_rdms(centers[subset], [neighbors[i] for i in subset])
-        rdms_s = time.perf_counter() - start
+        rdms_s = now() - start
         fixed = ModelFixed("m", RDMs(model[None], pattern_descriptors={"stimulus": np.arange(n_cond)}))
-        start = time.perf_counter()
+        start = now()
         evaluations = evaluate_models_searchlight(sl_rdms, fixed, eval_fixed, method="corr")
-        eval_s = time.perf_counter() - start
+        eval_s = now() - start
     theirs = np.array([e.evaluations.ravel()[0] for e in evaluations])
     return spheres_s, rdms_s, eval_s, centers, subset, sl_rdms, theirs
 
@@ -167,6 +177,15 @@ def rsatoolbox_crossnobis(mask, betas, conditions, runs, residuals, model, args)
         return concat(rdms)
 
     return rsatoolbox_searchlight(mask, model, args, args.crossnobis_centres, sphere_rdms)
+
+
+def _times(theirs: np.ndarray, ours_: np.ndarray | None = None) -> dict[str, float]:
+    """Table cells of ``[wall, cpu]`` times: rsatoolbox's, and rdl_neuro's with the ratios when given."""
+    cells = {"rsatoolbox_s": theirs[0], "rsatoolbox_cpu_s": theirs[1]}
+    if ours_ is not None:
+        cells.update(rdl_neuro_s=ours_[0], rdl_neuro_cpu_s=ours_[1], speedup=theirs[0] / ours_[0],
+                     cpu_speedup=theirs[1] / ours_[1])
+    return cells
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds, result = ours(mask, betas, affine, model, args.radius, args.threshold, None, dtype=dtype)
         timed[str(dtype).replace("torch.", "")] = (seconds, result)
         print(f"rdl_neuro ({str(dtype).replace('torch.', '')}): {len(result.spheres)} spheres ({result.spheres.n_voxels.mean():.1f} voxels on "
-              f"average) in {seconds:.2f} s", flush=True)
+              f"average) in {seconds[0]:.2f} s ({seconds[1]:.2f} s CPU)", flush=True)
     spheres_s, rdms_s, eval_s, centers, subset, sl_rdms, theirs = rsatoolbox_correlation(mask, betas, model, args)
     n_spheres = len(timed["float64"][1].spheres)
     if len(centers) != n_spheres:
@@ -243,15 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         rdm_diff = float(np.abs(data.rdms_at(position).double().numpy() - sl_rdms.dissimilarities).max())
         diffs[name] = (rdm_diff, eval_diff)
     rows = [
-        {"step": "spheres (get_volume_searchlight)", "rsatoolbox_s": spheres_s, "basis": "all centres"},
-        {"step": "RDMs (get_searchlight_RDMs)", "rsatoolbox_s": scale * rdms_s,
+        {"step": "spheres (get_volume_searchlight)", **_times(spheres_s), "basis": "all centres"},
+        {"step": "RDMs (get_searchlight_RDMs)", **_times(scale * rdms_s),
          "basis": f"{len(subset)} centres x {scale:.1f}"},
-        {"step": "evaluation (evaluate_models_searchlight)", "rsatoolbox_s": scale * eval_s,
+        {"step": "evaluation (evaluate_models_searchlight)", **_times(scale * eval_s),
          "basis": f"{len(subset)} centres x {scale:.1f}"},
     ]
     for name in ("float64", "float32"):
-        rows.append({"step": f"total, correlation RDMs (rdl_neuro {name})", "rsatoolbox_s": rsa_total,
-                     "rdl_neuro_s": timed[name][0], "speedup": rsa_total / timed[name][0],
+        rows.append({"step": f"total, correlation RDMs (rdl_neuro {name})", **_times(rsa_total, timed[name][0]),
                      "max_abs_diff": max(diffs[name]), "basis": f"{n_spheres} spheres"})
 
     cross = None
@@ -265,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         cross_s, cross_result = ours(mask, cv_betas, affine, model, args.radius, args.threshold, None,
                                      conditions=conditions, runs=runs, rdm_method="crossnobis",
                                      residuals=nib.Nifti1Image(residuals, affine))
-        print(f"rdl_neuro (crossnobis, float64): {n_spheres} spheres in {cross_s:.2f} s", flush=True)
+        print(f"rdl_neuro (crossnobis, float64): {n_spheres} spheres in {cross_s[0]:.2f} s", flush=True)
         c_spheres_s, c_rdms_s, c_eval_s, _, c_subset, c_rdms, c_theirs = rsatoolbox_crossnobis(
             mask, cv_betas, conditions, runs, residuals, model, args)
         c_scale = len(centers) / len(c_subset)
@@ -277,10 +295,9 @@ def main(argv: list[str] | None = None) -> int:
                                    residuals=nib.Nifti1Image(residuals, affine))
         c_diff = max(float(np.abs(data.rdms_at(c_position).numpy() - c_rdms.dissimilarities).max()),
                      float(np.abs(cross_result.scores[c_position, 0] - c_theirs).max()))
-        cross = (c_total / cross_s, c_diff)
+        cross = (c_total[0] / cross_s[0], c_diff)
         rows.append({"step": f"total, crossnobis RDMs ({n_runs} runs, {args.residuals} residuals; rdl_neuro float64)",
-                     "rsatoolbox_s": c_total, "rdl_neuro_s": cross_s, "speedup": c_total / cross_s,
-                     "max_abs_diff": c_diff,
+                     **_times(c_total, cross_s), "max_abs_diff": c_diff,
                      "basis": f"rsatoolbox: {len(c_subset)} centres x {c_scale:.1f} (spheres: all)"})
 
     memory = None
@@ -294,13 +311,14 @@ def main(argv: list[str] | None = None) -> int:
         memory = json.loads(res.stdout.strip().splitlines()[-1])
         rows.append({"step": f"rdl_neuro float64, {memory['n_voxels']}-voxel mask ({memory['n_spheres']} spheres)",
                      "rdl_neuro_s": memory["seconds"], "peak_memory_gb": memory["peak_gb"],
-                     "rsatoolbox_s": rsa_total / n_spheres * memory["n_spheres"],
+                     "rsatoolbox_s": rsa_total[0] / n_spheres * memory["n_spheres"],
                      "basis": "rsatoolbox: per-sphere rate above"})
         rows[-1]["speedup"] = rows[-1]["rsatoolbox_s"] / memory["seconds"]
-    table = pd.DataFrame(rows, columns=["step", "rsatoolbox_s", "rdl_neuro_s", "speedup", "max_abs_diff",
-                                        "peak_memory_gb", "basis"])
+    table = pd.DataFrame(rows, columns=["step", "rsatoolbox_s", "rdl_neuro_s", "speedup", "rsatoolbox_cpu_s",
+                                        "rdl_neuro_cpu_s", "cpu_speedup", "max_abs_diff", "peak_memory_gb", "basis"])
     shown = table.copy()
     for col, fmt in (("rsatoolbox_s", "{:.2f}"), ("rdl_neuro_s", "{:.2f}"), ("speedup", "{:.1f}"),
+                     ("rsatoolbox_cpu_s", "{:.2f}"), ("rdl_neuro_cpu_s", "{:.2f}"), ("cpu_speedup", "{:.1f}"),
                      ("max_abs_diff", "{:.1e}"), ("peak_memory_gb", "{:.2f}")):
         shown[col] = [fmt.format(v) if pd.notna(v) else "" for v in table[col]]
     print(shown.to_string(index=False))
@@ -311,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shown.to_csv(out / "searchlight_speed.csv", index=False)
     head = args.dtype
-    line = (f"RESULT searchlight_speedup={rsa_total / timed[head][0]:.1f} max_abs_diff={max(diffs[head]):.1e} "
-            f"precision={head} speedup_float64={rsa_total / timed['float64'][0]:.1f} "
+    line = (f"RESULT searchlight_speedup={rsa_total[0] / timed[head][0][0]:.1f} max_abs_diff={max(diffs[head]):.1e} "
+            f"precision={head} cpu_speedup={rsa_total[1] / timed[head][0][1]:.1f} "
+            f"speedup_float64={rsa_total[0] / timed['float64'][0][0]:.1f} "
             f"max_abs_diff_float64={max(diffs['float64']):.1e} "
             f"crossnobis_speedup={cross[0] if cross else float('nan'):.1f} "
             f"crossnobis_max_abs_diff={cross[1] if cross else float('nan'):.1e} "

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULT = re.compile(r"^RESULT searchlight_speedup=(\S+) max_abs_diff=(\S+) precision=float32 speedup_float64=(\S+) "
+RESULT = re.compile(r"^RESULT searchlight_speedup=(\S+) max_abs_diff=(\S+) precision=float32 cpu_speedup=\S+ "
+                    r"speedup_float64=(\S+) "
                     r"max_abs_diff_float64=(\S+) crossnobis_speedup=(\S+) crossnobis_max_abs_diff=(\S+) "
                     r"peak_memory_gb=(\S+) memory_voxels=(\d+)$")
 
