@@ -207,3 +207,28 @@ def test_bad_input_messages(rng):
 
     with pytest.raises(ValueError, match="fold 0 tests on 2 stimuli; every fold needs at least 3 stimuli"):
         crossval(comps, brain, sets_k_fold_pattern(brain, k=6))
+
+
+def test_crossvalidated_results_draw_and_convert(rng):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rsatoolbox.vis import plot_model_comparison as rs_plot_model_comparison
+
+    from rdl_neuro.vis import plot_model_comparison
+
+    comps, brain = random_rdms(rng, n=16, k=3, m=6)
+    models = [FixedModel(f"m{i}", comps[i]) for i in range(3)] + [WeightedModel("w", comps)]
+    for res in (crossval(models, brain, k_rdm=2, k_pattern=2, random_state=0),
+                bootstrap_crossval(models, brain, n_bootstrap=10, k_rdm=2, k_pattern=2, random_state=0)):
+        ax = plot_model_comparison(res).axes[0]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["m0", "m1", "m2", "w"]
+        heights = [p.get_height() for p in ax.patches]
+        assert all(any(abs(h - mean) < 1e-12 for h in heights) for mean in res.mean)  # a bar per model's mean
+        with pytest.warns(UserWarning) if res.bootstrap == "crossval" else contextlib.nullcontext():
+            rs_plot_model_comparison(res.to_rsatoolbox())  # rsatoolbox's figure takes ours
+        back = RSAResult.from_rsatoolbox(res.to_rsatoolbox())
+        np.testing.assert_array_equal(back.evaluations, res.evaluations)
+        np.testing.assert_allclose(back.mean, res.mean, atol=1e-15)
+        plt.close("all")
