@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +35,15 @@ TEST_TYPES = ("t-test", "bootstrap", "ranksum")
 #: Corrections for multiple comparisons: Benjamini-Hochberg FDR, Bonferroni, none.
 CORRECTIONS = ("fdr", "bonferroni", "none")
 PAIR_COLUMNS = ["model_a", "model_b", "diff", "sem", "p", "p_corrected", "significant"]
+
+
+@lru_cache(maxsize=32)
+def _pairs(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.triu_indices(k, 1)``, read-only and cached (it costs more than a small test itself)."""
+    i, j = np.triu_indices(k, 1)
+    i.setflags(write=False)
+    j.setflags(write=False)
+    return i, j
 
 
 def _check_test_type(test_type: str) -> None:
@@ -60,7 +70,7 @@ def pairwise_contrast(k: int) -> np.ndarray:
            [ 1.,  0., -1.],
            [ 0.,  1., -1.]])
     """
-    i, j = np.triu_indices(k, 1)
+    i, j = _pairs(k)
     c = np.zeros((len(i), k))
     c[np.arange(len(i)), i] = 1.0
     c[np.arange(len(i)), j] = -1.0
@@ -299,7 +309,7 @@ def pair_pvalues(evaluations: np.ndarray, test_type: str = "t-test", diff_var: n
     _check_test_type(test_type)
     evaluations = np.asarray(evaluations, dtype=float)
     k = evaluations.shape[1]
-    i, j = np.triu_indices(k, 1)
+    i, j = _pairs(k)
     out = np.ones((k, k))
     if test_type == "t-test":
         if diff_var is None:
@@ -385,7 +395,7 @@ def _pair_table(names: Sequence[str], diff: np.ndarray, sem: np.ndarray, p: np.n
     # the dict is in PAIR_COLUMNS order: no columns= (a reindex that costs a third of the call)
     return pd.DataFrame(dict(zip(PAIR_COLUMNS, (
         names[i], names[j], np.asarray(diff, dtype=float), np.asarray(sem, dtype=float), np.asarray(p, dtype=float),
-        correct_pvalues(p, correction), significant_pvalues(p, correction, alpha)))))
+        correct_pvalues(p, correction), significant_pvalues(p, correction, alpha)))), copy=False)
 
 
 def pairwise_tests(result: RSAResult, test_type: str = "t-test", correction: str = "fdr",
@@ -422,7 +432,7 @@ def pairwise_tests(result: RSAResult, test_type: str = "t-test", correction: str
             raise ValueError(f"this {result.cv_method} result has no variance estimate, so no t-test; "
                              "use bootstrap or crossvalidation with bootstrap")
         diff_var = np.full(k * (k - 1) // 2, np.nan)
-    pairs = np.triu_indices(k, 1)
+    pairs = _pairs(k)
     p = pair_pvalues(evaluations, test_type, diff_var, result.dof)[pairs]
     means = _model_means(evaluations)
     return _pair_table(result.names, means[pairs[0]] - means[pairs[1]], np.sqrt(np.maximum(diff_var, 0)), p,
@@ -522,7 +532,7 @@ def paired_unit_tests(values: np.ndarray, names: Sequence[str], reference: str |
         raise ValueError(f"values contain NaN (unit {rows[0]}, model {names[cols[0]]!r}); drop or fill those units")
     k = len(names)
     if reference is None:
-        pairs = np.triu_indices(k, 1)
+        pairs = _pairs(k)
     else:
         if reference not in names:
             raise ValueError(f"reference {reference!r} is not among the names {names}")
