@@ -209,11 +209,11 @@ def test_stopped_searchlight_resumes_to_the_same_maps(rng, tmp_path, monkeypatch
     calls = []
     original = SearchlightData.correlations_at
 
-    def stop_at_the_seventh_chunk(self, index):
+    def stop_at_the_seventh_chunk(self, index, **options):
         calls.append(index)
         if len(calls) == 7 and stopping:
             raise KeyboardInterrupt
-        return original(self, index)
+        return original(self, index, **options)
 
     monkeypatch.setattr(SearchlightData, "correlations_at", stop_at_the_seventh_chunk)
     folder = tmp_path / "checkpoint"

@@ -416,8 +416,13 @@ class SearchlightData:
         return self.table.index_select(0, torch.as_tensor(index.reshape(-1), device=self.table.device)).view(
             len(positions), len(offsets), -1)
 
-    def grams_at(self, index: slice | np.ndarray) -> torch.Tensor:
+    def grams_at(self, index: slice | np.ndarray, *,
+                 return_order: bool = False) -> torch.Tensor | tuple[torch.Tensor, np.ndarray]:
         """Every sphere's Gram matrix of the table's columns, ``(b, width, width)`` (not for crossnobis).
+
+        With ``return_order``: ``(grams, positions)``, the Grams in the order they were computed and the
+        sphere position ``(b,)`` of each (a caller that reduces each Gram to a few numbers reorders those,
+        which saves a copy of every Gram).
 
         ``G = X^T X`` over the sphere's voxels ``X (n_voxels, width)``; with the table's last column of
         ones, ``G[:, -1, :-1]`` are the sums of the condition patterns and ``G[:, -1, -1]`` the voxel count.
@@ -465,14 +470,18 @@ class SearchlightData:
                 here, there = slice(block[s], block[s] + alive[s]), slice(block[s] - alive[0], block[s + 1] - alive[0])
                 torch.baddbmm(out[block[s - 1]: block[s - 1] + alive[s]], signed_t[there], caps[there],
                               out=out[here])
+        if return_order:
+            return out, by_slot
         return out.index_select(0, torch.as_tensor(slot, device=out.device))
 
-    def correlations_at(self, index: slice | np.ndarray) -> torch.Tensor:
+    def correlations_at(self, index: slice | np.ndarray, *,
+                        return_order: bool = False) -> torch.Tensor | tuple[torch.Tensor, np.ndarray]:
         """Pearson correlations ``(b, n, n)`` between the condition patterns over each sphere's voxels
-        (``method="correlation"``; ``1 - r`` is the RDM); NaN for a pattern constant over the sphere."""
+        (``method="correlation"``; ``1 - r`` is the RDM); NaN for a pattern constant over the sphere.
+        ``return_order``: ``(correlations, positions)`` in the order of computation, as :meth:`grams_at`."""
         if self.method != "correlation":
             raise ValueError(f"correlations_at needs method='correlation', not {self.method!r}")
-        gram = self.grams_at(index)
+        gram, positions = self.grams_at(index, return_order=True) if return_order else (self.grams_at(index), None)
         c = self.n_conditions
         sums, counts = gram[:, c, :c], gram[:, c, c:]
         # centring through the sums: G - s s^T / p. The table is centred per condition over the whole
@@ -482,7 +491,8 @@ class SearchlightData:
         r = gram[:, :c, :c] * scale[:, :, None]
         r.mul_(scale[:, None, :])
         centre = sums * scale / counts.sqrt()
-        return r.baddbmm_(centre[:, :, None], centre[:, None, :], alpha=-1)
+        r.baddbmm_(centre[:, :, None], centre[:, None, :], alpha=-1)
+        return (r, positions) if return_order else r
 
     def rdms_at(self, index: slice | np.ndarray) -> torch.Tensor:
         """RDMs ``(b, n_pairs)`` of the spheres ``index`` (a slice or positions), in one batch."""
