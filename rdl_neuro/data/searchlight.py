@@ -416,26 +416,36 @@ class SearchlightData:
         return self.table.index_select(0, torch.as_tensor(index.reshape(-1), device=self.table.device)).view(
             len(positions), len(offsets), -1)
 
-    def grams_at(self, index: slice | np.ndarray, *,
-                 return_order: bool = False) -> torch.Tensor | tuple[torch.Tensor, np.ndarray]:
+    def grams_at(self, index: slice | np.ndarray) -> torch.Tensor:
         """Every sphere's Gram matrix of the table's columns, ``(b, width, width)`` (not for crossnobis).
-
-        With ``return_order``: ``(grams, positions)``, the Grams in the order they were computed and the
-        sphere position ``(b,)`` of each (a caller that reduces each Gram to a few numbers reorders those,
-        which saves a copy of every Gram).
 
         ``G = X^T X`` over the sphere's voxels ``X (n_voxels, width)``; with the table's last column of
         ones, ``G[:, -1, :-1]`` are the sums of the condition patterns and ``G[:, -1, -1]`` the voxel count.
+        Computed by :meth:`gram_halves_at` (``G = H + H^T``).
+        """
+        halves, order = self.gram_halves_at(index)
+        halves = halves.index_select(0, torch.as_tensor(np.argsort(order), device=halves.device))
+        return halves + halves.transpose(1, 2)
+
+    def gram_halves_at(self, index: slice | np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """``(halves (b, width, width), order (b,))``: the Gram matrices as ``G = H + H^T``, in the order
+        they were computed; ``order[k]`` is the place in ``index`` of the sphere of ``halves[k]`` (so
+        ``halves[np.argsort(order)]`` follow ``index``).
+
+        Callers that reduce each Gram to a few numbers reorder those (which saves a copy of every Gram) and
+        fold the sum ``H + H^T`` into their first pass over it (see :meth:`correlations_at`).
 
         Work is shared between neighbouring spheres: the sphere of the next voxel along the last axis
-        differs from the current one by a cap of voxels entering and one leaving (about half a sphere
-        together), so its Gram is the current one plus ``E^T E - L^T L``, one batched product over those
-        caps. At most ``SLIDE_STEPS`` centres in a row are updated so; then a sphere's Gram is computed
-        from all its voxels again, which bounds the rounding the updates add up (about ``SLIDE_STEPS``
-        units in the last place of the Gram's entries).
+        differs from the current one by a cap of voxels entering ``E`` and one leaving ``L`` (as many
+        of each; about half a sphere together), so its Gram is the current one plus ``E^T E - L^T L``,
+        which is the symmetric part of ``(E - L)^T (E + L)`` (the cross terms ``E^T L - L^T E`` are
+        antisymmetric): one batched product over a single cap's rows, so ``H`` is a running sum of
+        halves of those products. At most ``SLIDE_STEPS`` centres in a row are updated so; then a
+        sphere's Gram is computed from all its voxels again, which bounds the rounding the updates add up
+        (about ``SLIDE_STEPS`` units in the last place of the Gram's entries).
         """
         if self.method == "crossnobis":
-            raise ValueError("grams_at is not defined for crossnobis (a cross-validated product)")
+            raise ValueError("Gram matrices are not defined for crossnobis (a cross-validated product)")
         positions = np.arange(len(self.spheres))[index]
         centers = self.spheres.centers[positions]
         b = len(positions)
@@ -457,42 +467,47 @@ class SearchlightData:
         by_slot = np.empty(b, dtype=np.int64)
         by_slot[slot] = positions
         w = self.table.shape[1]
+        # halves (alpha=0.5) of X^T X for the first sphere of a piece, then running sums of halves of the cap terms
         out = torch.empty((b, w, w), dtype=self.table.dtype, device=self.table.device)
         full = self._gather(by_slot[: alive[0]], self.spheres.offsets)
-        torch.bmm(full.transpose(1, 2), full, out=out[: alive[0]])
+        torch.baddbmm(out[: alive[0]], full.transpose(1, 2), full, beta=0, alpha=0.5, out=out[: alive[0]])
         if b > alive[0]:
-            enter, leave = self.spheres.slide_offsets
+            enter, leave = self.spheres.slide_offsets  # as many voxels enter as leave
             caps = self._gather(by_slot[alive[0]:], np.concatenate([enter, leave]))
-            signed = caps.clone()
-            signed[:, len(enter):].neg_()
-            signed_t = signed.transpose(1, 2)
-            for s in range(1, len(alive)):  # step by step along the pieces: previous Gram + this step's caps
+            entering, leaving = caps[:, : len(enter)], caps[:, len(enter):]
+            # E^T E - L^T L is the symmetric part of (E - L)^T (E + L) (the cross terms E^T L - L^T E are
+            # antisymmetric): a product over one cap instead of two, half the work
+            difference_t = (entering - leaving).transpose(1, 2)
+            total = entering + leaving
+            for s in range(1, len(alive)):  # step by step along the pieces: previous sum + this step's caps
                 here, there = slice(block[s], block[s] + alive[s]), slice(block[s] - alive[0], block[s + 1] - alive[0])
-                torch.baddbmm(out[block[s - 1]: block[s - 1] + alive[s]], signed_t[there], caps[there],
-                              out=out[here])
-        if return_order:
-            return out, by_slot
-        return out.index_select(0, torch.as_tensor(slot, device=out.device))
+                torch.baddbmm(out[block[s - 1]: block[s - 1] + alive[s]], difference_t[there], total[there],
+                              alpha=0.5, out=out[here])
+        return out, np.argsort(slot)
 
     def correlations_at(self, index: slice | np.ndarray, *,
                         return_order: bool = False) -> torch.Tensor | tuple[torch.Tensor, np.ndarray]:
         """Pearson correlations ``(b, n, n)`` between the condition patterns over each sphere's voxels
         (``method="correlation"``; ``1 - r`` is the RDM); NaN for a pattern constant over the sphere.
-        ``return_order``: ``(correlations, positions)`` in the order of computation, as :meth:`grams_at`."""
+        ``return_order``: ``(correlations, order)`` in the order of computation, as
+        :meth:`gram_halves_at` (which saves reordering the matrices)."""
         if self.method != "correlation":
             raise ValueError(f"correlations_at needs method='correlation', not {self.method!r}")
-        gram, positions = self.grams_at(index, return_order=True) if return_order else (self.grams_at(index), None)
+        halves, order = self.gram_halves_at(index)
+        if not return_order:
+            halves = halves.index_select(0, torch.as_tensor(np.argsort(order), device=halves.device))
         c = self.n_conditions
-        sums, counts = gram[:, c, :c], gram[:, c, c:]
+        sums = halves[:, c, :c] + halves[:, :c, c]
+        counts = 2 * halves[:, c, c:]
         # centring through the sums: G - s s^T / p. The table is centred per condition over the whole
         # volume (correlations are blind to that), so the sums stay small next to the spread and the
         # subtraction loses no precision.
-        scale = (torch.diagonal(gram, dim1=1, dim2=2)[:, :c] - sums * sums / counts).rsqrt_()
-        r = gram[:, :c, :c] * scale[:, :, None]
-        r.mul_(scale[:, None, :])
+        scale = (2 * torch.diagonal(halves, dim1=1, dim2=2)[:, :c] - sums * sums / counts).rsqrt_()
+        r = halves[:, :c, :c] + halves[:, :c, :c].transpose(1, 2)  # the Gram's conditions block, G = H + H^T
+        r.mul_(scale[:, :, None]).mul_(scale[:, None, :])
         centre = sums * scale / counts.sqrt()
         r.baddbmm_(centre[:, :, None], centre[:, None, :], alpha=-1)
-        return (r, positions) if return_order else r
+        return (r, order) if return_order else r
 
     def rdms_at(self, index: slice | np.ndarray) -> torch.Tensor:
         """RDMs ``(b, n_pairs)`` of the spheres ``index`` (a slice or positions), in one batch."""

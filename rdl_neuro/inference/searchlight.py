@@ -250,10 +250,10 @@ def _chunk_scores(data: SearchlightData, lo: int, hi: int, models: torch.Tensor,
     """Scores ``(hi - lo, n_models)`` of the spheres ``lo:hi``; NaN where a sphere's RDM is undefined.
     ``fused``: ``_fused_models`` of the models when the scores come from correlation matrices."""
     if fused is not None:
-        correlations, positions = data.correlations_at(slice(lo, hi), return_order=True)
+        correlations, order = data.correlations_at(slice(lo, hi), return_order=True)
         scores = _fused_scores(correlations, fused, method)
         # the correlations come in the order they were computed: put the scores (not the matrices) in order
-        return scores.index_select(0, torch.as_tensor(np.argsort(positions), device=scores.device))
+        return scores.index_select(0, torch.as_tensor(np.argsort(order), device=scores.device))
     rdms = data.rdms_at(slice(lo, hi))
     out = torch.full((hi - lo, len(models)), float("nan"), dtype=rdms.dtype, device=rdms.device)
     finite = torch.isfinite(rdms.sum(dim=1))  # a NaN anywhere makes the row's sum NaN
