@@ -136,14 +136,16 @@ def weighted_moments(z: torch.Tensor | Sequence[torch.Tensor], counts: torch.Ten
     ``sum w z_r z_s`` for ``(r, s)`` in ``pairs`` (rows of ``z`` minus ``shift`` if given), all float64.
 
     No ``(N, P)`` weight matrix is formed: the weights of a pair are a product, so the sum over
-    pairs is a quadratic form, ``sum_a c_a sum_{b > a} c_b v(ab)``. Row ``a``'s entries (pairs
-    ``(a, b > a)``, contiguous in condensed order) and the products of the RDM pairs' entries are
-    multiplied with the later stimuli's counts of all resamples in one matrix product
-    ``(vectors, n - a - 1) @ (n - a - 1, N)``, then weighted by ``c_a``. The vectors are formed
-    for a block of rows at a time, under ``budget_bytes`` (about; at least one row), whatever
-    ``n`` and ``N``. Problems whose weight matrix fits the budget (the 92-image set: 1000 x 4186)
-    take one product of the weights with the vectors instead (no per-row calls). Products run in
-    ``z``'s dtype (float32 halves time and memory); sums across rows in float64.
+    pairs is a quadratic form, ``sum_a c_a sum_{b > a} c_b v(ab)``, for every resample at once
+    ``((V @ C) * C).sum`` with ``V`` the strict upper triangle of the square matrix of an RDM (or of
+    the product of two) and ``C (n, N)`` the counts. It runs over blocks of rows ``a0:a1``: the rows'
+    entries right of ``a0`` (zero on and left of the diagonal), of all ``q`` vectors, fill one buffer
+    ``(q (a1 - a0), n - a0 - 1)`` of about ``budget_bytes`` (at least one row), reused by every block,
+    and one matrix product with the later stimuli's counts ``(n - a0 - 1, N)`` gives the block's
+    sums (a GEMM at BLAS speed, not one skinny product per row), weighted by ``c_a``. Problems whose
+    weight matrix fits the budget (the 92-image set: 1000 x 4186) take one product of the weights
+    with the vectors instead. Products run in ``z``'s dtype (float32 halves time and memory); sums
+    across blocks in float64.
 
     Parameters
     ----------
@@ -182,18 +184,39 @@ def weighted_moments(z: torch.Tensor | Sequence[torch.Tensor], counts: torch.Ten
         moments = (pair_weights_of(counts).to(z.dtype) @ vectors.T).to(torch.float64)  # (N, q)
         return total, moments[:, :r], moments[:, r:]
     moments = torch.zeros(q, n_boot, dtype=torch.float64, device=z.device)
+    counts64 = counts.T.contiguous()  # (n, N) float64: the block's own counts weigh its products
+    # one buffer, reused by every block: never a fresh allocation per block or pair
+    width = max(n - 1, budget_bytes // (q * z.element_size()))  # entries per vector, one row at least
+    buffer = torch.empty(q * width, dtype=z.dtype, device=z.device)
     row = 0
     while row < n - 1:
-        # a block of rows whose vectors fit the budget
-        stop, size = row + 1, n - 1 - row
-        while stop < n - 1 and (size + n - 1 - stop) * q * z.element_size() <= budget_bytes:
-            size += n - 1 - stop
-            stop += 1
-        start_pos = _row_offset(row, n)
-        vectors = _vectors(parts, start_pos, _row_offset(stop, n), iu, ju, shift)
-        for a in range(row, stop):
-            pos = _row_offset(a, n) - start_pos
-            later = vectors[:, pos:pos + n - 1 - a] @ counts_t[a + 1:]  # (q, N)
-            moments += (later * counts_t[a]).to(torch.float64)
+        # rows row:stop of the square matrices, columns row + 1:n (zero left of the diagonal): one GEMM
+        cols = n - 1 - row
+        stop = min(n - 1, row + max(1, width // cols))
+        block = buffer[:q * (stop - row) * cols].view(q, stop - row, cols)
+        _fill_block(block, parts, row, n, shift)
+        for p, (i, j) in enumerate(zip(iu.tolist(), ju.tolist())):
+            torch.mul(block[i], block[j], out=block[r + p])
+        later = block.view(-1, cols) @ counts_t[row + 1:]  # (q (stop - row), N)
+        moments += (later.view(q, stop - row, n_boot).to(torch.float64) * counts64[row:stop]).sum(1)
         row = stop
     return total, moments[:r].T, moments[r:].T
+
+
+def _fill_block(block: torch.Tensor, parts: Sequence[torch.Tensor], row: int, n: int,
+                shift: torch.Tensor | None) -> None:
+    """Write rows ``row:row + b`` of the square RDMs ``parts`` (stacked, minus ``shift``), columns
+    ``row + 1:n``, into ``block[:r]`` ``(q, b, n - row - 1)``; entries on or left of the diagonal are 0."""
+    r = sum(part.shape[0] for part in parts)
+    for a in range(row, row + block.shape[1]):
+        lead, start = a - row, _row_offset(a, n)
+        block[:r, a - row, :lead] = 0  # the products, formed over the whole block, inherit the zeros
+        first = 0
+        for part in parts:
+            rows = slice(first, first + part.shape[0])
+            entries = part[:, start:start + n - 1 - a]
+            if shift is None:
+                block[rows, a - row, lead:] = entries
+            else:
+                torch.sub(entries, shift[rows], out=block[rows, a - row, lead:])
+            first += part.shape[0]
