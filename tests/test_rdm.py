@@ -258,3 +258,14 @@ def test_condensed_length_must_be_triangular():
 def test_unknown_method_lists_valid_ones():
     with pytest.raises(ValueError, match="unknown RDM method 'mahalanobis'; valid methods are: euclidean, sqeuclidean, correlation, cosine"):
         compute_rdm(torch.randn(4, 3), "mahalanobis")
+
+
+@pytest.mark.parametrize("method", ["euclidean", "sqeuclidean"])
+def test_float64_euclidean_rdms_through_numpy_syrk_equal_the_torch_path_and_keep_gradients(method: str) -> None:
+    """CPU float64 without autograd takes numpy's symmetric product; with autograd the blocked torch path.
+    Both give the same RDM (to rounding), and the autograd path still has its gradient."""
+    x = torch.randn(600, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    plain = compute_rdm(x, method)
+    tracked = compute_rdm(x.clone().requires_grad_(True), method)
+    torch.testing.assert_close(plain, tracked.detach(), rtol=0, atol=1e-12)
+    assert tracked.requires_grad and not plain.requires_grad

@@ -326,6 +326,29 @@ def _block_take_indices_cpu(n: int, start: int, stop: int) -> torch.Tensor:
     return rows * (n - start) + cols
 
 
+def _uses_syrk(x: torch.Tensor, method: str) -> bool:
+    """Whether the euclidean Gram of ``x`` is left to numpy's symmetric product (CPU float64, no autograd, one set).
+
+    float64 only: the networks' float32 features (teacher RDMs in training included) keep the
+    blocked torch path, so training results stay bit-identical to earlier releases.
+    """
+    return (method in ("euclidean", "sqeuclidean") and x.device.type == "cpu" and x.ndim == 2
+            and x.dtype == torch.float64 and not (x.requires_grad and torch.is_grad_enabled()))
+
+
+def _syrk_condensed_gram(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_condensed_gram`` through numpy, whose ``x @ x.T`` is a symmetric rank-k product (BLAS syrk).
+
+    A syrk computes one triangle: half the multiplications of a general product,
+    fewer than the blocked torch path (``_row_blocks``). Used for the euclidean
+    methods outside autograd, where nothing needs the graph.
+    """
+    xn = x.detach().contiguous().numpy()
+    gram = torch.from_numpy(xn @ xn.T)
+    rows, cols = triu_indices(x.shape[0])
+    return gram[rows, cols], torch.diagonal(gram).clone()
+
+
 def _condensed_gram(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Condensed Gram entries ``x_i . x_j`` for ``i < j`` ``(..., n(n-1)/2)`` and the diagonal ``(..., n)``.
 
@@ -401,7 +424,7 @@ def compute_rdm(
         return _square_rdm(x, method, features.shape[-1])
     # condensed: the Gram product of the upper triangle only (see _row_blocks), and the
     # elementwise work on n(n-1)/2 entries instead of n^2
-    gram, diag = _condensed_gram(x)
+    gram, diag = _syrk_condensed_gram(x) if _uses_syrk(x, method) else _condensed_gram(x)
     if method in ("correlation", "cosine"):
         rdm = 1 - gram
     else:
