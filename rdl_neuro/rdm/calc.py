@@ -345,8 +345,8 @@ def _syrk_condensed_gram(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     xn = x.detach().contiguous().numpy()
     gram = torch.from_numpy(xn @ xn.T)
-    rows, cols = triu_indices(x.shape[0])
-    return gram[rows, cols], torch.diagonal(gram).clone()
+    # the diagonal is copied so the (n, n) product can be freed once condensed
+    return to_condensed(gram), torch.diagonal(gram).clone()
 
 
 def _condensed_gram(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
