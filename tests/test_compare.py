@@ -144,6 +144,54 @@ def test_rankdata_equals_scipy(rng, make):
     np.testing.assert_array_equal(rankdata(torch.from_numpy(x)).numpy(), np.apply_along_axis(scipy.stats.rankdata, 1, x))
 
 
+def _planted_float32(g, n):
+    """float32 values with runs of ties, negatives, -0.0 beside +0.0, subnormals and infinities."""
+    x = g.standard_normal(n).astype(np.float32)
+    x[::7] = x[3]
+    x[::11] = np.round(x[::11], 1)
+    x[100:200], x[200:250] = -0.0, 0.0
+    x[1000:1010], x[2000:2010] = np.float32(1e-45), -np.float32(1e-45)
+    x[50:60], x[0], x[-1] = np.inf, -np.inf, np.inf
+    return g.permutation(x)
+
+
+# float32 rows this long (over 50,000 entries) are ranked by sorting packed integer keys
+LONG = 346 * 345 // 2  # the RDM of 346 stimuli
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        _planted_float32,
+        lambda g, n: g.integers(-3, 4, n).astype(np.float32),
+        lambda g, n: np.full(n, 2.5, dtype=np.float32),
+        lambda g, n: (1 + g.random(n) * 1e-3).astype(np.float32),  # a narrow range: most values tie
+        lambda g, n: g.permutation(n).astype(np.float32),  # no ties
+    ],
+)
+def test_rankdata_of_long_float32_rows_equals_scipy(rng, make):
+    x = np.stack([make(rng, LONG), make(rng, LONG)])
+    expected = np.apply_along_axis(scipy.stats.rankdata, 1, x)
+    np.testing.assert_array_equal(rankdata(torch.from_numpy(x)).numpy(), expected.astype(np.float32))
+    # compare_rdms ranks in float64: the ranks of the float32 rows equal those of their float64 copies
+    # (compare_rdms refuses infinite dissimilarities: here they become the largest finite float32)
+    finite = np.nan_to_num(x, posinf=np.finfo(np.float32).max, neginf=np.finfo(np.float32).min)
+    a, b = torch.from_numpy(finite[:1]), torch.from_numpy(finite[1:])
+    for method in ("spearman", "rho-a"):
+        ours = compare_rdms(a, b, method)
+        assert ours.dtype == torch.float32
+        assert torch.equal(ours, compare_rdms(a.double(), b.double(), method).float()) or torch.isnan(ours).all()
+
+
+@pytest.mark.parametrize("method", ["spearman", "rho-a"])
+def test_rank_methods_on_long_float32_rdms_equal_rsatoolbox(rng, method):
+    n_pairs = LONG
+    planted = np.nan_to_num(_planted_float32(rng, n_pairs), posinf=3e38, neginf=-3e38)  # finite dissimilarities
+    a = np.stack([planted, rng.integers(0, 9, n_pairs).astype(np.float32)])
+    b = np.concatenate([rng.exponential(size=(1, n_pairs)), a[:1] + rng.standard_normal((1, n_pairs))]).astype(np.float32)
+    _assert_matches(compare_rdms(a, b, method).double(), _rsatoolbox(a.astype(np.float64), b.astype(np.float64), method), 1e-6)
+
+
 def test_rankdata_keeps_dtype_and_device():
     x = torch.tensor([[3.0, 1.0, 2.0, 1.0]], dtype=torch.float32)
     r = rankdata(x)

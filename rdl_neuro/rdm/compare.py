@@ -24,7 +24,7 @@ share one NaN pattern this is exactly rsatoolbox's rule.
 ``cosine``, ``corr``, ``corr_cov`` and ``cosine_cov`` are differentiable; the
 rank methods are not (ranks are piecewise constant), so they run in numpy on
 the CPU (any device in, the same device out): every RDM is sorted once per
-call with a radix sort of integer keys (see ``rdl_neuro.rdm.ranks``), and tau counts discordant
+call, long float32 RDMs as packed integer keys (see ``rdl_neuro.rdm.ranks``), and tau counts discordant
 pairs with scipy's compiled Fenwick-tree routine, pairs spread over
 ``torch.get_num_threads()`` threads.
 """
@@ -37,7 +37,7 @@ import torch
 
 from rdl_neuro._threads import serial_if_small
 from rdl_neuro.rdm.calc import as_condensed, check_method, n_stimuli_from_length, triu_indices
-from rdl_neuro.rdm.ranks import centered_ranks, kendall_tau, numpy_rows
+from rdl_neuro.rdm.ranks import centered_ranks, float_rows, kendall_tau
 
 #: rsatoolbox's RDM comparison methods, all supported by :func:`compare_rdms`
 COMPARE_METHODS = ("cosine", "corr", "spearman", "rho-a", "kendall", "tau-b", "tau-a", "corr_cov", "cosine_cov")
@@ -182,12 +182,8 @@ def _rank_correlation(x: torch.Tensor, y: torch.Tensor, method: str) -> torch.Te
     Every RDM is ranked once (not once per pair), in float64 (exact average ranks). ``y``'s ranks
     are held whole, ``x``'s a few rows at a time: at 10,000 stimuli an RDM's ranks take 400 MB.
     """
-    def rows(v: torch.Tensor) -> np.ndarray:
-        # float32 rows are ranked as they are: their order needs no float64 copy
-        return v.detach().cpu().numpy() if v.dtype in (torch.float32, torch.float64) else numpy_rows(v)
-
-    rank_y = torch.from_numpy(centered_ranks(rows(y)))
-    x_rows, step = rows(x), max(1, torch.get_num_threads())
+    rank_y = torch.from_numpy(centered_ranks(float_rows(y)))
+    x_rows, step = float_rows(x), max(1, torch.get_num_threads())
     dots, norms = [], []
     for i in range(0, len(x_rows), step):
         rank_x = torch.from_numpy(centered_ranks(x_rows[i:i + step]))

@@ -107,13 +107,16 @@ def _run_starts(ordered: np.ndarray) -> np.ndarray:
 
 
 def _average_ranks_row(values: np.ndarray, out: np.ndarray | None = None, shift: float = 0.0) -> np.ndarray:
-    """``scipy.stats.rankdata(values) - shift`` (average method) of a finite float64 row, into ``out``."""
+    """``scipy.stats.rankdata(values) - shift`` (average method) of a finite float row, into ``out``."""
+    p = values.size
+    ranks = np.empty(p) if out is None else out
+    if values.dtype == np.float32 and _PACKED_MIN_ENTRIES <= p < 2**31:
+        if _packed_average_ranks(values, ranks, shift):
+            return ranks
     # average ranks do not depend on the order inside a run of ties, so numpy's unstable sort (a
     # vectorised quicksort, faster than the radix path at every size measured) is exact here
     order = np.argsort(values)
     new = _run_starts(values[order])
-    p = values.size
-    ranks = np.empty(p) if out is None else out
     if new.all():
         # no ties: one scatter of 1..P (shifted), straight into the output row
         ranks[order] = np.arange(1 - shift, p + 1 - shift, dtype=np.float64)[:p]
@@ -123,6 +126,76 @@ def _average_ranks_row(values: np.ndarray, out: np.ndarray | None = None, shift:
         # positions start..end-1 share the 1-based average rank (start + 1 + end) / 2 (exact in float)
         ranks[order] = ((starts + ends + 1) / 2 - shift)[np.cumsum(new) - 1]
     return ranks
+
+
+##
+# Long float32 rows (an RDM of 10,000 stimuli has 50 million entries) are ranked without an
+# argsort, which costs ~3 s per such row here: each entry becomes one uint64, its value's
+# order-preserving 32-bit key above its index, and numpy sorts those plain integers (a SIMD
+# sort, ~10x faster than the argsort). Runs of equal keys are the ties; each entry's doubled
+# average rank then replaces its key, the index moves up, and a second integer sort by index
+# brings the ranks back to the entries' places (cheaper than a random scatter of 50 million
+# floats). All passes run over chunks that stay in cache.
+
+# below this many entries the two integer sorts and the chunked passes cost more than an argsort
+_PACKED_MIN_ENTRIES = 50_000
+_CHUNK = 1 << 16
+# the keys of -inf and +inf: a key outside them is a NaN (which keeps the argsort path's answer)
+_KEY_MINUS_INF, _KEY_PLUS_INF = 0x007FFFFF, 0xFF800000
+
+
+def _packed_average_ranks(values: np.ndarray, out: np.ndarray, shift: float) -> bool:
+    """Average ranks minus ``shift`` of a float32 row ``(P,)`` into ``out (P,)`` float64, by two
+    sorts of packed uint64 (key, index) words; False (``out`` untouched) if the row holds a NaN."""
+    p = values.size
+    packed = np.empty(p, dtype=np.uint64)
+    words = packed.view(np.uint32).reshape(p, 2)  # little-endian halves: [:, 0] low, [:, 1] high
+    if not np.little_endian:  # there the high half comes first
+        words = words[:, ::-1]
+    _write_keys(values, words)
+    packed.sort()  # by key, then by index (which does not matter: ties share their rank)
+    keys = words[:, 1]
+    if keys[0] < _KEY_MINUS_INF or keys[-1] > _KEY_PLUS_INF:
+        return False
+    new = _run_starts(keys)
+    starts = np.flatnonzero(new)
+    # the doubled 1-based average rank of each run: (start + 1) + end = start + end + 1, with
+    # run numbers counted from 1 (slot 0 unused); exact integers below 2**32 for P < 2**31
+    doubled = np.empty(starts.size + 1, dtype=np.uint32)
+    np.add(starts[1:], starts[:-1] + 1, out=doubled[1:-1], casting="unsafe")
+    doubled[-1] = starts[-1] + p + 1
+    run = np.empty(_CHUNK, dtype=np.uint32)
+    runs_before = 0
+    for s in range(0, p, _CHUNK):
+        e = min(s + _CHUNK, p)
+        r = run[:e - s]
+        np.cumsum(new[s:e], dtype=np.uint32, out=r)
+        np.add(r, np.uint32(runs_before), out=r)
+        runs_before = int(r[-1])
+        words[s:e, 1] = words[s:e, 0]  # the index moves up ...
+        np.take(doubled, r, out=words[s:e, 0])  # ... and the doubled rank takes its place
+    packed.sort()  # by index: the ranks in the entries' order
+    np.multiply(words[:, 0], 0.5, out=out)
+    np.subtract(out, shift, out=out)
+    return True
+
+
+def _write_keys(values: np.ndarray, words: np.ndarray) -> None:
+    """Order-preserving uint32 keys of a float32 row into ``words[:, 1]`` and its indices into
+    ``words[:, 0]``: the sign bit flipped for positive floats, all bits for negative ones (so the
+    integer order is the float order), after mapping -0.0 to +0.0 (equal floats, equal keys)."""
+    p = values.size
+    index = np.arange(_CHUNK, dtype=np.uint32)
+    buffer = np.empty(_CHUNK, dtype=np.float32)
+    flip = np.empty(_CHUNK, dtype=np.int32)
+    for s in range(0, p, _CHUNK):
+        e = min(s + _CHUNK, p)
+        b, f = buffer[:e - s], flip[:e - s]
+        np.add(values[s:e], np.float32(0.0), out=b)  # -0.0 + 0.0 is +0.0
+        np.right_shift(b.view(np.int32), 31, out=f)  # arithmetic shift: -1 for negatives, else 0
+        np.bitwise_or(f, np.int32(-2**31), out=f)  # all bits for negatives, the sign bit otherwise
+        np.bitwise_xor(b.view(np.uint32), f.view(np.uint32), out=words[s:e, 1])
+        np.add(index[:e - s], np.uint32(s), out=words[s:e, 0])
 
 
 # below this many entries per row, starting threads costs more than it saves
@@ -143,6 +216,12 @@ def map_rows(func, rows: list, entries: int, n_threads: int | None = None) -> li
 def numpy_rows(x: torch.Tensor) -> np.ndarray:
     """``x`` as a float64 numpy array on the CPU (detached), for the numpy/scipy paths."""
     return x.detach().to(device="cpu", dtype=torch.float64).numpy()
+
+
+def float_rows(x: torch.Tensor) -> np.ndarray:
+    """``x`` as a numpy array on the CPU (detached) to be ranked: float32 and float64 as they are
+    (their order needs no float64 copy; long float32 rows take the packed-key sort), others as float64."""
+    return x.detach().cpu().numpy() if x.dtype in (torch.float32, torch.float64) else numpy_rows(x)
 
 
 def centered_ranks(*row_blocks: np.ndarray) -> np.ndarray:
@@ -175,7 +254,7 @@ def rankdata(x: torch.Tensor) -> torch.Tensor:
     >>> rankdata(torch.tensor([[3., 1., 2., 1.]]))     # ties share their average rank
     tensor([[4.0000, 1.5000, 3.0000, 1.5000]])
     """
-    rows = numpy_rows(x)
+    rows = float_rows(x)
     ranks = np.stack(map_rows(_average_ranks_row, list(rows), x.shape[-1]))
     return torch.from_numpy(ranks).to(device=x.device, dtype=x.dtype)
 
