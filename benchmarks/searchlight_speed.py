@@ -7,7 +7,8 @@ The synthetic brain is an ellipsoid mask in a box, with random float64 betas
 Pearson correlation (``evaluate_models_searchlight`` with ``eval_fixed``).
 rdl_neuro runs it twice, in float64 and in float32 (``dtype=``); each row
 says its precision and its largest difference from rsatoolbox (which computes
-in float64).
+in float64). The random betas here have no component shared by all conditions;
+float32 loses precision where one is large (a voxel's mean response).
 
 rsatoolbox finds all spheres, but computes RDMs and evaluations only for a
 subset of the centres (``--rsatoolbox-centres``, spread evenly over the mask);
@@ -32,19 +33,39 @@ time is shown too.
     python benchmarks/searchlight_speed.py            # 35k-voxel brain, 92 conditions (a few minutes)
     python benchmarks/searchlight_speed.py --quick    # small brain (seconds; used by the tests)
 
+Threads: the main rows give every library one thread (``--threads``,
+default 1: torch and numpy's BLAS), so that the ratios compare the code and not
+the core count. The rows marked **defaults** run each library as a new user
+gets it on this machine: rdl_neuro in float64 (its default dtype) with torch's
+default thread count (all cores), rsatoolbox with numpy's default BLAS threads
+(its searchlight is a Python loop over the centres, so it stays on one core in
+effect); their CPU-seconds columns show what each run cost. Timings measured
+while other processes share the cores are unreliable, the multi-threaded ones
+most (threads wait on each other).
+
+The **floor** row is a lower bound for rdl_neuro's float64 searchlight on one
+thread: the multiply-adds of its Gram products (a full sphere at the start of
+every row of centres along the last axis, then per centre one product over a
+cap of entering voxels; the rest of the work, gathers, normalisation and
+scores, is not counted) at the rate of a batched product of the cap's shape
+measured in the same run.
+
 The last line is machine-readable:
 
-    RESULT searchlight_speedup=... max_abs_diff=... precision=float32 cpu_speedup=... speedup_float64=...
-           max_abs_diff_float64=...
+    RESULT searchlight_speedup=... max_abs_diff=... threads=... cpu_speedup=... speedup_1thread=...
+           speedup_float32_1thread=... max_abs_diff_float32=... floor_ratio=...
            crossnobis_speedup=... crossnobis_max_abs_diff=... peak_memory_gb=... memory_voxels=...
 
 ``searchlight_speedup``: rsatoolbox's (extrapolated) time for spheres + RDMs +
-evaluation over all centres / rdl_neuro's time for the same at ``precision``
-(``--dtype``, default float32), whose largest difference from rsatoolbox is
-``max_abs_diff``; ``cpu_speedup``: the same ratio of the processes' CPU times
-(less disturbed than wall-clock times when other work shares the cores; equal
-on a quiet machine); ``speedup_float64`` and ``max_abs_diff_float64``: wall
-clock in float64.
+evaluation over all centres / rdl_neuro's time for the same, **each library at
+its defaults on the whole machine** (``threads`` cores; rdl_neuro in float64,
+whose largest difference from rsatoolbox is ``max_abs_diff``);
+``cpu_speedup``: the same ratio of the processes' CPU seconds (what each run
+costs, cores added up); ``speedup_1thread``: one thread per library, float64;
+``speedup_float32_1thread`` and ``max_abs_diff_float32``: one thread, rdl_neuro
+in float32 (``dtype=torch.float32``); ``floor_ratio``: rdl_neuro's one-thread
+float64 time / the floor row; ``crossnobis_speedup``: the crossnobis rows, one
+thread per library.
 """
 from __future__ import annotations
 
@@ -117,6 +138,34 @@ def memory_child(n_voxels: int, n_conditions: int, radius: float, threshold: flo
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": seconds, "peak_gb": peak_kb / 2**20, "n_voxels": int(mask.sum()),
                       "n_spheres": len(result.spheres), "mean_sphere": float(result.spheres.n_voxels.mean())}))
+
+
+def product_floor(spheres, width: int, reps: int = 5) -> tuple[float, float]:
+    """``(seconds, multiply-adds)`` of the float64 Gram products alone (one thread), a lower bound for the
+    searchlight: a full sphere at the start of every row of centres along the last axis, then one product over
+    the cap of entering voxels per centre, at the rate of a batched product of the cap's shape measured here."""
+    from rdl_neuro.data.searchlight import SLIDE_STEPS
+
+    centres = spheres.centers
+    follows = np.r_[False, (np.diff(centres) == 1) & (centres[1:] % spheres.shape[2] != 0)]
+    starts = np.flatnonzero(~follows)
+    lengths = np.diff(np.r_[starts, len(centres)])
+    n_full = int(np.ceil(lengths / SLIDE_STEPS[torch.float64]).sum())
+    cap = len(spheres.slide_offsets[0])
+    madds = float(width * width * (n_full * len(spheres.offsets) + (len(centres) - n_full) * cap))
+    batch = 128
+    a = torch.randn(batch, width, cap, dtype=torch.float64)
+    b = torch.randn(batch, cap, width, dtype=torch.float64)
+    out = torch.empty(batch, width, width, dtype=torch.float64)
+    best = np.inf
+    calls = max(1, int(2e9 // (batch * width * width * cap)))  # ~2 G multiply-adds per try
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(calls):
+            torch.bmm(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    rate = calls * batch * width * width * cap / best
+    return madds / rate, madds
 
 
 def rsatoolbox_searchlight(mask, model, args, n_centres, sphere_rdms):
@@ -195,8 +244,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditions", type=int, default=92, help="conditions (default 92)")
     parser.add_argument("--radius", type=float, default=3.0, help="sphere radius in voxels (default 3)")
     parser.add_argument("--threshold", type=float, default=0.5, help="sphere fraction inside the mask (default 0.5)")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"),
-                        help="precision of the headline searchlight_speedup (default float32; both are shown)")
     parser.add_argument("--rsatoolbox-centres", type=int, default=2000,
                         help="centres rsatoolbox computes RDMs and evaluations for (default 2,000)")
     parser.add_argument("--crossnobis-runs", type=int, default=3, help="runs of the crossnobis row (default 3)")
@@ -217,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         args.crossnobis_centres, args.residuals = min(args.crossnobis_centres, 50), 30
     from threadpoolctl import threadpool_limits
 
+    default_threads = torch.get_num_threads()  # what a new user's torch uses: all cores
     torch.set_num_threads(args.threads)
-    threadpool_limits(args.threads)
+    limits = threadpool_limits(args.threads)
     if args.memory_child:
         memory_child(args.memory_voxels, args.conditions, args.radius, args.threshold, args.seed)
         return 0
@@ -261,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                                    threshold=args.threshold, dtype=dtype)
         rdm_diff = float(np.abs(data.rdms_at(position).double().numpy() - sl_rdms.dissimilarities).max())
         diffs[name] = (rdm_diff, eval_diff)
+    floor_s, floor_madds = product_floor(timed["float64"][1].spheres, n_cond + 1)
     rows = [
         {"step": "spheres (get_volume_searchlight)", **_times(spheres_s), "basis": "all centres"},
         {"step": "RDMs (get_searchlight_RDMs)", **_times(scale * rdms_s),
@@ -269,8 +318,11 @@ def main(argv: list[str] | None = None) -> int:
          "basis": f"{len(subset)} centres x {scale:.1f}"},
     ]
     for name in ("float64", "float32"):
-        rows.append({"step": f"total, correlation RDMs (rdl_neuro {name})", **_times(rsa_total, timed[name][0]),
-                     "max_abs_diff": max(diffs[name]), "basis": f"{n_spheres} spheres"})
+        rows.append({"step": f"total, correlation RDMs (rdl_neuro {name}), 1 thread each",
+                     **_times(rsa_total, timed[name][0]), "max_abs_diff": max(diffs[name]),
+                     "basis": f"{n_spheres} spheres"})
+    rows.append({"step": "floor: rdl_neuro float64 Gram products alone, 1 thread", "rdl_neuro_s": floor_s,
+                 "basis": f"{floor_madds / 1e9:.2f} G multiply-adds at the measured batched-product rate"})
 
     cross = None
     if args.crossnobis_centres:
@@ -296,9 +348,25 @@ def main(argv: list[str] | None = None) -> int:
         c_diff = max(float(np.abs(data.rdms_at(c_position).numpy() - c_rdms.dissimilarities).max()),
                      float(np.abs(cross_result.scores[c_position, 0] - c_theirs).max()))
         cross = (c_total[0] / cross_s[0], c_diff)
-        rows.append({"step": f"total, crossnobis RDMs ({n_runs} runs, {args.residuals} residuals; rdl_neuro float64)",
+        rows.append({"step": f"total, crossnobis RDMs ({n_runs} runs, {args.residuals} residuals; rdl_neuro float64), "
+                             "1 thread each",
                      **_times(c_total, cross_s), "max_abs_diff": c_diff,
                      "basis": f"rsatoolbox: {len(c_subset)} centres x {c_scale:.1f} (spheres: all)"})
+
+    # each library at its defaults on the whole machine (after the one-thread runs)
+    limits.restore_original_limits()
+    torch.set_num_threads(default_threads)
+    default_s, default_result = ours(mask, betas, affine, model, args.radius, args.threshold, None)
+    d_spheres_s, d_rdms_s, d_eval_s, _, _, _, _ = rsatoolbox_correlation(mask, betas, model, args)
+    default_total = d_spheres_s + scale * (d_rdms_s + d_eval_s)
+    default_diff = max(diffs["float64"][0], float(np.abs(default_result.scores[position, 0] - theirs).max()))
+    print(f"rdl_neuro (float64, defaults: {default_threads} threads): {default_s[0]:.2f} s "
+          f"({default_s[1]:.2f} s CPU)", flush=True)
+    rows.append({"step": f"total, correlation RDMs, defaults: each library as installed on {default_threads} cores "
+                         "(rdl_neuro float64)", **_times(default_total, default_s), "max_abs_diff": default_diff,
+                 "basis": f"{n_spheres} spheres"})
+    torch.set_num_threads(args.threads)
+    limits = threadpool_limits(args.threads)
 
     memory = None
     if args.memory_voxels:
@@ -328,11 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(__file__).resolve().parents[1] / "results"
     out.mkdir(parents=True, exist_ok=True)
     shown.to_csv(out / "searchlight_speed.csv", index=False)
-    head = args.dtype
-    line = (f"RESULT searchlight_speedup={rsa_total[0] / timed[head][0][0]:.1f} max_abs_diff={max(diffs[head]):.1e} "
-            f"precision={head} cpu_speedup={rsa_total[1] / timed[head][0][1]:.1f} "
-            f"speedup_float64={rsa_total[0] / timed['float64'][0][0]:.1f} "
-            f"max_abs_diff_float64={max(diffs['float64']):.1e} "
+    line = (f"RESULT searchlight_speedup={default_total[0] / default_s[0]:.1f} max_abs_diff={default_diff:.1e} "
+            f"threads={default_threads} cpu_speedup={default_total[1] / default_s[1]:.1f} "
+            f"speedup_1thread={rsa_total[0] / timed['float64'][0][0]:.1f} "
+            f"speedup_float32_1thread={rsa_total[0] / timed['float32'][0][0]:.1f} "
+            f"max_abs_diff_float32={max(diffs['float32']):.1e} floor_ratio={timed['float64'][0][0] / floor_s:.1f} "
             f"crossnobis_speedup={cross[0] if cross else float('nan'):.1f} "
             f"crossnobis_max_abs_diff={cross[1] if cross else float('nan'):.1e} "
             f"peak_memory_gb={memory['peak_gb'] if memory else float('nan'):.2f} "
@@ -340,8 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     rec.finish(shown, result_line=line,
                notes=(f"rsatoolbox's RDM and evaluation times are extrapolated from {len(subset)} of the "
                       f"{n_spheres} centres (x{scale:.1f}; crossnobis: from {args.crossnobis_centres}); its sphere "
-                      f"search ran on all of them. The headline searchlight_speedup is rdl_neuro in {head}; "
-                      "rsatoolbox computes in float64."),
+                      f"search ran on all of them. The headline searchlight_speedup is the defaults row (each "
+                      f"library as installed, {default_threads} cores; rdl_neuro in float64, its default); the "
+                      "other rows give each library one thread. rsatoolbox computes in float64."),
                title="Searchlight RSA: rdl_neuro vs rsatoolbox")
     print(line)
     return 0

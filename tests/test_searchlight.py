@@ -183,7 +183,8 @@ def test_rows_of_centres_longer_than_the_shared_steps(rng, method, reference, tr
     order of the positions asked for: every RDM still equals rsatoolbox's."""
     from rdl_neuro.data.searchlight import SLIDE_STEPS, prepare_searchlight
 
-    shape, n_cond = (3, 4, 2 * SLIDE_STEPS + 5), 5
+    steps = SLIDE_STEPS[torch.float64]
+    shape, n_cond = (2, 3, 2 * steps + 5), 5
     mask = rng.random(shape) < 0.9
     data = rng.normal(size=shape + (n_cond,)) + 3.0
     centers, neighbors = get_volume_searchlight(mask, radius=2, threshold=0.3, truncate_at_boundary=truncate)
@@ -191,7 +192,7 @@ def test_rows_of_centres_longer_than_the_shared_steps(rng, method, reference, tr
                                verbose=False).dissimilarities
     prepared = prepare_searchlight(img(data), np.arange(n_cond), mask=mask_img(mask), radius=2, threshold=0.3,
                                    truncate_at_boundary=truncate, method=method)
-    assert np.diff(prepared.spheres.centers).tolist().count(1) > 2 * SLIDE_STEPS  # long rows
+    assert np.diff(prepared.spheres.centers).tolist().count(1) > 2 * steps  # long rows
     for chunk_size in (7, None):
         ours = np.concatenate([rdms.numpy() for _, _, rdms in prepared.iter_rdms(chunk_size=chunk_size)])
         np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-10)

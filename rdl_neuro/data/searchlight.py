@@ -25,7 +25,7 @@ centre along the last axis differs from the current one by a cap of voxels
 that enter and one that leaves (for radius 3: 25 + 25 of 93 voxels), and its
 Gram is the current one plus ``E^T E - L^T L``. A chunk computes the first
 sphere of every row of centres in full, all the cap products in one batched
-product, and then running sums along the rows, at most ``SLIDE_STEPS`` at a
+product, and then running sums along the rows, at most ``SLIDE_STEPS[dtype]`` at a
 time (which bounds the rounding the updates add up). The dissimilarities then
 follow elementwise:
 
@@ -70,8 +70,10 @@ PRECISION_METHODS = ("shrinkage_diag", "shrinkage_eye", "diag", "full")
 # stay in cache between the steps (about 140 spheres of 93 voxels and 92 conditions)
 _CHUNK_BYTES = 64 * 2**20
 _GRAM_CHUNK_BYTES = 32 * 2**20
-#: centres in a row along the last axis whose Gram matrices are updated from their neighbour's (grams_at)
-SLIDE_STEPS = 16
+#: centres in a row along the last axis whose Gram matrices are updated from their neighbour's (grams_at), by
+#: dtype (16 for others): each update adds about one unit in the last place to the Gram's entries, which float64
+#: can afford for whole rows (fewer full spheres), float32 for 16 steps (within ~5e-7 of float64 maps)
+SLIDE_STEPS = {torch.float64: 64, torch.float32: 16}
 
 
 # --------------------------------------------------------------------------- #
@@ -440,9 +442,9 @@ class SearchlightData:
         of each; about half a sphere together), so its Gram is the current one plus ``E^T E - L^T L``,
         which is the symmetric part of ``(E - L)^T (E + L)`` (the cross terms ``E^T L - L^T E`` are
         antisymmetric): one batched product over a single cap's rows, so ``H`` is a running sum of
-        halves of those products. At most ``SLIDE_STEPS`` centres in a row are updated so; then a
+        halves of those products. At most ``SLIDE_STEPS[dtype]`` centres in a row are updated so; then a
         sphere's Gram is computed from all its voxels again, which bounds the rounding the updates add up
-        (about ``SLIDE_STEPS`` units in the last place of the Gram's entries).
+        (about ``SLIDE_STEPS[dtype]`` units in the last place of the Gram's entries).
         """
         if self.method == "crossnobis":
             raise ValueError("Gram matrices are not defined for crossnobis (a cross-validated product)")
@@ -454,7 +456,8 @@ class SearchlightData:
         follows = np.zeros(b, dtype=bool)
         follows[1:] = (np.diff(centers) == 1) & (centers[1:] % self.spheres.shape[2] != 0)
         order = np.arange(b)
-        step = (order - np.maximum.accumulate(np.where(follows, 0, order))) % SLIDE_STEPS
+        steps = SLIDE_STEPS.get(self.table.dtype, 16)
+        step = (order - np.maximum.accumulate(np.where(follows, 0, order))) % steps
         piece = np.cumsum(step == 0) - 1
         length = np.bincount(piece)
         # slots: step by step, pieces longest first, so that the pieces still running at a step are the
@@ -503,10 +506,11 @@ class SearchlightData:
         # volume (correlations are blind to that), so the sums stay small next to the spread and the
         # subtraction loses no precision.
         scale = (2 * torch.diagonal(halves, dim1=1, dim2=2)[:, :c] - sums * sums / counts).rsqrt_()
-        r = halves[:, :c, :c] + halves[:, :c, :c].transpose(1, 2)  # the Gram's conditions block, G = H + H^T
+        block = halves[:, :c, :c]
+        r = torch.add(block, block.transpose(1, 2))  # the Gram's conditions block, G = H + H^T
         r.mul_(scale[:, :, None]).mul_(scale[:, None, :])
         centre = sums * scale / counts.sqrt()
-        r.baddbmm_(centre[:, :, None], centre[:, None, :], alpha=-1)
+        r.addcmul_(centre[:, :, None], centre[:, None, :], value=-1)  # (a batched rank-1 product is slower)
         return (r, order) if return_order else r
 
     def rdms_at(self, index: slice | np.ndarray) -> torch.Tensor:
