@@ -231,7 +231,7 @@ class _EuclideanRDMMSE(torch.autograd.Function):
         d2, sq_norms = square_squared_distances(x @ x.transpose(-1, -2))
         if differentiable:
             return safe_sqrt(d2), sq_norms
-        return d2.clamp_min(0).sqrt(), sq_norms  # rounding can make coinciding rows slightly negative
+        return d2.clamp_min_(0).sqrt_(), sq_norms  # rounding can make coinciding rows slightly negative
 
     @staticmethod
     def forward(ctx, x: Tensor, target: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
@@ -248,13 +248,16 @@ class _EuclideanRDMMSE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         x, target, weights, dist, weighted_diff = ctx.saved_tensors
+        positive = dist > 0
+        # dL/dD = 2 W (D - T) and dD/d(D^2) = 1 / (2 D); 0 where D = 0
         if torch.is_grad_enabled():  # create_graph=True: the same formula, differentiable in x
             dist = _EuclideanRDMMSE._distances(x, differentiable=True)[0]
             weighted_diff = weights * (dist - target)
-        # dL/dD = 2 W (D - T) and dD/d(D^2) = 1 / (2 D); 0 where D = 0 (divided by 1 there, so
-        # that no inf enters a second derivative)
-        positive = dist > 0
-        b = torch.where(positive, weighted_diff / torch.where(positive, dist, 1.0), 0.0) * (2 * grad)
+            # divided by 1 where D = 0, so that no inf enters a second derivative
+            quotient = weighted_diff / torch.where(positive, dist, 1.0)
+        else:
+            quotient = weighted_diff / dist  # inf or NaN where D = 0, replaced by 0 below
+        b = torch.where(positive, quotient, 0.0) * (2 * grad)
         s = b + b.transpose(-1, -2)
         return torch.addmm(s.sum(1, keepdim=True) * x, s, x, alpha=-1), None, None
 

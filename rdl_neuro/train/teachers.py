@@ -361,6 +361,11 @@ class RDMTeacher:
         dict lookup per sample. Ids follow ``rdl_neuro.data.ids``: ``3.0`` is
         ``3``; ids of a kind the teacher has none of raise a TypeError.
         """
+        return self._rows_and_coverage(stimulus_ids)[0]
+
+    def _rows_and_coverage(self, stimulus_ids: torch.Tensor | Sequence[Hashable]) -> tuple[torch.Tensor, bool]:
+        """``rows_of(stimulus_ids)`` and whether every sample is covered (the common training case,
+        found with fewer ops than a separate check of the rows)."""
         if isinstance(stimulus_ids, torch.Tensor):
             if stimulus_ids.ndim != 1:
                 raise ValueError(f"stimulus_ids must be 1-D (b,), got shape {tuple(stimulus_ids.shape)}")
@@ -369,13 +374,16 @@ class RDMTeacher:
             if values.numel() == 0:
                 # a teacher without integer ids covers no integer id: say so unless all are UNCOVERED
                 check_id_kinds(ids[ids != UNCOVERED].tolist(), self.ids, "the batch", "the teacher")
-                return torch.full_like(ids, -1)
-            pos = torch.searchsorted(values, ids).clamp_max(values.numel() - 1)
+                return torch.full_like(ids, -1), ids.numel() == 0
+            pos = torch.searchsorted(values, ids).clamp_max_(values.numel() - 1)
             found = values[pos] == ids
-            return torch.where(found, rows[pos], torch.full_like(ids, -1))
+            if bool(found.all()):
+                return rows[pos], True
+            return torch.where(found, rows[pos], -1), False
         query = plain_ids(stimulus_ids)
         check_id_kinds(query, self.ids, "the batch", "the teacher")
-        return torch.tensor([self._index.get(i, -1) for i in query], dtype=torch.long)
+        rows = torch.tensor([self._index.get(i, -1) for i in query], dtype=torch.long)
+        return rows, bool((rows >= 0).all())
 
     def covers(self, stimulus_ids: torch.Tensor | Sequence[Hashable]) -> torch.Tensor:
         """Boolean ``(b,)``: which samples show a stimulus the teacher has an RDM row for."""
@@ -410,18 +418,18 @@ class RDMTeacher:
         target : Tensor ``(b, b)`` in ``dtype``, on the ids' device; 0 where unusable
         mask : Tensor ``(b, b)`` bool; True for usable pairs (symmetric, False on the diagonal)
         """
-        rows = self.rows_of(stimulus_ids)
+        rows, all_covered = self._rows_and_coverage(stimulus_ids)
         device = rows.device
         targets, _, _ = self._on(device, dtype)
         k = self.draw() if rdm_index is None else int(rdm_index)
         if not 0 <= k < targets.shape[0]:
             raise IndexError(f"rdm_index {k} out of range for {targets.shape[0]} teacher RDM(s)")
-        covered = rows >= 0
         distinct = rows[:, None] != rows[None, :]
-        if not self._has_nan and bool(covered.all()):
+        if not self._has_nan and all_covered:
             # the common training case, in fewer ops: the target is already 0 off the mask (the
             # diagonal and repeated stimuli, as a teacher RDM's diagonal is 0)
             return targets[k].index_select(0, rows).index_select(1, rows), distinct
+        covered = rows >= 0
         safe = rows.clamp_min(0)
         # two contiguous row/column selections are much cheaper than one 2-D fancy index
         target = targets[k].index_select(0, safe).index_select(1, safe)
