@@ -184,15 +184,17 @@ def test_rows_of_centres_longer_than_the_shared_steps(rng, method, reference, tr
     from rdl_neuro.data.searchlight import SLIDE_STEPS, prepare_searchlight
 
     steps = SLIDE_STEPS[torch.float64]
-    shape, n_cond = (2, 3, 2 * steps + 5), 5
+    shape, n_cond = (1, 3, 2 * steps + 5), 5
     mask = rng.random(shape) < 0.9
+    mask[0, 1] = True  # one row without holes: longer than the steps
     data = rng.normal(size=shape + (n_cond,)) + 3.0
     centers, neighbors = get_volume_searchlight(mask, radius=2, threshold=0.3, truncate_at_boundary=truncate)
     ref = get_searchlight_RDMs(data.reshape(-1, n_cond).T, centers, neighbors, np.arange(n_cond), method=reference,
                                verbose=False).dissimilarities
     prepared = prepare_searchlight(img(data), np.arange(n_cond), mask=mask_img(mask), radius=2, threshold=0.3,
                                    truncate_at_boundary=truncate, method=method)
-    assert np.diff(prepared.spheres.centers).tolist().count(1) > 2 * steps  # long rows
+    runs = np.split(prepared.spheres.centers, np.flatnonzero(np.diff(prepared.spheres.centers) != 1) + 1)
+    assert max(len(run) for run in runs) > 2 * steps and len(runs) > 10  # long rows, and rows cut by holes
     for chunk_size in (7, None):
         ours = np.concatenate([rdms.numpy() for _, _, rdms in prepared.iter_rdms(chunk_size=chunk_size)])
         np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-10)
@@ -380,6 +382,25 @@ def test_crossnobis_needs_two_runs(rng):
         searchlight_rdms(data, [0, 1, 0, 1], mask=mask, method="crossnobis", runs=[1, 1, 1, 1], threshold=0.5)
     with pytest.raises(ValueError, match="crossnobis needs runs="):
         searchlight_rdms(data, [0, 1, 0, 1], mask=mask, method="crossnobis", threshold=0.5)
+
+
+@pytest.mark.parametrize("precision_method", ["diag", "full", "shrinkage_diag", "shrinkage_eye"])
+def test_singular_noise_covariance_names_the_sphere(rng, precision_method):
+    """A voxel whose residuals are constant has no noise variance: its spheres' covariances cannot be
+    inverted and the error names a sphere holding it (``shrinkage_eye`` shrinks towards a positive multiple
+    of the identity, so its covariances stay invertible)."""
+    conditions, runs = np.tile(np.arange(3), 2), np.repeat([0, 1], 3)
+    residuals = rng.normal(size=(5, 5, 5, 10))
+    residuals[2, 2, 2] = 1.0  # constant over the residuals
+    args = dict(mask=mask_img(np.ones((5, 5, 5), bool)), radius=1.5, threshold=0.5, method="crossnobis", runs=runs,
+                residuals=img(residuals), precision_method=precision_method)
+    data = img(rng.normal(size=(5, 5, 5, 6)))
+    if precision_method == "shrinkage_eye":
+        assert np.isfinite(searchlight_rdms(data, conditions, **args).dissimilarities).all()
+        return
+    with pytest.raises(ValueError, match=r"covariance of the sphere centred on voxel \(\d, \d, \d\) is singular "
+                                         rf"under precision_method='{precision_method}'"):
+        searchlight_rdms(data, conditions, **args)
 
 
 def test_nan_voxels_inside_spheres_are_named(rng):

@@ -39,7 +39,9 @@ follow elementwise:
   sphere's own): leave-one-run-out, ``K = sum_f A_f^T P B_f`` with ``A_f``
   the mean of the other runs, ``B_f`` run ``f`` and ``P`` the sphere's noise
   precision (identity, or rsatoolbox's ``prec_from_residuals`` of the sphere's
-  residuals, estimated for all spheres of a chunk in one batch), then
+  residuals, estimated for all spheres of a chunk in one batch and inverted
+  through Cholesky factors; the products run fold by fold on views of the
+  gathered patterns), then
   ``(K_ii + K_jj - K_ij - K_ji) / (n_runs n_voxels)`` (rsatoolbox's
   ``crossnobis`` with ``cv_descriptor``).
 """
@@ -410,11 +412,16 @@ class SearchlightData:
         centres = (spheres.ijk + reach) @ strides
         return rows.reshape(-1), centres, strides
 
-    def _gather(self, positions: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
-        """Table rows ``(b, m, width)`` of the voxels at ``offsets (m, 3)`` from the centres ``positions (b,)``;
-        the zero row for a voxel in no sphere (outside the grid, or the mask when spheres are truncated)."""
+    def _rows_at(self, positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Table rows ``(b, m)`` of the voxels at ``offsets (m, 3)`` from the centres ``positions (b,)``;
+        the last (zero) row for a voxel in no sphere (outside the grid, or the mask when spheres are truncated)."""
         rows, centres, strides = self._padded
-        index = rows[centres[positions][:, None] + (offsets @ strides)[None, :]]
+        return rows[centres[positions][:, None] + (offsets @ strides)[None, :]]
+
+    def _gather(self, positions: np.ndarray, offsets: np.ndarray) -> torch.Tensor:
+        """Table rows ``(b, m, width)`` of the voxels at ``offsets (m, 3)`` from the centres ``positions (b,)``
+        (see ``_rows_at``)."""
+        index = self._rows_at(positions, offsets)
         return self.table.index_select(0, torch.as_tensor(index.reshape(-1), device=self.table.device)).view(
             len(positions), len(offsets), -1)
 
@@ -530,22 +537,27 @@ class SearchlightData:
         # crossnobis: the table holds every fold's training means, then its test means; offsets outside a
         # sphere read the zero row and add nothing to the products
         device = self.table.device
-        neighbors = self.spheres.neighbors(index)
-        patterns = self._gather(np.arange(len(self.spheres))[index], self.spheres.offsets)
-        b, k = neighbors.shape
+        positions = np.arange(len(self.spheres))[index]
+        table_rows = self._rows_at(positions, self.spheres.offsets)
+        gather = torch.as_tensor(table_rows.reshape(-1), device=device)
+        b, k = table_rows.shape
+        patterns = self.table.index_select(0, gather).view(b, k, -1)
         counts = torch.as_tensor(self.spheres.n_voxels[index], dtype=self.table.dtype, device=device)
         c = self.n_conditions
         r = self.n_runs
-        train = patterns[:, :, : r * c]  # (b, k, r*c)
-        test = patterns[:, :, r * c:].reshape(b, k * r, c)
+        precision = None
         if self.residuals is not None:
-            pad = self.table.shape[0] - 1
-            gather = torch.as_tensor(np.where(neighbors >= 0, self.rows[np.maximum(neighbors, 0)], pad), device=device)
-            res = self.residuals.index_select(0, gather.reshape(-1)).view(b, k, -1)
-            valid = None if bool((neighbors >= 0).all()) else torch.as_tensor(neighbors >= 0, device=device)
+            res = self.residuals.index_select(0, gather).view(b, k, -1)
+            padded = table_rows == self.table.shape[0] - 1
+            valid = None if not padded.any() else torch.as_tensor(~padded, device=device)
             precision = batched_precision(res.transpose(1, 2), valid, self.precision_method, self.spheres.ijk[index])
-            train = precision @ train
-        kernel = train.reshape(b, k * r, c).transpose(1, 2) @ test  # sum over folds of A_f^T P B_f
+        # sum over folds of A_f^T P B_f, fold by fold on views of the patterns (no copies)
+        kernel = torch.zeros(b, c, c, dtype=self.table.dtype, device=device)
+        for f in range(r):
+            train = patterns[:, :, f * c:(f + 1) * c]  # (b, k, c)
+            if precision is not None:
+                train = precision @ train
+            kernel.baddbmm_(train.transpose(1, 2), patterns[:, :, (r + f) * c:(r + f + 1) * c])
         diag = torch.diagonal(kernel, dim1=1, dim2=2)
         flat = kernel.reshape(b, -1)
         dist = diag.index_select(1, rows) + diag.index_select(1, cols) \
@@ -571,50 +583,68 @@ def batched_precision(residuals: torch.Tensor, valid: torch.Tensor | None, metho
     -------
     Tensor ``(b, k, k)``: the inverse covariances; padded voxels get an identity block (they carry no data).
     """
-    x = residuals - residuals.mean(dim=1, keepdim=True)
+    x = residuals - residuals.mean(dim=1, keepdim=True)  # padded columns stay zero
     b, n, k = x.shape
     dof = n - 1
-    eye = torch.eye(k, dtype=x.dtype, device=x.device)
-    pair = torch.ones(b, k, k, dtype=torch.bool, device=x.device) if valid is None \
-        else valid[:, :, None] & valid[:, None, :]
     s_sum = x.transpose(1, 2) @ x
+    var = torch.diagonal(s_sum, dim1=1, dim2=2) / dof
+    padded = None if valid is None else ~valid
     if method == "full":
         cov = s_sum / dof
     elif method == "diag":
-        cov = torch.diag_embed(torch.diagonal(s_sum, dim1=1, dim2=2) / dof)
-    elif method in ("shrinkage_eye", "shrinkage_diag"):
+        cov = torch.diag_embed(var)
+    elif method == "shrinkage_eye":  # Ledoit & Wolf (2004), as rsatoolbox's _covariance_eye
+        eye = torch.eye(k, dtype=x.dtype, device=x.device)
+        pair = torch.ones(b, k, k, dtype=torch.bool, device=x.device) if valid is None \
+            else valid[:, :, None] & valid[:, None, :]
         sq = x * x
         s2_sum = sq.transpose(1, 2) @ sq
-        if method == "shrinkage_eye":  # Ledoit & Wolf (2004), as rsatoolbox's _covariance_eye
-            s = s_sum / n
-            b2 = torch.where(pair, s2_sum / n - s * s, 0).sum(dim=(1, 2)) / n
-            count = valid.sum(dim=1) if valid is not None else torch.full((b,), k, device=x.device)
-            m = torch.diagonal(s, dim1=1, dim2=2).sum(dim=1) / count
-            d2 = torch.where(pair, (s - m[:, None, None] * eye) ** 2, 0).sum(dim=(1, 2))
-            b2 = torch.minimum(b2, d2)
-            cov = ((b2 / d2 * m)[:, None, None] * eye + ((d2 - b2) / d2)[:, None, None] * s) * (n / dof)
-        else:  # Schaefer & Strimmer (2005), as rsatoolbox's _covariance_diag
-            s = s_sum / dof
-            var = torch.diagonal(s, dim1=1, dim2=2)
-            std = var.sqrt()
-            s_mean = s_sum / std[:, None, :] / std[:, :, None] / (n - 1)
-            s2_mean = s2_sum / var[:, None, :] / var[:, :, None] / (n - 1)
-            var_hat = n / dof**2 * (s2_mean - s_mean**2)
-            off = pair & ~eye.bool()
-            lamb = torch.where(off, var_hat, 0).sum(dim=(1, 2)) / torch.where(off, s_mean**2, 0).sum(dim=(1, 2))
-            lamb = lamb.clamp(0, 1)
-            cov = s * (eye + (1 - lamb)[:, None, None] * (1 - eye))
+        s = s_sum / n
+        b2 = torch.where(pair, s2_sum / n - s * s, 0).sum(dim=(1, 2)) / n
+        count = valid.sum(dim=1) if valid is not None else torch.full((b,), k, device=x.device)
+        m = torch.diagonal(s, dim1=1, dim2=2).sum(dim=1) / count
+        d2 = torch.where(pair, (s - m[:, None, None] * eye) ** 2, 0).sum(dim=(1, 2))
+        b2 = torch.minimum(b2, d2)
+        cov = ((b2 / d2 * m)[:, None, None] * eye + ((d2 - b2) / d2)[:, None, None] * s) * (n / dof)
+    elif method == "shrinkage_diag":  # Schaefer & Strimmer (2005), as rsatoolbox's _covariance_diag
+        cov = s_sum * ((1 - _shrinkage_diag_weight(x, var, padded)) / dof)[:, None, None]
+        torch.diagonal(cov, dim1=1, dim2=2).copy_(var)  # the diagonal is not shrunk
     else:
         raise ValueError(f"precision_method must be one of {PRECISION_METHODS}, got {method!r}")
-    if valid is not None:
-        cov = torch.where(pair, cov, 0) + torch.diag_embed((~valid).to(cov.dtype))
-    precision, info = torch.linalg.inv_ex(cov)
-    if bool((info != 0).any()) or not bool(torch.isfinite(precision).all()):
-        bad = int(torch.nonzero((info != 0) | ~torch.isfinite(precision).all(dim=(1, 2)))[0])
+    if padded is not None:  # padded voxels: zero rows and columns; an identity block keeps cov invertible
+        cov = cov + torch.diag_embed(padded.to(cov.dtype))
+    # the covariances are symmetric positive definite: a Cholesky factor and its inverse (several times
+    # fewer operations than a general inverse); a factor that fails names the sphere
+    factor, info = torch.linalg.cholesky_ex(cov)
+    failed = (info != 0) | ~torch.isfinite(factor).all(dim=(1, 2))
+    precision = None if bool(failed.any()) else torch.cholesky_inverse(factor)
+    if precision is not None:
+        failed = ~torch.isfinite(precision).all(dim=(1, 2))
+    if bool(failed.any()):
+        bad = int(torch.nonzero(failed)[0])
         where = f"centred on voxel {tuple(centres[bad].tolist())}" if centres is not None else f"{bad} of the batch"
         raise ValueError(f"the residuals' covariance of the sphere {where} is singular under "
                          f"precision_method={method!r}: a voxel with constant residuals? try 'shrinkage_diag'")
     return precision
+
+
+def _shrinkage_diag_weight(x: torch.Tensor, var: torch.Tensor, padded: torch.Tensor | None) -> torch.Tensor:
+    """rsatoolbox's shrinkage weight ``lambda (b,)`` of ``_covariance_diag`` from centred residuals ``x (b, n, k)``
+    and their variances ``var (b, k)``: ``sum var_hat / sum s_mean^2`` over the off-diagonal pairs, where
+    ``s_mean = y^T y / (n - 1)`` and ``s2_mean = (y^2)^T (y^2) / (n - 1)`` for the standardised ``y = x / std``.
+    The sums need no ``(k, k)`` matrix: ``sum_ij (y^T y)_ij^2 = |y y^T|^2`` (an ``(n, n)`` product) and
+    ``sum_ij ((y^2)^T y^2)_ij = sum_n (sum_i y_ni^2)^2``; padded voxels (zero columns) add nothing."""
+    n = x.shape[1]
+    scale = var.rsqrt() if padded is None else torch.where(padded, 0, var.rsqrt())
+    y = x * scale[:, None, :]
+    y2 = y * y
+    gram = y @ y.transpose(1, 2)  # (b, n, n)
+    diag_s = y2.sum(dim=1)  # (y^T y)_ii
+    sum_s2 = gram.square().sum(dim=(1, 2)) - diag_s.square().sum(dim=1)  # off-diagonal sum of (y^T y)_ij^2
+    sum_q = y2.sum(dim=2).square().sum(dim=1) - y2.square().sum(dim=(1, 2))  # off-diagonal sum of (y^2)^T y^2
+    dof = n - 1
+    var_hat = n / dof**2 * (sum_q / (n - 1) - sum_s2 / (n - 1) ** 2)
+    return (var_hat / (sum_s2 / (n - 1) ** 2)).clamp(0, 1)
 
 
 def prepare_searchlight(
