@@ -150,7 +150,7 @@ def product_floor(spheres, width: int, reps: int = 5) -> tuple[float, float]:
     follows = np.r_[False, (np.diff(centres) == 1) & (centres[1:] % spheres.shape[2] != 0)]
     starts = np.flatnonzero(~follows)
     lengths = np.diff(np.r_[starts, len(centres)])
-    n_full = int(np.ceil(lengths / SLIDE_STEPS[torch.float64]).sum())
+    n_full = int(np.ceil(lengths / SLIDE_STEPS).sum())
     cap = len(spheres.slide_offsets[0])
     madds = float(width * width * (n_full * len(spheres.offsets) + (len(centres) - n_full) * cap))
     batch = 128

@@ -183,7 +183,7 @@ def test_rows_of_centres_longer_than_the_shared_steps(rng, method, reference, tr
     order of the positions asked for: every RDM still equals rsatoolbox's."""
     from rdl_neuro.data.searchlight import SLIDE_STEPS, prepare_searchlight
 
-    steps = SLIDE_STEPS[torch.float64]
+    steps = SLIDE_STEPS
     shape, n_cond = (1, 3, 2 * steps + 5), 5
     mask = rng.random(shape) < 0.9
     mask[0, 1] = True  # one row without holes: longer than the steps
@@ -194,7 +194,7 @@ def test_rows_of_centres_longer_than_the_shared_steps(rng, method, reference, tr
     prepared = prepare_searchlight(img(data), np.arange(n_cond), mask=mask_img(mask), radius=2, threshold=0.3,
                                    truncate_at_boundary=truncate, method=method)
     runs = np.split(prepared.spheres.centers, np.flatnonzero(np.diff(prepared.spheres.centers) != 1) + 1)
-    assert max(len(run) for run in runs) > 2 * steps and len(runs) > 10  # long rows, and rows cut by holes
+    assert max(len(run) for run in runs) > 2 * steps and len(runs) > 3  # long rows, and rows cut by holes
     for chunk_size in (7, None):
         ours = np.concatenate([rdms.numpy() for _, _, rdms in prepared.iter_rdms(chunk_size=chunk_size)])
         np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-10)

@@ -25,7 +25,7 @@ centre along the last axis differs from the current one by a cap of voxels
 that enter and one that leaves (for radius 3: 25 + 25 of 93 voxels), and its
 Gram is the current one plus ``E^T E - L^T L``. A chunk computes the first
 sphere of every row of centres in full, all the cap products in one batched
-product, and then running sums along the rows, at most ``SLIDE_STEPS[dtype]`` at a
+product, and then running sums along the rows, at most ``SLIDE_STEPS`` at a
 time (which bounds the rounding the updates add up). The dissimilarities then
 follow elementwise:
 
@@ -69,13 +69,12 @@ RADIUS_UNITS = ("voxels", "mm")
 PRECISION_METHODS = ("shrinkage_diag", "shrinkage_eye", "diag", "full")
 
 # memory for one chunk's intermediates when chunk_size is not given: small enough for the chunk to
-# stay in cache between the steps (about 140 spheres of 93 voxels and 92 conditions)
+# stay in cache between the steps
 _CHUNK_BYTES = 64 * 2**20
-_GRAM_CHUNK_BYTES = 32 * 2**20
-#: centres in a row along the last axis whose Gram matrices are updated from their neighbour's (grams_at), by
-#: dtype (16 for others): each update adds about one unit in the last place to the Gram's entries, which float64
-#: can afford for whole rows (fewer full spheres), float32 for 16 steps (within ~5e-7 of float64 maps)
-SLIDE_STEPS = {torch.float64: 64, torch.float32: 16}
+_GRAM_CHUNK_BYTES = 22 * 2**20
+#: centres in a row along the last axis whose Gram matrices are updated from their neighbour's (grams_at)
+#: (longer pieces save full spheres but need more, smaller serial products: 64 was slower than 16 in float64)
+SLIDE_STEPS = 16
 
 
 # --------------------------------------------------------------------------- #
@@ -351,8 +350,9 @@ class SearchlightData:
         return len(self.conditions)
 
     def default_chunk_size(self) -> int:
-        """Spheres per chunk so that a chunk's intermediates take about 64 MB (crossnobis) or 32 MB (the rest:
-        about 100 spheres of 93 voxels and 92 conditions in float64, enough for the shared Gram updates)."""
+        """Spheres per chunk so that a chunk's intermediates take about 64 MB (crossnobis) or 22 MB (the rest:
+        about 66 spheres of 93 voxels and 92 conditions in float64, enough for the shared Gram updates; larger
+        chunks were slower, 96 spheres by ~15% with other processes on the cores)."""
         k, c, w = self.spheres.offsets.shape[0], self.n_conditions, self.table.shape[1]
         if self.method != "crossnobis":
             return int(max(1, min(4096, _GRAM_CHUNK_BYTES // (self.table.element_size() * (2 * k * w + 3 * w * w)))))
@@ -449,9 +449,9 @@ class SearchlightData:
         of each; about half a sphere together), so its Gram is the current one plus ``E^T E - L^T L``,
         which is the symmetric part of ``(E - L)^T (E + L)`` (the cross terms ``E^T L - L^T E`` are
         antisymmetric): one batched product over a single cap's rows, so ``H`` is a running sum of
-        halves of those products. At most ``SLIDE_STEPS[dtype]`` centres in a row are updated so; then a
+        halves of those products. At most ``SLIDE_STEPS`` centres in a row are updated so; then a
         sphere's Gram is computed from all its voxels again, which bounds the rounding the updates add up
-        (about ``SLIDE_STEPS[dtype]`` units in the last place of the Gram's entries).
+        (about ``SLIDE_STEPS`` units in the last place of the Gram's entries).
         """
         if self.method == "crossnobis":
             raise ValueError("Gram matrices are not defined for crossnobis (a cross-validated product)")
@@ -463,8 +463,7 @@ class SearchlightData:
         follows = np.zeros(b, dtype=bool)
         follows[1:] = (np.diff(centers) == 1) & (centers[1:] % self.spheres.shape[2] != 0)
         order = np.arange(b)
-        steps = SLIDE_STEPS.get(self.table.dtype, 16)
-        step = (order - np.maximum.accumulate(np.where(follows, 0, order))) % steps
+        step = (order - np.maximum.accumulate(np.where(follows, 0, order))) % SLIDE_STEPS
         piece = np.cumsum(step == 0) - 1
         length = np.bincount(piece)
         # slots: step by step, pieces longest first, so that the pieces still running at a step are the
