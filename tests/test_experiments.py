@@ -228,3 +228,41 @@ def test_paired_tests() -> None:
     assert out["mean_diff"] == pytest.approx(np.mean(a - b))
     same = paired_tests(a, a)
     assert same["p_t"] == 1.0 and same["p_wilcoxon"] == 1.0
+
+
+def test_brain92_gabor_front_end_is_a_fixed_quadrature_bank() -> None:
+    """The Gabor stage of ``gabor+flags``: zero-mean unit-norm filters in quadrature, nothing learned,
+    energy invariant to the phase of a grating."""
+    import math
+
+    import torch
+    from brain92_students import GaborFrontEnd, build_student, gabor_bank
+
+    bank = gabor_bank((4.0, 8.0), n_orientations=4)[:, 0].double()
+    q = bank.shape[0] // 2
+    assert bank.shape[0] == 2 * 2 * 4 and bank.shape[-1] % 2 == 1
+    torch.testing.assert_close(bank.sum((1, 2)), torch.zeros(2 * q, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(bank.flatten(1).norm(dim=1), torch.ones(2 * q, dtype=torch.float64), atol=1e-5, rtol=0)
+    # even and odd filters of a pair are orthogonal (quadrature)
+    assert (bank[:q] * bank[q:]).sum((1, 2)).abs().max() < 1e-4
+
+    front = GaborFrontEnd((4.0, 8.0), n_orientations=4)
+    assert not list(front.parameters())  # nothing learned
+    # a vertical grating at the first filter's period and orientation: the complex cell at the centre does not
+    # depend on the grating's phase, the simple cell does
+    x = torch.arange(33, dtype=torch.float32)
+    energies, simples = [], []
+    for phase in (0.0, 1.0, 2.0):
+        grating = torch.cos(2 * math.pi * x / 4.0 + phase).expand(33, 33)
+        out = front(grating.expand(1, 3, 33, 33))
+        energies.append(float(out[0, 0, 16, 16]))
+        simples.append(float(out[0, front.q, 16, 16]))
+    assert max(energies) - min(energies) < 1e-3 * max(energies)
+    assert max(simples) - min(simples) > 0.1 * max(energies)
+    assert out.shape == (1, 3 * front.q + 3, 33, 33)
+
+    student = build_student("gabor+flags", 32)
+    names = dict(student.named_modules())
+    for layer in ("pool1", "pool2", "pool3", "hidden1", "out", "flags"):
+        assert layer in names
+    assert student(torch.rand(2, 3, 32, 32)).shape == (2, 6)
