@@ -476,6 +476,43 @@ def headline(summary: pd.DataFrame, tests: pd.DataFrame, nc_lower: float) -> dic
             "animacy_heldout_r": float(s.loc["animacy", "r_corr"]), "nc_lower": nc_lower}
 
 
+def claims(summary: pd.DataFrame, tests: pd.DataFrame, students: pd.DataFrame, strong: str, nc_lower: float,
+           ran: int, total: int, wall: float, workers: int) -> dict[str, str]:
+    """The sentences the README quotes, written from the numbers so that the claim follows the result."""
+    s = summary.set_index("row")
+    r_at = {name: float(s.loc[f"{name} @ {PULLED}", "r_corr"]) for name in ROW if f"{name} @ {PULLED}" in s.index}
+    best = max(BRAIN_ROWS, key=lambda n: r_at[n])
+    ctrl = tests[(tests["family"] == "brain row vs control") & (tests["model_a"] == best)].set_index("model_b")
+    base = tests[tests["family"] == "vs baseline"].set_index("model_a")
+    acc = students.groupby("student")["eval_acc"].mean().sort_values(ascending=False)
+    best_ctrl = max(CONTROLS, key=lambda c: r_at[c])
+    lost = [c for c in CONTROLS if not ctrl.loc[c, "significant"]]
+    goal, animacy = 0.8 * nc_lower, float(s.loc["animacy", "r_corr"])
+    if not lost:
+        beats = f"beats every null and reference teacher (largest FDR-corrected p = {ctrl['p_corrected'].max():.2g})"
+    else:
+        beats = (f"does **not** beat every null and reference teacher: {len(lost)} of {len(CONTROLS)} differences are "
+                 f"not significant after FDR correction ({'; '.join(lost)}); the best control, {best_ctrl}, reaches "
+                 f"r = {r_at[best_ctrl]:.3f}")
+    reach = (f"It {'reaches' if r_at[best] >= goal else 'stays below'} the goal of r >= {goal:.2f} (0.8 of the lower "
+             f"noise ceiling, {nc_lower:.3f}) and {'passes' if r_at[best] > animacy else 'stays below'} the animacy "
+             f"model RDM ({animacy:.3f}).")
+    return {
+        "student_choice": f"`{strong}` (inner-validation accuracy " + ", ".join(
+            f"{name} {a:.3f}" for name, a in acc.items()) + ")",
+        "strong_vs_small": (f"{r_at['small CNN baseline']:.3f} (small CNN) to {r_at['baseline']:.3f} (FDR p = "
+                            f"{base.loc['small CNN baseline', 'p_corrected']:.2g})"),
+        "verdict": f"the best brain-teacher row, {best} (r = {r_at[best]:.3f}), {beats}. {reach}",
+        "vs_controls": "; ".join(f"{c} {ctrl.loc[c, 'diff']:+.3f} (p = {ctrl.loc[c, 'p_corrected']:.2g})"
+                                 for c in CONTROLS),
+        "brain_rows": "; ".join(f"{b} {r_at[b]:.3f} (vs baseline {base.loc[b, 'diff']:+.3f}, FDR p = "
+                                f"{base.loc[b, 'p_corrected']:.2g})" for b in BRAIN_ROWS),
+        "training": (f"{total} student jobs" + (f" ({total - ran} read from the cache of an earlier run with the same "
+                                                  "training code)" if ran < total else "")
+                     + f" in {wall / 60:.0f} min with {workers} worker processes"),
+    }
+
+
 def main_table(summary: pd.DataFrame, tests: pd.DataFrame, model_names: list[str]) -> pd.DataFrame:
     """Rows at the pulled layer with references, intervals and the corrected test against the baseline."""
     order = [f"{r.name} @ {PULLED}" for r in ROWS] + model_names + ["noise ceiling (lower)", "noise ceiling (upper)"]
@@ -695,7 +732,9 @@ def main(argv: list[str] | None = None) -> int:
     md = write_report(ctx, out, figs, res, wall)
     write_text(out_dir / "brain92.md", md)
     shown = out["table"].map(fmt)  # the published table, cells as in brain92.md
-    record.finish(shown, result_line=res, values=values, exact=summary[["row", "r_corr", "ci_low", "ci_high"]],
+    texts = claims(summary, tests, students, strong, nc_lower, len(ctx["cached"]) - sum(ctx["cached"]),
+                   len(ctx["cached"]), wall, workers)
+    record.finish(shown, result_line=res, values={**values, **texts}, exact=summary[["row", "r_corr", "ci_low", "ci_high"]],
                   title="Brain-RDL on the 92 images (held-out images x held-out subjects)",
                   notes=f"stronger student: {strong}; wall time {wall:.0f} s with {workers} worker(s); "
                         f"{sum(ctx['cached'])} of {len(ctx['cached'])} trained students read from the cache of an "
