@@ -178,6 +178,17 @@ def test_brain92_quick(tmp_path: Path, kriegeskorte_dir: Path) -> None:
         assert heading in md
     assert line in md
     assert (tmp_path / "records" / "brain92.md").is_file()
+    # the README's sentences are written from the numbers: every control is named with its difference and p
+    from rdl_neuro.provenance import read_record
+
+    values = read_record(tmp_path / "records" / "brain92.md")["values"]
+    best = m.group(3).replace("_", " ")
+    assert values["verdict"].startswith(f"the best brain-teacher row, {best} (r = {float(m.group(4)):.3f})")
+    beaten = tests[(tests["model_a"] == best) & (tests["family"] == "brain row vs control")]
+    assert ("does **not** beat" in values["verdict"]) == (not beaten["significant"].all())
+    for control, diff in zip(beaten["model_b"], beaten["diff"]):
+        assert f"{control} {diff:+.3f} (p = " in values["vs_controls"]
+    assert set(values) >= {"student_choice", "strong_vs_small", "brain_rows", "training"}
     for png in ("brain92_rows.png", "brain92_layers.png", "brain92_rdms.png"):
         check_png(tmp_path / png)
 
