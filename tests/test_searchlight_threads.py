@@ -112,6 +112,10 @@ def test_threads_restored_after_a_failure(rng, volume, monkeypatch):
         with pytest.raises(ValueError, match="lacks 1 of the 6 conditions"):  # fails inside the one-thread block
             evaluate_searchlight(img(data), np.arange(6), _models(rng, 5), mask=mask, threshold=0.5)
         assert torch.get_num_threads() == 2
+        monkeypatch.setattr(SearchlightData, "rdms_at", fail)
+        with pytest.raises(RuntimeError, match=r"chunk slice\(0, 7, None\) failed"):
+            searchlight_rdms(img(data), np.arange(6), mask=mask, threshold=0.5, chunk_size=7)
+        assert torch.get_num_threads() == 2
         with pytest.raises(ZeroDivisionError):
             with one_torch_thread() as entry:
                 assert entry == 2 and torch.get_num_threads() == 1

@@ -825,9 +825,11 @@ def searchlight_rdms(
         data = prepare_searchlight(betas, conditions, **options)
         n = data.n_conditions
         out = np.empty((len(data.spheres), n * (n - 1) // 2))
-        for lo, hi, rdms in data.iter_rdms(chunk_size=chunk_size, progress=progress,
-                                           workers=chunk_workers(threads, data.table.device)):
-            out[lo:hi] = rdms.cpu().numpy()
+        chunks = data.iter_rdms(chunk_size=chunk_size, progress=progress,
+                                workers=chunk_workers(threads, data.table.device))
+        with contextlib.closing(chunks):  # (an error stops the chunks' threads before the thread count returns)
+            for lo, hi, rdms in chunks:
+                out[lo:hi] = rdms.cpu().numpy()
     ijk = data.spheres.ijk
     return RDMs(out, dissimilarity_measure=DISSIMILARITY_MEASURES[data.method],
                 descriptors={"noise_model": data.noise_model} if data.method == "crossnobis" else {},
