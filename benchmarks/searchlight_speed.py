@@ -37,11 +37,12 @@ Threads: the main rows give every library one thread (``--threads``,
 default 1: torch and numpy's BLAS), so that the ratios compare the code and not
 the core count. The rows marked **defaults** run each library as a new user
 gets it on this machine: rdl_neuro in float64 (its default dtype) with torch's
-default thread count (all cores), rsatoolbox with numpy's default BLAS threads
+default thread count (all cores: as many chunks of spheres side by side, each
+torch op on one thread), rsatoolbox with numpy's default BLAS threads
 (its searchlight is a Python loop over the centres, so it stays on one core in
 effect); their CPU-seconds columns show what each run cost. Timings measured
 while other processes share the cores are unreliable, the multi-threaded ones
-most (threads wait on each other).
+most (a row on all cores gains nothing when other processes hold them).
 
 The **floor** row is a lower bound for rdl_neuro's float64 searchlight on one
 thread: the multiply-adds of its Gram products (a full sphere at the start of

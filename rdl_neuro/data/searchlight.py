@@ -47,6 +47,7 @@ follow elementwise:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from rdl_neuro._threads import chunk_workers, one_torch_thread, ordered_map
 from rdl_neuro.data.nifti import (DISSIMILARITY_MEASURES, METHODS, ImageLike, ImagesLike, Volumes, check_design,
                                   check_same_space, read_roi_array)
 from rdl_neuro.devices import check_device
@@ -380,15 +382,20 @@ class SearchlightData:
             bar.close()
 
     def iter_rdms(self, start: int = 0, stop: int | None = None, *, chunk_size: int | None = None,
-                  progress: bool = False) -> Iterator[tuple[int, int, torch.Tensor]]:
+                  progress: bool = False, workers: int = 1) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Yield ``(lo, hi, rdms (hi - lo, n_pairs))`` for the spheres ``start:stop``, a chunk at a time.
 
         RDMs are condensed (scipy ``squareform`` order over ``conditions``) in
         the table's dtype and device. NaN marks undefined dissimilarities
         (a pattern constant over a sphere under ``correlation``), as in rsatoolbox.
+        ``workers`` chunks are computed side by side in Python threads (``rdl_neuro._threads.ordered_map``;
+        at most ``workers`` in flight), yielded in order; the RDMs do not depend on it when torch runs on one
+        thread (as :func:`searchlight_rdms` arranges).
         """
-        for lo, hi in self.chunks(start, stop, chunk_size=chunk_size, progress=progress):
-            yield lo, hi, self.rdms_at(slice(lo, hi))
+        bounds = list(self.chunks(start, stop, chunk_size=chunk_size))
+        with contextlib.closing(ordered_map(lambda chunk: self.rdms_at(slice(*chunk)), bounds, workers)) as rdms:
+            for (lo, hi), chunk_rdms in zip(self.chunks(start, stop, chunk_size=chunk_size, progress=progress), rdms):
+                yield lo, hi, chunk_rdms
 
     @cached_property
     def _pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -776,6 +783,10 @@ def searchlight_rdms(
     All RDMs are kept in memory (``n_spheres x n_pairs`` float64): for maps,
     ``rdl_neuro.inference.searchlight.evaluate_searchlight`` streams them instead.
 
+    Threads: every torch op runs on one thread during the call (``torch.set_num_threads(1)``, restored
+    after), and on the CPU as many chunks as torch had threads on entry are computed side by side in
+    Python threads; the RDMs are the same, bit for bit, whatever the thread count.
+
     Parameters
     ----------
     betas, conditions
@@ -809,11 +820,16 @@ def searchlight_rdms(
     """
     from rsatoolbox.rdm import RDMs
 
-    data = prepare_searchlight(betas, conditions, **options)
-    n = data.n_conditions
-    out = np.empty((len(data.spheres), n * (n - 1) // 2))
-    for lo, hi, rdms in data.iter_rdms(chunk_size=chunk_size, progress=progress):
-        out[lo:hi] = rdms.cpu().numpy()
+    # many small torch ops: each on one torch thread, the cores used by chunks side by side (rdl_neuro._threads)
+    with one_torch_thread() as threads:
+        data = prepare_searchlight(betas, conditions, **options)
+        n = data.n_conditions
+        out = np.empty((len(data.spheres), n * (n - 1) // 2))
+        chunks = data.iter_rdms(chunk_size=chunk_size, progress=progress,
+                                workers=chunk_workers(threads, data.table.device))
+        with contextlib.closing(chunks):  # (an error stops the chunks' threads before the thread count returns)
+            for lo, hi, rdms in chunks:
+                out[lo:hi] = rdms.cpu().numpy()
     ijk = data.spheres.ijk
     return RDMs(out, dissimilarity_measure=DISSIMILARITY_MEASURES[data.method],
                 descriptors={"noise_model": data.noise_model} if data.method == "crossnobis" else {},

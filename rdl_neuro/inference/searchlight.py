@@ -14,6 +14,7 @@ error (FWE) corrected p-values (Nichols & Holmes 2002).
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import itertools
@@ -29,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from rdl_neuro._threads import chunk_workers, one_torch_thread, ordered_map
 from rdl_neuro.data.ids import check_id_kinds, plain_ids
 from rdl_neuro.data.searchlight import SearchlightData, Spheres, prepare_searchlight
 from rdl_neuro.rdm.calc import check_method, subset_rdms
@@ -407,6 +409,13 @@ def evaluate_searchlight(
     -------
     SearchlightResult
 
+    Notes
+    -----
+    Threads: every torch op runs on one thread during the call (``torch.set_num_threads(1)``, restored
+    after: many small parallel ops would wait on each other), and on the CPU as many chunks of spheres as
+    torch had threads on entry (``torch.get_num_threads()``) are computed side by side in Python threads;
+    the scores are the same, bit for bit, whatever the thread count.
+
     Examples
     --------
     >>> import nibabel as nib, numpy as np
@@ -427,39 +436,49 @@ def evaluate_searchlight(
         raise ValueError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
     if distributed not in ("auto", True, False):
         raise ValueError(f"distributed must be 'auto', True or False, got {distributed!r}")
-    data = prepare_searchlight(betas, conditions, mask=mask, radius=radius, threshold=threshold,
-                               radius_unit=radius_unit, truncate_at_boundary=truncate_at_boundary, runs=runs,
-                               method=rdm_method, residuals=residuals, precision_method=precision_method,
-                               device=device, dtype=dtype)
-    model_rdms, names = model_matrix(models, data.conditions, descriptor, dtype=dtype)
-    model_rdms = model_rdms.to(data.table.device)
-    world, rank = world_size_and_rank() if distributed is not False else (1, 0)
-    if distributed is True and world == 1:
-        raise ValueError("distributed=True but no torch.distributed process group with several ranks is running")
-    start, stop = data.spheres.rank_range(world, rank)
-    parts = None
-    if checkpoint is not None:
-        parts = SearchlightCheckpoint(checkpoint, _fingerprint(data, model_rdms, method), clean=world == 1)
-    fused = _fused_models(model_rdms, method, data.n_conditions) \
-        if data.method == "correlation" and method in FUSED_METHODS else None
-    local = torch.full((stop - start, len(names)), float("nan"), dtype=dtype, device=data.table.device)
-    bar = progress_bar(total=stop - start, desc="searchlight", unit="sphere", disable=not (progress and rank == 0))
-    try:
-        for lo, hi in _parts(start, stop, checkpoint_every if parts is not None else stop - start):
-            saved = parts.load(lo, hi, len(names)) if parts is not None else None
-            if saved is not None:
+    # many small torch ops: each on one torch thread, the cores used by chunks side by side (rdl_neuro._threads)
+    with one_torch_thread() as threads:
+        data = prepare_searchlight(betas, conditions, mask=mask, radius=radius, threshold=threshold,
+                                   radius_unit=radius_unit, truncate_at_boundary=truncate_at_boundary, runs=runs,
+                                   method=rdm_method, residuals=residuals, precision_method=precision_method,
+                                   device=device, dtype=dtype)
+        model_rdms, names = model_matrix(models, data.conditions, descriptor, dtype=dtype)
+        model_rdms = model_rdms.to(data.table.device)
+        world, rank = world_size_and_rank() if distributed is not False else (1, 0)
+        if distributed is True and world == 1:
+            raise ValueError("distributed=True but no torch.distributed process group with several ranks is "
+                             "running")
+        start, stop = data.spheres.rank_range(world, rank)
+        parts = None
+        if checkpoint is not None:
+            parts = SearchlightCheckpoint(checkpoint, _fingerprint(data, model_rdms, method), clean=world == 1)
+        fused = _fused_models(model_rdms, method, data.n_conditions) \
+            if data.method == "correlation" and method in FUSED_METHODS else None
+        local = torch.full((stop - start, len(names)), float("nan"), dtype=dtype, device=data.table.device)
+        bar = progress_bar(total=stop - start, desc="searchlight", unit="sphere",
+                           disable=not (progress and rank == 0))
+        try:
+            todo = {}  # blocks to compute: last sphere -> first (a block is done with its last chunk)
+            for lo, hi in _parts(start, stop, checkpoint_every if parts is not None else stop - start):
+                saved = parts.load(lo, hi, len(names)) if parts is not None else None
+                if saved is None:
+                    todo[hi] = lo
+                    continue
                 local[lo - start:hi - start] = torch.as_tensor(saved, dtype=dtype, device=local.device)
                 bar.update(hi - lo)
-                continue
-            for a, b in data.chunks(lo, hi, chunk_size=chunk_size):
-                local[a - start:b - start] = _chunk_scores(data, a, b, model_rdms, method, fused)
-                bar.update(b - a)
-            if parts is not None:
-                parts.save(lo, hi, local[lo - start:hi - start].cpu().numpy().astype(np.float64))
-    finally:
-        bar.close()
-    scores = gather_no_grad(local) if world > 1 else local
-    scores_np = scores.cpu().numpy().astype(np.float64)
+            chunks = [chunk for hi, lo in todo.items() for chunk in data.chunks(lo, hi, chunk_size=chunk_size)]
+            results = ordered_map(lambda chunk: _chunk_scores(data, *chunk, model_rdms, method, fused), chunks,
+                                  chunk_workers(threads, data.table.device))
+            with contextlib.closing(results):
+                for (a, b), chunk_scores in zip(chunks, results):  # in centre order
+                    local[a - start:b - start] = chunk_scores
+                    bar.update(b - a)
+                    if parts is not None and b in todo:
+                        parts.save(todo[b], b, local[todo[b] - start:b - start].cpu().numpy().astype(np.float64))
+        finally:
+            bar.close()
+        scores = gather_no_grad(local) if world > 1 else local
+        scores_np = scores.cpu().numpy().astype(np.float64)
     n_undefined = int(np.isnan(scores_np).all(axis=1).sum())
     if n_undefined:
         warnings.warn(f"{n_undefined} of {len(scores_np)} searchlight spheres have undefined {rdm_method} RDMs "
