@@ -120,6 +120,44 @@ def test_two_torchrun_processes_write_the_single_process_map(files, tmp_path):
                                                           "searchlight_category.png"]
 
 
+@pytest.mark.slow
+def test_a_torchrun_rank_without_centres_takes_part(files, tmp_path):
+    """Two spheres on three ranks, no checkpoint: rank 1 gets no centres, does no work, and the scores are the
+    single process's."""
+    from tests.test_torchrun import torchrun  # noqa: PLC0415 - the shared torchrun launcher
+
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[4, 4, 4:6] = 1  # two neighbouring voxels: two spheres of two voxels each at radius 2
+    nib.save(nib.Nifti1Image(mask, AFFINE), tmp_path / "two_voxels.nii.gz")
+    script = tmp_path / "run.py"
+    script.write_text(f"""
+import sys
+import numpy as np
+import torch.distributed as dist
+from rsatoolbox.rdm import RDMs
+from rdl_neuro.inference.searchlight import evaluate_searchlight
+
+dist.init_process_group("gloo")
+square = np.load({str(files["model"])!r})["rdm"]
+model = RDMs(square[np.triu_indices({N_COND}, 1)][None], pattern_descriptors={{"stimulus": np.arange(10, {10 + N_COND})}})
+res = evaluate_searchlight({str(files["betas"])!r}, np.arange(10, {10 + N_COND}), model,
+                           mask={str(tmp_path / "two_voxels.nii.gz")!r}, radius=2, threshold=0, progress=False)
+if dist.get_rank() == 0:
+    np.save(sys.argv[1], res.scores)
+dist.destroy_process_group()
+""")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    res = subprocess.run([*torchrun(), "--standalone", "--nproc_per_node=3", str(script), str(tmp_path / "d.npy")],
+                         env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    model = RDMs(np.load(files["model"])["rdm"][np.triu_indices(N_COND, 1)][None],
+                 pattern_descriptors={"stimulus": np.arange(10, 10 + N_COND)})
+    single = evaluate_searchlight(str(files["betas"]), np.arange(10, 10 + N_COND), model,
+                                  mask=str(tmp_path / "two_voxels.nii.gz"), radius=2, threshold=0, progress=False)
+    assert single.scores.shape[0] == 2
+    np.testing.assert_allclose(np.load(tmp_path / "d.npy"), single.scores, rtol=0, atol=1e-12)
+
+
 @pytest.fixture
 def subjects(files, tmp_path, rng) -> list[Path]:
     """Three subjects' 4D betas on one grid: the planted region of ``files`` plus fresh noise each."""

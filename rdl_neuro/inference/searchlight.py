@@ -459,7 +459,9 @@ def evaluate_searchlight(
                            disable=not (progress and rank == 0))
         try:
             todo = {}  # blocks to compute: last sphere -> first (a block is done with its last chunk)
-            for lo, hi in _parts(start, stop, checkpoint_every if parts is not None else stop - start):
+            # one block of all local spheres without a checkpoint; a rank with no centres (more ranks than
+            # spheres) has no blocks
+            for lo, hi in _parts(start, stop, checkpoint_every if parts is not None else max(1, stop - start)):
                 saved = parts.load(lo, hi, len(names)) if parts is not None else None
                 if saved is None:
                     todo[hi] = lo
