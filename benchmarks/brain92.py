@@ -464,11 +464,17 @@ def pairwise(units: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- #
 # report
 # --------------------------------------------------------------------------- #
+def pulled_r(summary: pd.DataFrame) -> tuple[dict[str, float], str]:
+    """Mean held-out r of every row at the pulled layer, and the best brain-teacher row."""
+    s = summary.set_index("row")
+    r_at = {name: float(s.loc[f"{name} @ {PULLED}", "r_corr"]) for name in ROW if f"{name} @ {PULLED}" in s.index}
+    return r_at, max(BRAIN_ROWS, key=lambda n: r_at[n])
+
+
 def headline(summary: pd.DataFrame, tests: pd.DataFrame, nc_lower: float) -> dict[str, Any]:
     """The RESULT values: RDL, baseline, the best brain row and whether it beats every control."""
     s = summary.set_index("row")
-    r_at = {name: float(s.loc[f"{name} @ {PULLED}", "r_corr"]) for name in ROW if f"{name} @ {PULLED}" in s.index}
-    best = max(BRAIN_ROWS, key=lambda n: r_at[n])
+    r_at, best = pulled_r(summary)
     ctrl = tests[(tests["family"] == "brain row vs control") & (tests["model_a"] == best)]
     return {"rdl_heldout_r": r_at["RDL"], "base_heldout_r": r_at["baseline"], "best_brain_row": best.replace(" ", "_"),
             "best_brain_r": r_at[best], "best_control_r": max(r_at[c] for c in CONTROLS),
@@ -480,8 +486,7 @@ def claims(summary: pd.DataFrame, tests: pd.DataFrame, students: pd.DataFrame, s
            ran: int, total: int, wall: float, workers: int, train_s: float) -> dict[str, str]:
     """The sentences the README quotes, written from the numbers so that the claim follows the result."""
     s = summary.set_index("row")
-    r_at = {name: float(s.loc[f"{name} @ {PULLED}", "r_corr"]) for name in ROW if f"{name} @ {PULLED}" in s.index}
-    best = max(BRAIN_ROWS, key=lambda n: r_at[n])
+    r_at, best = pulled_r(summary)
     ctrl = tests[(tests["family"] == "brain row vs control") & (tests["model_a"] == best)].set_index("model_b")
     base = tests[tests["family"] == "vs baseline"].set_index("model_a")
     acc = students.groupby("student")["eval_acc"].mean().sort_values(ascending=False)

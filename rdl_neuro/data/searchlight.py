@@ -649,8 +649,8 @@ def _shrinkage_diag_weight(x: torch.Tensor, var: torch.Tensor, padded: torch.Ten
     sum_s2 = gram.square().sum(dim=(1, 2)) - diag_s.square().sum(dim=1)  # off-diagonal sum of (y^T y)_ij^2
     sum_q = y2.sum(dim=2).square().sum(dim=1) - y2.square().sum(dim=(1, 2))  # off-diagonal sum of (y^2)^T y^2
     dof = n - 1
-    var_hat = n / dof**2 * (sum_q / (n - 1) - sum_s2 / (n - 1) ** 2)
-    return (var_hat / (sum_s2 / (n - 1) ** 2)).clamp(0, 1)
+    var_hat = n / dof**2 * (sum_q / dof - sum_s2 / dof**2)
+    return (var_hat / (sum_s2 / dof**2)).clamp(0, 1)
 
 
 def prepare_searchlight(
