@@ -19,6 +19,7 @@ Options
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import sys
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default=None)
     p.add_argument("--cka", type=float, default=0.0)
     a = p.parse_args(argv)
+    if os.environ.get("RDL_TEST_DUMP_AFTER"):  # a hang prints every thread's stack and ends (tests/test_torchrun.py)
+        faulthandler.dump_traceback_later(int(os.environ["RDL_TEST_DUMP_AFTER"]), exit=True)
     if a.kill_in_write:
         install_write_killer(a.kill_in_write)
 

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -102,13 +100,12 @@ def test_user_mistakes_exit_2_with_one_line(files, tmp_path, capsys, change, mes
 
 @pytest.mark.slow
 def test_two_torchrun_processes_write_the_single_process_map(files, tmp_path):
-    from tests.test_torchrun import torchrun  # noqa: PLC0415 - the shared torchrun launcher
+    from tests.test_torchrun import run_ranks  # noqa: PLC0415 - the shared torchrun launcher
 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     dist_out, single_out = tmp_path / "dist", tmp_path / "single"
-    res = subprocess.run([*torchrun(), "--standalone", "--nproc_per_node=2", "-m", "rdl_neuro",
-                          *_args(files, dist_out), "--chunk-size", "50"],
-                         env=env, capture_output=True, text=True, timeout=180)
+    res = run_ranks(["--standalone", "--nproc_per_node=2", "-m", "rdl_neuro", *_args(files, dist_out),
+                     "--chunk-size", "50"], env=env, timeout=180)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "2 processes" in res.stdout and res.stdout.count("wrote 1 map") == 1  # rank 0 alone writes
     assert main(_args(files, single_out)) == 0  # the single process in this one (saves starting a third)
@@ -124,14 +121,13 @@ def test_two_torchrun_processes_write_the_single_process_map(files, tmp_path):
 def test_a_torchrun_rank_without_centres_takes_part(files, tmp_path):
     """Two spheres on three ranks, no checkpoint: rank 1 gets no centres, does no work, and the scores are the
     single process's."""
-    from tests.test_torchrun import torchrun  # noqa: PLC0415 - the shared torchrun launcher
+    from tests.test_torchrun import run_ranks  # noqa: PLC0415 - the shared torchrun launcher
 
     mask = np.zeros(SHAPE, np.uint8)
     mask[4, 4, 4:6] = 1  # two neighbouring voxels: two spheres of two voxels each at radius 2
     nib.save(nib.Nifti1Image(mask, AFFINE), tmp_path / "two_voxels.nii.gz")
     script = tmp_path / "run.py"
     script.write_text(f"""
-import sys
 import numpy as np
 import torch.distributed as dist
 from rsatoolbox.rdm import RDMs
@@ -147,8 +143,8 @@ if dist.get_rank() == 0:
 dist.destroy_process_group()
 """)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    res = subprocess.run([*torchrun(), "--standalone", "--nproc_per_node=3", str(script), str(tmp_path / "d.npy")],
-                         env=env, capture_output=True, text=True, timeout=180)
+    res = run_ranks(["--standalone", "--nproc_per_node=3", str(script), str(tmp_path / "d.npy")], env=env,
+                    timeout=180)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     model = RDMs(np.load(files["model"])["rdm"][np.triu_indices(N_COND, 1)][None],
                  pattern_descriptors={"stimulus": np.arange(10, 10 + N_COND)})
