@@ -90,6 +90,23 @@ def test_sphere_rdms_equal_rsatoolbox(rng, method, reference, capsys):
     np.testing.assert_array_equal(ours.pattern_descriptors["stimulus"], np.arange(n_cond))
 
 
+@pytest.mark.parametrize("as_list", [False, True], ids=["4D", "3D-list"])
+def test_one_volume_per_condition_in_any_order_equals_rsatoolbox(rng, as_list):
+    """Conditions named in a shuffled order (one volume each, the common case: the table takes the values as
+    they are, reordered), from one 4D image or a list of 3D images."""
+    shape, n_cond = (7, 8, 6), 7
+    mask = rng.random(shape) < 0.7
+    data = rng.normal(size=shape + (n_cond,))
+    conditions = np.array([f"s{i}" for i in rng.permutation(n_cond)])
+    centers, neighbors = get_volume_searchlight(mask, radius=2, threshold=0.5)
+    ref = get_searchlight_RDMs(data.reshape(-1, n_cond).T, centers, neighbors, conditions, method="correlation",
+                               verbose=False)
+    betas = [img(data[..., i]) for i in range(n_cond)] if as_list else img(data)
+    ours = searchlight_rdms(betas, conditions, mask=mask_img(mask), radius=2, threshold=0.5, chunk_size=9)
+    np.testing.assert_array_equal(ours.pattern_descriptors["stimulus"], np.sort(conditions))
+    np.testing.assert_allclose(ours.dissimilarities, ref.dissimilarities, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("precision_method, truncate", [(None, False), ("shrinkage_diag", True),
                                                         ("shrinkage_eye", False), ("diag", True), ("full", False)])
 def test_crossnobis_equals_rsatoolbox(rng, precision_method, truncate):
@@ -403,14 +420,17 @@ def test_singular_noise_covariance_names_the_sphere(rng, precision_method):
         searchlight_rdms(data, conditions, **args)
 
 
-def test_nan_voxels_inside_spheres_are_named(rng):
+@pytest.mark.parametrize("method", ["correlation", "euclidean", "crossnobis"])
+def test_nan_voxels_inside_spheres_are_named(rng, method):
     values = rng.normal(size=(6, 6, 6, 4))
     values[0, 1, 1, 2] = np.nan
     mask = np.zeros((6, 6, 6), bool)
     mask[1:5, 1:5, 1:5] = True
+    design = dict(runs=[0, 0, 1, 1], method=method) if method == "crossnobis" else dict(method=method)
+    conditions = [0, 1, 0, 1] if method == "crossnobis" else np.arange(4)
     with pytest.raises(ValueError, match=r"1 voxel\(s\) inside the searchlight spheres are NaN/inf .*\(0, 1, 1\)"):
-        searchlight_rdms(img(values), np.arange(4), mask=mask_img(mask), radius=2, threshold=0.3)
+        searchlight_rdms(img(values), conditions, mask=mask_img(mask), radius=2, threshold=0.3, **design)
     # spheres kept inside the mask never touch it
-    rdms = searchlight_rdms(img(values), np.arange(4), mask=mask_img(mask), radius=2, threshold=0.3,
-                            truncate_at_boundary=True)
+    rdms = searchlight_rdms(img(values), conditions, mask=mask_img(mask), radius=2, threshold=0.3,
+                            truncate_at_boundary=True, **design)
     assert np.isfinite(rdms.dissimilarities).all()

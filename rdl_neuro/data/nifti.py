@@ -130,15 +130,17 @@ class Volumes:
 
     def extract(self, voxels: np.ndarray) -> np.ndarray:
         """``(n_volumes, n_voxels)`` float64 values at a boolean 3D mask."""
-        out = np.empty((self.n, int(voxels.sum())), dtype=np.float64)
-        row = 0
-        for img, count in zip(self.images, self.counts):
-            # native dtype with scaling applied; no float64 copy of the whole image
-            data = _image_data(img, self.first)
-            block = data[voxels]  # (n_vox,) or (n_vox, count)
-            out[row:row + count] = block.reshape(block.shape[0], count).T
-            row += count
-        return out
+        return np.ascontiguousarray(self.extract_by_voxel(voxels).T)
+
+    def extract_by_voxel(self, voxels: np.ndarray) -> np.ndarray:
+        """``(n_voxels, n_volumes)`` float64 values at a boolean 3D mask: a voxel's volumes side by side (the
+        layout of a 4D image, read without a transposing copy)."""
+        # native dtype with scaling applied; no float64 copy of the whole image
+        blocks = [_image_data(img, self.first)[voxels].reshape(-1, count)
+                  for img, count in zip(self.images, self.counts)]
+        if len(blocks) == 1:
+            return blocks[0].astype(np.float64, copy=False)
+        return np.concatenate(blocks, axis=1, dtype=np.float64)
 
 
 def read_roi_array(obj: ImageLike, what: str, betas: Volumes) -> tuple[np.ndarray, str]:

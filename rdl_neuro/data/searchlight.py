@@ -697,7 +697,6 @@ def prepare_searchlight(
     spheres = searchlight_spheres(check_binary_mask(mask_data, mask_name), radius, threshold, affine=vols.affine,
                                   radius_unit=radius_unit, truncate_at_boundary=truncate_at_boundary)
 
-    # the voxels that some sphere holds: read only those
     # the voxels that some sphere holds (a voxel v is in the sphere of c when v - c is an offset, i.e. when
     # c - v is one of the mirrored offsets): read only those
     centres = np.zeros(vols.shape, dtype=np.int32)
@@ -709,19 +708,15 @@ def prepare_searchlight(
     union_flat = np.flatnonzero(union)
     rows = np.full(union.shape, len(union_flat), dtype=np.int64)
     rows[union_flat] = np.arange(len(union_flat))
-    data = vols.extract(union.reshape(vols.shape))  # (n_volumes, n_union)
-    bad = ~np.isfinite(data).all(axis=0)
-    if bad.any():
-        first = tuple(int(v) for v in np.unravel_index(union_flat[np.flatnonzero(bad)[0]], vols.shape))
-        raise ValueError(f"betas ({vols.first}): {int(bad.sum())} voxel(s) inside the searchlight spheres are NaN/inf "
-                         f"in some volume (first at voxel {first}); leave them out of the mask, or use threshold=1.0 "
-                         "or truncate_at_boundary=True so that spheres stay inside the mask")
+    values = vols.extract_by_voxel(union.reshape(vols.shape))  # (n_union, n_volumes)
 
     unique_cond, cond_index = np.unique(cond, return_inverse=True)
     noise_model = "none"
     res_table = None
     n_runs = 1
     if method == "crossnobis":
+        _check_finite(values, union_flat, vols)
+        data = values.T  # (n_volumes, n_union)
         unique_runs, run_index = np.unique(run, return_inverse=True)
         n_runs, n_cond = len(unique_runs), len(unique_cond)
         cell = _one_hot(run_index * n_cond + cond_index, n_runs * n_cond)
@@ -738,23 +733,61 @@ def prepare_searchlight(
             check_same_space(res_vols.shape, res_vols.affine, res_vols.first, vols.shape, vols.affine, vols.first)
             if res_vols.n < 2:
                 raise ValueError(f"residuals: need at least 2 volumes to estimate a noise covariance, got {res_vols.n}")
-            res = res_vols.extract(union.reshape(vols.shape))
+            res = res_vols.extract_by_voxel(union.reshape(vols.shape))  # (n_union, n_residuals)
             if not np.isfinite(res).all():
-                raise ValueError(f"residuals ({res_vols.first}): {int((~np.isfinite(res)).any(axis=0).sum())} voxels "
+                raise ValueError(f"residuals ({res_vols.first}): {int((~np.isfinite(res)).any(axis=1).sum())} voxels "
                                  "inside the searchlight spheres are NaN/inf")
-            res_table = _with_zero_row(res.T, dtype, device)
+            res_table = _with_zero_row(res, dtype, device)
             noise_model = f"residuals:{precision_method}"
+        table = _with_zero_row(table, dtype, device)
     else:
-        # condition means, as rsatoolbox averages repeats
-        table = (_one_hot(cond_index, len(unique_cond)) @ data / np.bincount(cond_index)[:, None]).T
-        # shifts that leave the dissimilarities unchanged and keep the sums in rdms_at small (precision):
-        # correlation is blind to a constant added to a condition's pattern, distances to one added to a voxel
-        table = table - table.mean(axis=0 if method == "correlation" else 1, keepdims=True)
-        # a column of ones: the spheres' Gram matrices then hold the pattern sums and voxel counts too
-        table = np.concatenate([table, np.ones((table.shape[0], 1))], axis=1)
-    return SearchlightData(spheres=spheres, method=method, conditions=unique_cond,
-                           table=_with_zero_row(table, dtype, device), rows=rows, residuals=res_table,
-                           precision_method=precision_method, n_runs=n_runs, noise_model=noise_model)
+        table = _condition_table(values, cond_index, len(unique_cond), method, union_flat, vols)
+        table = table.to(device=device, dtype=dtype)
+    return SearchlightData(spheres=spheres, method=method, conditions=unique_cond, table=table, rows=rows,
+                           residuals=res_table, precision_method=precision_method, n_runs=n_runs,
+                           noise_model=noise_model)
+
+
+def _check_finite(values: np.ndarray, union_flat: np.ndarray, vols: Volumes) -> None:
+    """Raise a ValueError naming the voxels of ``values (n_voxels, n_volumes)`` that are NaN/inf in some volume."""
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        first = tuple(int(v) for v in np.unravel_index(union_flat[np.flatnonzero(bad)[0]], vols.shape))
+        raise ValueError(f"betas ({vols.first}): {int(bad.sum())} voxel(s) inside the searchlight spheres are NaN/inf "
+                         f"in some volume (first at voxel {first}); leave them out of the mask, or use threshold=1.0 "
+                         "or truncate_at_boundary=True so that spheres stay inside the mask")
+
+
+def _condition_table(values: np.ndarray, cond_index: np.ndarray, n_cond: int, method: str,
+                     union_flat: np.ndarray, vols: Volumes) -> torch.Tensor:
+    """The table of ``SearchlightData`` (float64, CPU) for the methods other than crossnobis:
+    ``(n_voxels + 1, n_cond + 1)``, every voxel's condition means (shifted, see below), a last column of
+    ones (the spheres' Gram matrices then hold the pattern sums and voxel counts too), a last row of zeros.
+
+    ``values (n_voxels, n_volumes)``; ``cond_index (n_volumes,)``: each volume's place among the sorted
+    conditions. Built in one buffer (a whole-brain table is hundreds of MB: every extra copy costs its
+    page faults).
+    """
+    table = torch.empty(values.shape[0] + 1, n_cond + 1, dtype=torch.float64)
+    means = table[:-1, :n_cond]
+    counts = np.bincount(cond_index, minlength=n_cond)
+    if (counts == 1).all():  # one volume per condition: the means are the values, in the conditions' order
+        order = np.argsort(cond_index)
+        source = torch.from_numpy(values)
+        means.copy_(source if (order == np.arange(n_cond)).all() else source[:, torch.from_numpy(order)])
+    else:  # as rsatoolbox averages repeats
+        means.copy_(torch.from_numpy(values @ _one_hot(cond_index, n_cond).T / counts))
+    # shifts that leave the dissimilarities unchanged and keep the sums in rdms_at small (precision):
+    # correlation is blind to a constant added to a condition's pattern, distances to one added to a voxel
+    shift = means.mean(dim=0 if method == "correlation" else 1, keepdim=True)
+    if not bool(torch.isfinite(shift).all()):  # a NaN/inf value spreads into the shifts
+        _check_finite(values, union_flat, vols)
+        raise ValueError(f"betas ({vols.first}): values too large to average in float64 "
+                         f"(largest magnitude {np.abs(values).max():.3g})")
+    means.sub_(shift)
+    table[:-1, n_cond] = 1.0
+    table[-1] = 0.0
+    return table
 
 
 def _one_hot(index: np.ndarray, n: int) -> np.ndarray:
