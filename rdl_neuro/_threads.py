@@ -21,6 +21,10 @@ import torch
 
 # inputs with fewer elements than this run on one thread (about 8 MB of float64)
 SMALL_WORK_ELEMENTS = 1 << 20
+# ordered_map: items in flight per worker. With one, a worker that finished its item idled until the
+# older item of the other worker was taken; with 4 the 35k-sphere searchlight on 2 cores took 0.85-0.92 s
+# instead of 0.95-1.05 s
+IN_FLIGHT_PER_WORKER = 4
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -79,8 +83,8 @@ def chunk_workers(threads: int, device: torch.device | str) -> int:
 def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
     """``func(item)`` for every item, in the items' order, computed by ``workers`` Python threads side by side.
 
-    At most ``workers`` items are in flight (running or done and not yet taken), so memory stays
-    bounded; ``workers <= 1`` calls ``func`` in the caller's thread, one item after the other. An
+    At most ``IN_FLIGHT_PER_WORKER * workers`` items are in flight (running or done and not yet
+    taken), so memory stays bounded; ``workers <= 1`` calls ``func`` in the caller's thread, one item after the other. An
     exception of ``func`` is raised when its item's turn comes (the first failing item in order, as
     in a loop); items not yet started are then dropped. Each result depends only on its item, so the
     results do not depend on ``workers``.
@@ -97,7 +101,7 @@ def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int) -> Ite
     pending: deque[Future[R]] = deque()
     try:
         for item in items:
-            if len(pending) == workers:
+            if len(pending) == IN_FLIGHT_PER_WORKER * workers:
                 yield pending.popleft().result()
             pending.append(pool.submit(func, item))
         while pending:

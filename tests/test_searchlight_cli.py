@@ -128,6 +128,7 @@ def test_a_torchrun_rank_without_centres_takes_part(files, tmp_path):
     nib.save(nib.Nifti1Image(mask, AFFINE), tmp_path / "two_voxels.nii.gz")
     script = tmp_path / "run.py"
     script.write_text(f"""
+import sys
 import numpy as np
 import torch.distributed as dist
 from rsatoolbox.rdm import RDMs

@@ -58,10 +58,10 @@ def test_correlation_maps_do_not_depend_on_threads(rng, volume, method, monkeypa
     seen = []
     original = SearchlightData.gram_halves_at
 
-    def record(self, index):
+    def record(self, index, *args, **options):
         seen.append((threading.get_ident(), torch.get_num_threads()))
         time.sleep(0.002)  # long enough for the pool's threads to take turns
-        return original(self, index)
+        return original(self, index, *args, **options)
 
     monkeypatch.setattr(SearchlightData, "gram_halves_at", record)
     three = on_threads(3, evaluate_searchlight, img(data), np.arange(6), models, **args)
@@ -94,7 +94,7 @@ def test_crossnobis_maps_do_not_depend_on_threads(rng, volume):
 def test_threads_restored_after_a_failure(rng, volume, monkeypatch):
     data, mask = volume
 
-    def fail(self, index, **options):
+    def fail(self, index, *args, **options):
         assert torch.get_num_threads() == 1
         raise RuntimeError(f"chunk {index} failed")
 

@@ -32,7 +32,7 @@ import torch
 
 from rdl_neuro._threads import chunk_workers, one_torch_thread, ordered_map
 from rdl_neuro.data.ids import check_id_kinds, plain_ids
-from rdl_neuro.data.searchlight import SearchlightData, Spheres, prepare_searchlight
+from rdl_neuro.data.searchlight import SearchlightData, Spheres, ThreadWorkspaces, Workspace, prepare_searchlight
 from rdl_neuro.rdm.calc import check_method, subset_rdms
 from rdl_neuro.rdm.compare import COMPARE_METHODS, compare_rdms
 from rdl_neuro.rdm.interop import from_rsatoolbox, rdm_names
@@ -248,15 +248,17 @@ FUSED_METHODS = ("corr", "cosine")
 
 
 def _chunk_scores(data: SearchlightData, lo: int, hi: int, models: torch.Tensor, method: str,
-                  fused: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+                  fused: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+                  workspace: Workspace | None = None) -> torch.Tensor:
     """Scores ``(hi - lo, n_models)`` of the spheres ``lo:hi``; NaN where a sphere's RDM is undefined.
-    ``fused``: ``_fused_models`` of the models when the scores come from correlation matrices."""
+    ``fused``: ``_fused_models`` of the models when the scores come from correlation matrices;
+    ``workspace``: the calling thread's buffers for the intermediates."""
     if fused is not None:
-        correlations, order = data.correlations_at(slice(lo, hi), return_order=True)
+        correlations, order = data.correlations_at(slice(lo, hi), return_order=True, workspace=workspace)
         scores = _fused_scores(correlations, fused, method)
         # the correlations come in the order they were computed: put the scores (not the matrices) in order
         return scores.index_select(0, torch.as_tensor(np.argsort(order), device=scores.device))
-    rdms = data.rdms_at(slice(lo, hi))
+    rdms = data.rdms_at(slice(lo, hi), workspace)
     out = torch.full((hi - lo, len(models)), float("nan"), dtype=rdms.dtype, device=rdms.device)
     finite = torch.isfinite(rdms.sum(dim=1))  # a NaN anywhere makes the row's sum NaN
     if bool(finite.any()):
@@ -469,8 +471,10 @@ def evaluate_searchlight(
                 local[lo - start:hi - start] = torch.as_tensor(saved, dtype=dtype, device=local.device)
                 bar.update(hi - lo)
             chunks = [chunk for hi, lo in todo.items() for chunk in data.chunks(lo, hi, chunk_size=chunk_size)]
-            results = ordered_map(lambda chunk: _chunk_scores(data, *chunk, model_rdms, method, fused), chunks,
-                                  chunk_workers(threads, data.table.device))
+            workspaces = ThreadWorkspaces()
+            results = ordered_map(lambda chunk: _chunk_scores(data, *chunk, model_rdms, method, fused,
+                                                              workspaces.workspace),
+                                  chunks, chunk_workers(threads, data.table.device))
             with contextlib.closing(results):
                 for (a, b), chunk_scores in zip(chunks, results):  # in centre order
                     local[a - start:b - start] = chunk_scores
