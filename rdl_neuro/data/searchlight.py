@@ -528,21 +528,23 @@ class SearchlightData:
         workspace = workspace or Workspace()
         # halves (alpha=0.5) of X^T X for the first sphere of a piece, then running sums of halves of the cap terms
         out = workspace.empty("halves", (b, w, w), self.table)
+        alive = alive.tolist()  # (Python ints: the views below are made once per step, cheaply)
+        sums = out.split(alive)  # the spheres of every step
         full = self._gather(by_slot[: alive[0]], self.spheres.offsets, workspace, "spheres")
-        torch.baddbmm(out[: alive[0]], full.transpose(1, 2), full, beta=0, alpha=0.5, out=out[: alive[0]])
+        torch.baddbmm(sums[0], full.transpose(1, 2), full, beta=0, alpha=0.5, out=sums[0])
         if b > alive[0]:
             enter, leave = self.spheres.slide_offsets  # as many voxels enter as leave
             caps = self._gather(by_slot[alive[0]:], np.concatenate([enter, leave]), workspace, "caps")
             entering, leaving = caps[:, : len(enter)], caps[:, len(enter):]
             # E^T E - L^T L is the symmetric part of (E - L)^T (E + L) (the cross terms E^T L - L^T E are
             # antisymmetric): a product over one cap instead of two, half the work
-            difference_t = torch.sub(entering, leaving, out=workspace.empty("difference", entering.shape,
-                                                                              caps)).transpose(1, 2)
+            difference = torch.sub(entering, leaving, out=workspace.empty("difference", entering.shape, caps))
             total = leaving.add_(entering)  # in place of the leaving rows: a smaller working set (see correlations_at)
-            for s in range(1, len(alive)):  # step by step along the pieces: previous sum + this step's caps
-                here, there = slice(block[s], block[s] + alive[s]), slice(block[s] - alive[0], block[s + 1] - alive[0])
-                torch.baddbmm(out[block[s - 1]: block[s - 1] + alive[s]], difference_t[there], total[there],
-                              alpha=0.5, out=out[here])
+            # step by step along the pieces: the previous step's sums (its first alive[s] pieces) + this step's caps
+            for s, (d, t) in enumerate(zip(difference.transpose(1, 2).split(alive[1:]), total.split(alive[1:])),
+                                       start=1):
+                previous = sums[s - 1] if alive[s - 1] == alive[s] else sums[s - 1][: alive[s]]
+                torch.baddbmm(previous, d, t, alpha=0.5, out=sums[s])
         return out, np.argsort(slot)
 
     def correlations_at(self, index: slice | np.ndarray, *, return_order: bool = False,
@@ -564,14 +566,15 @@ class SearchlightData:
         # centring through the sums: G - s s^T / p. The table is centred per condition over the whole
         # volume (correlations are blind to that), so the sums stay small next to the spread and the
         # subtraction loses no precision.
-        scale = (2 * torch.diagonal(halves, dim1=1, dim2=2)[:, :c] - sums * sums / counts).rsqrt_()
+        scale = torch.addcmul(2 * torch.diagonal(halves, dim1=1, dim2=2)[:, :c], sums, sums / counts,
+                              value=-1).rsqrt_()
         block = halves[:, :c, :c]
         # the Gram's conditions block, G = H + H^T, in the buffer of the caps (done with once the Gram matrices
         # are): with two threads on two cores, a separate buffer made each chunk's 13 MB spill out of the shared
         # cache and the searchlight ~5% slower
         r = torch.add(block, block.transpose(1, 2), out=workspace.empty("caps", block.shape, block))
         r.mul_(scale[:, :, None]).mul_(scale[:, None, :])
-        centre = sums * scale / counts.sqrt()
+        centre = sums.mul_(scale).div_(counts.sqrt_())
         r.addcmul_(centre[:, :, None], centre[:, None, :], value=-1)  # (a batched rank-1 product is slower)
         return (r, order) if return_order else r
 

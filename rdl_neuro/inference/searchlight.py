@@ -208,7 +208,8 @@ def correlation_rdm_scores(correlations: torch.Tensor, models: torch.Tensor, met
     >>> bool(torch.allclose(fused, compare_rdms(1 - r[:, rows, cols], models, "corr")))
     True
     """
-    return _fused_scores(correlations, _fused_models(models, method, correlations.shape[1]), method)
+    # (on a copy: the scores zero the diagonal)
+    return _fused_scores(correlations.clone(), _fused_models(models, method, correlations.shape[1]), method)
 
 
 def _fused_models(models: torch.Tensor, method: str, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -227,20 +228,24 @@ def _fused_models(models: torch.Tensor, method: str, n: int) -> tuple[torch.Tens
 
 def _fused_scores(correlations: torch.Tensor, fused: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                   method: str) -> torch.Tensor:
+    """Scores ``(b, n_models)`` from symmetric ``correlations (b, n, n)``, whose diagonal it overwrites
+    with zeros (the sums over the whole matrix are then twice the sums over the pairs)."""
     squares, sum_m, sum_m2 = fused
     b, n, _ = correlations.shape
     n_pairs = n * (n - 1) // 2
-    flat = correlations.reshape(b, -1)
-    diag = torch.diagonal(correlations, dim1=1, dim2=2)
-    # (a plain sum, a norm and matrix-vector products: the fastest reductions of torch on the CPU)
-    sum_r = (flat.sum(dim=1) - diag.sum(dim=1)) / 2
-    sum_r2 = (torch.linalg.vector_norm(flat, dim=1).square() - diag.square().sum(dim=1)) / 2
-    sum_rm = torch.stack([flat @ m for m in squares], dim=1) / 2  # (b, n_models)
+    torch.diagonal(correlations, dim1=1, dim2=2).zero_()
+    flat = correlations.view(b, -1)
+    # twice the sums over the pairs of r, r^2 and r * m (a plain sum, a norm and matrix-vector products:
+    # the fastest reductions of torch on the CPU)
+    sum_r = flat.sum(dim=1)
+    sum_r2 = torch.linalg.vector_norm(flat, dim=1).square_()
+    sum_rm = torch.stack([flat @ m for m in squares], dim=1)  # (b, n_models)
     if method == "corr":
-        var_r = sum_r2 - sum_r * sum_r / n_pairs
-        return -sum_rm / torch.sqrt(var_r[:, None] * sum_m2[None, :])
-    sum_d2 = n_pairs - 2 * sum_r + sum_r2  # (1 - r)^2 summed over the pairs
-    return (sum_m[None, :] - sum_rm) / torch.sqrt(sum_d2[:, None] * sum_m2[None, :])
+        # 4 x (the sum of squared deviations of r over the pairs)
+        spread = torch.addcmul(2 * sum_r2, sum_r, sum_r, value=-1 / n_pairs)
+        return -sum_rm / torch.sqrt(spread[:, None] * sum_m2[None, :])
+    sum_d2 = n_pairs - sum_r + sum_r2 / 2  # (1 - r)^2 summed over the pairs
+    return (sum_m[None, :] - sum_rm / 2) / torch.sqrt(sum_d2[:, None] * sum_m2[None, :])
 
 
 #: comparisons that ``evaluate_searchlight`` computes from correlation matrices without forming the RDMs
