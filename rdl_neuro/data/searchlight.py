@@ -64,7 +64,7 @@ from rdl_neuro.data.nifti import (DISSIMILARITY_MEASURES, METHODS, ImageLike, Im
 from rdl_neuro.devices import check_device
 
 __all__ = ["RADIUS_UNITS", "PRECISION_METHODS", "Spheres", "searchlight_spheres", "SearchlightData", "Workspace",
-           "ThreadWorkspaces", "prepare_searchlight", "searchlight_rdms"]
+           "ThreadWorkspaces", "index_tensor", "prepare_searchlight", "searchlight_rdms"]
 
 #: units of the searchlight radius
 RADIUS_UNITS = ("voxels", "mm")
@@ -339,6 +339,13 @@ class Workspace:
         return buffer[:n].view(shape)
 
 
+def index_tensor(index: np.ndarray, device: torch.device) -> torch.Tensor:
+    """An int64 numpy index as a tensor on ``device``: shares the array's memory on the CPU (no torch op
+    runs, which matters for the many small chunks computed side by side; see ``rdl_neuro._threads``)."""
+    index = np.ascontiguousarray(index, dtype=np.int64)
+    return torch.from_numpy(index) if device.type == "cpu" else torch.as_tensor(index, device=device)
+
+
 class ThreadWorkspaces(threading.local):
     """One :class:`Workspace` per thread (``ThreadWorkspaces().workspace``), for chunks computed side by side."""
 
@@ -466,7 +473,7 @@ class SearchlightData:
                 name: str = "rows") -> torch.Tensor:
         """Table rows ``(b, m, width)`` of the voxels at ``offsets (m, 3)`` from the centres ``positions (b,)``
         (see ``_rows_at``), in the ``workspace`` buffer ``name`` when given."""
-        index = torch.as_tensor(self._rows_at(positions, offsets).reshape(-1), device=self.table.device)
+        index = index_tensor(self._rows_at(positions, offsets).reshape(-1), self.table.device)
         out = (workspace or Workspace()).empty(name, (len(index), self.table.shape[1]), self.table)
         torch.index_select(self.table, 0, index, out=out)
         return out.view(len(positions), len(offsets), -1)
@@ -480,7 +487,7 @@ class SearchlightData:
         Computed by :meth:`gram_halves_at` (``G = H + H^T``).
         """
         halves, order = self.gram_halves_at(index, workspace)
-        halves = halves.index_select(0, torch.as_tensor(np.argsort(order), device=halves.device))
+        halves = halves.index_select(0, index_tensor(np.argsort(order), halves.device))
         return halves + halves.transpose(1, 2)
 
     def gram_halves_at(self, index: slice | np.ndarray,
@@ -559,7 +566,7 @@ class SearchlightData:
         workspace = workspace or Workspace()
         halves, order = self.gram_halves_at(index, workspace)
         if not return_order:
-            halves = halves.index_select(0, torch.as_tensor(np.argsort(order), device=halves.device))
+            halves = halves.index_select(0, index_tensor(np.argsort(order), halves.device))
         c = self.n_conditions
         sums = halves[:, c, :c] + halves[:, :c, c]
         counts = 2 * halves[:, c, c:c + 1]
@@ -585,7 +592,7 @@ class SearchlightData:
         if self.method == "correlation":
             r, order = self.correlations_at(index, return_order=True, workspace=workspace)
             rdms = torch.rsub(r.view(len(r), -1).index_select(1, upper), 1)
-            return rdms.index_select(0, torch.as_tensor(np.argsort(order), device=rdms.device))
+            return rdms.index_select(0, index_tensor(np.argsort(order), rdms.device))
         if self.method in ("sqeuclidean", "euclidean"):
             gram = self.grams_at(index, workspace)
             c = self.n_conditions

@@ -32,7 +32,8 @@ import torch
 
 from rdl_neuro._threads import chunk_workers, one_torch_thread, ordered_map
 from rdl_neuro.data.ids import check_id_kinds, plain_ids
-from rdl_neuro.data.searchlight import SearchlightData, Spheres, ThreadWorkspaces, Workspace, prepare_searchlight
+from rdl_neuro.data.searchlight import (SearchlightData, Spheres, ThreadWorkspaces, Workspace, index_tensor,
+                                       prepare_searchlight)
 from rdl_neuro.rdm.calc import check_method, subset_rdms
 from rdl_neuro.rdm.compare import COMPARE_METHODS, compare_rdms
 from rdl_neuro.rdm.interop import from_rsatoolbox, rdm_names
@@ -262,7 +263,7 @@ def _chunk_scores(data: SearchlightData, lo: int, hi: int, models: torch.Tensor,
         correlations, order = data.correlations_at(slice(lo, hi), return_order=True, workspace=workspace)
         scores = _fused_scores(correlations, fused, method)
         # the correlations come in the order they were computed: put the scores (not the matrices) in order
-        return scores.index_select(0, torch.as_tensor(np.argsort(order), device=scores.device))
+        return scores.index_select(0, index_tensor(np.argsort(order), scores.device))
     rdms = data.rdms_at(slice(lo, hi), workspace)
     out = torch.full((hi - lo, len(models)), float("nan"), dtype=rdms.dtype, device=rdms.device)
     finite = torch.isfinite(rdms.sum(dim=1))  # a NaN anywhere makes the row's sum NaN
@@ -481,11 +482,15 @@ def evaluate_searchlight(
                                                               workspaces.workspace),
                                   chunks, chunk_workers(threads, data.table.device))
             with contextlib.closing(results):
+                block: list[torch.Tensor] = []  # the current block's chunks, joined when it is done (one copy)
                 for (a, b), chunk_scores in zip(chunks, results):  # in centre order
-                    local[a - start:b - start] = chunk_scores
+                    block.append(chunk_scores)
                     bar.update(b - a)
-                    if parts is not None and b in todo:
-                        parts.save(todo[b], b, local[todo[b] - start:b - start].cpu().numpy().astype(np.float64))
+                    if b in todo:
+                        local[todo[b] - start:b - start] = torch.cat(block)
+                        block = []
+                        if parts is not None:
+                            parts.save(todo[b], b, local[todo[b] - start:b - start].cpu().numpy().astype(np.float64))
         finally:
             bar.close()
         scores = gather_no_grad(local) if world > 1 else local
