@@ -12,6 +12,7 @@ torch thread: ``ordered_map`` inside ``one_torch_thread``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -80,31 +81,53 @@ def chunk_workers(threads: int, device: torch.device | str) -> int:
     return max(1, threads) if torch.device(device).type == "cpu" else 1
 
 
-def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+def ordered_map(func: Callable[[T], R], items: Iterable[T], workers: int, per_task: int = 1) -> Iterator[R]:
     """``func(item)`` for every item, in the items' order, computed by ``workers`` Python threads side by side.
 
-    At most ``IN_FLIGHT_PER_WORKER * workers`` items are in flight (running or done and not yet
-    taken), so memory stays bounded; ``workers <= 1`` calls ``func`` in the caller's thread, one item after the other. An
-    exception of ``func`` is raised when its item's turn comes (the first failing item in order, as
-    in a loop); items not yet started are then dropped. Each result depends only on its item, so the
-    results do not depend on ``workers``.
+    A worker takes ``per_task`` consecutive items at a time: every hand-over wakes the threads
+    involved, which on small items costs more than it saves (the searchlight's chunks of 66 spheres:
+    4 at a time took 0.68-0.70 s on 2 cores, one at a time 0.74-0.82 s). At most
+    ``IN_FLIGHT_PER_WORKER * workers`` tasks are in flight (running or done and not yet taken), so
+    memory stays bounded; ``workers <= 1`` calls ``func`` in the caller's thread, one item after the
+    other. An exception of ``func`` is raised when its item's turn comes (after the results of the
+    items before it, as in a loop); items not yet started are then dropped. Each result depends only
+    on its item, so the results do not depend on ``workers`` or ``per_task``.
 
     Examples
     --------
-    >>> list(ordered_map(lambda x: x * x, range(5), workers=2))
+    >>> list(ordered_map(lambda x: x * x, range(5), workers=2, per_task=2))
     [0, 1, 4, 9, 16]
     """
+    if per_task < 1:
+        raise ValueError(f"per_task must be at least 1, got {per_task}")
     if workers <= 1:
         yield from map(func, items)
         return
+
+    def run(task: list[T]) -> tuple[list[R], BaseException | None]:
+        done: list[R] = []
+        for item in task:
+            try:
+                done.append(func(item))
+            except BaseException as error:  # noqa: BLE001 - raised in the caller's thread at its turn
+                return done, error
+        return done, None
+
+    def take(future: Future[tuple[list[R], BaseException | None]]) -> Iterator[R]:
+        done, error = future.result()
+        yield from done
+        if error is not None:
+            raise error
+
     pool = ThreadPoolExecutor(max_workers=workers)
-    pending: deque[Future[R]] = deque()
+    pending: deque[Future[tuple[list[R], BaseException | None]]] = deque()
+    iterator = iter(items)
     try:
-        for item in items:
+        while task := list(itertools.islice(iterator, per_task)):
             if len(pending) == IN_FLIGHT_PER_WORKER * workers:
-                yield pending.popleft().result()
-            pending.append(pool.submit(func, item))
+                yield from take(pending.popleft())
+            pending.append(pool.submit(run, task))
         while pending:
-            yield pending.popleft().result()
+            yield from take(pending.popleft())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -184,3 +184,13 @@ def test_ordered_map_keeps_order_and_bounds_the_work_in_flight():
 
     with pytest.raises(ValueError, match="item 5"):  # the first failing item in order, as a loop
         list(ordered_map(fail_at, range(20), workers=4))
+
+    # several items per task: the same order, and the items before a failing one still come first
+    assert list(ordered_map(work, range(40), workers=3, per_task=4)) == [x * x for x in range(40)]
+    taken = []
+    with pytest.raises(ValueError, match="item 5"):
+        for value in ordered_map(fail_at, range(20), workers=2, per_task=3):
+            taken.append(value)
+    assert taken == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="per_task must be at least 1"):
+        list(ordered_map(fail_at, range(3), workers=2, per_task=0))

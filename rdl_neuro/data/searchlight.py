@@ -82,6 +82,8 @@ SLIDE_STEPS = 16
 #: to a multiple of this: the batched Gram products run faster on whole SIMD registers (AVX-512, float64:
 #: 96 columns took 9.5 us per cap product of 25 voxels, 93 columns 11.3 us, 92 columns 10.6 us)
 TABLE_WIDTH_MULTIPLE = 8
+#: chunks a thread takes at a time when chunks run side by side (``rdl_neuro._threads.ordered_map``)
+CHUNKS_PER_TASK = 4
 
 
 # --------------------------------------------------------------------------- #
@@ -437,7 +439,7 @@ class SearchlightData:
         bounds = list(self.chunks(start, stop, chunk_size=chunk_size))
         workspaces = ThreadWorkspaces()
         with contextlib.closing(ordered_map(lambda chunk: self.rdms_at(slice(*chunk), workspaces.workspace), bounds,
-                                            workers)) as rdms:
+                                            workers, per_task=CHUNKS_PER_TASK)) as rdms:
             for (lo, hi), chunk_rdms in zip(self.chunks(start, stop, chunk_size=chunk_size, progress=progress), rdms):
                 yield lo, hi, chunk_rdms
 

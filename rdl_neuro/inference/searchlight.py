@@ -32,8 +32,8 @@ import torch
 
 from rdl_neuro._threads import chunk_workers, one_torch_thread, ordered_map
 from rdl_neuro.data.ids import check_id_kinds, plain_ids
-from rdl_neuro.data.searchlight import (SearchlightData, Spheres, ThreadWorkspaces, Workspace, index_tensor,
-                                       prepare_searchlight)
+from rdl_neuro.data.searchlight import (CHUNKS_PER_TASK, SearchlightData, Spheres, ThreadWorkspaces, Workspace,
+                                       index_tensor, prepare_searchlight)
 from rdl_neuro.rdm.calc import check_method, subset_rdms
 from rdl_neuro.rdm.compare import COMPARE_METHODS, compare_rdms
 from rdl_neuro.rdm.interop import from_rsatoolbox, rdm_names
@@ -480,7 +480,7 @@ def evaluate_searchlight(
             workspaces = ThreadWorkspaces()
             results = ordered_map(lambda chunk: _chunk_scores(data, *chunk, model_rdms, method, fused,
                                                               workspaces.workspace),
-                                  chunks, chunk_workers(threads, data.table.device))
+                                  chunks, chunk_workers(threads, data.table.device), per_task=CHUNKS_PER_TASK)
             with contextlib.closing(results):
                 block: list[torch.Tensor] = []  # the current block's chunks, joined when it is done (one copy)
                 for (a, b), chunk_scores in zip(chunks, results):  # in centre order
