@@ -396,9 +396,10 @@ class SearchlightData:
         return len(self.conditions)
 
     def default_chunk_size(self) -> int:
-        """Spheres per chunk so that a chunk's intermediates take about 64 MB (crossnobis) or 22 MB (the rest:
-        about 66 spheres of 93 voxels and 92 conditions in float64, enough for the shared Gram updates; larger
-        chunks were slower, 96 spheres by ~15% with other processes on the cores)."""
+        """Spheres per chunk so that a chunk's intermediates take about 64 MB (crossnobis) or 22 MB by this
+        estimate (the rest: 63 spheres of 93 voxels and 92 conditions in float64, enough for the shared Gram
+        updates; a thread's buffers then hold about 10 MB, so two threads stay in a 32 MB shared cache;
+        larger chunks were slower, 96 spheres by ~15% with other processes on the cores)."""
         k, c, w = self.spheres.offsets.shape[0], self.n_conditions, self.table.shape[1]
         if self.method != "crossnobis":
             return int(max(1, min(4096, _GRAM_CHUNK_BYTES // (self.table.element_size() * (2 * k * w + 3 * w * w)))))
