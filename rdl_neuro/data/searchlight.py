@@ -44,6 +44,11 @@ follow elementwise:
   gathered patterns), then
   ``(K_ii + K_jj - K_ij - K_ji) / (n_runs n_voxels)`` (rsatoolbox's
   ``crossnobis`` with ``cv_descriptor``).
+
+On the CPU, chunks run side by side in Python threads, each torch op on one
+thread (``rdl_neuro._threads``), a few chunks per hand-over; every thread keeps
+its intermediates in its own reused buffers (:class:`Workspace`), about 10 MB
+per thread at the default chunk size, so that they stay in cache.
 """
 from __future__ import annotations
 
