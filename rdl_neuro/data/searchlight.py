@@ -335,15 +335,22 @@ class Workspace:
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
+        self._views: dict[tuple[Any, ...], torch.Tensor] = {}  # the views handed out, made once per shape
 
     def empty(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
         """An uninitialised contiguous tensor of ``shape`` in ``like``'s dtype and device: the buffer
         ``name``, grown when too small (its earlier contents are overwritten)."""
+        key = (name, tuple(shape), like.dtype, like.device)
+        view = self._views.get(key)
+        if view is not None:
+            return view
         n = math.prod(shape)
         buffer = self._buffers.get(name)
         if buffer is None or buffer.numel() < n or buffer.dtype != like.dtype or buffer.device != like.device:
             buffer = self._buffers[name] = torch.empty(n, dtype=like.dtype, device=like.device)
-        return buffer[:n].view(shape)
+            self._views = {k: v for k, v in self._views.items() if k[0] != name}  # views of the old buffer
+        view = self._views[key] = buffer[:n].view(shape)
+        return view
 
 
 def index_tensor(index: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -477,6 +484,18 @@ class SearchlightData:
         rows, centres, strides = self._padded
         return rows[centres[positions][:, None] + (offsets @ strides)[None, :]]
 
+    def _positions(self, index: slice | np.ndarray) -> np.ndarray:
+        """The sphere positions ``index`` selects, ``(b,)`` int64."""
+        if isinstance(index, slice):
+            return np.arange(*index.indices(len(self.spheres)))
+        return np.arange(len(self.spheres))[index]
+
+    @cached_property
+    def _cap_offsets(self) -> tuple[np.ndarray, int]:
+        """The caps' offsets, entering then leaving (``Spheres.slide_offsets``), and the number entering."""
+        enter, leave = self.spheres.slide_offsets  # as many voxels enter as leave
+        return np.concatenate([enter, leave]), len(enter)
+
     def _gather(self, positions: np.ndarray, offsets: np.ndarray, workspace: Workspace | None = None,
                 name: str = "rows") -> torch.Tensor:
         """Table rows ``(b, m, width)`` of the voxels at ``offsets (m, 3)`` from the centres ``positions (b,)``
@@ -519,11 +538,11 @@ class SearchlightData:
         """
         if self.method == "crossnobis":
             raise ValueError("Gram matrices are not defined for crossnobis (a cross-validated product)")
-        positions = np.arange(len(self.spheres))[index]
-        centers = self.spheres.centers[positions]
+        positions = self._positions(index)
         b = len(positions)
         # a centre continues the previous one when it is the next voxel along the last axis; runs of such
         # centres are cut into pieces of at most SLIDE_STEPS, each starting with a full sphere
+        centers = self.spheres.centers[positions]
         follows = np.zeros(b, dtype=bool)
         follows[1:] = (np.diff(centers) == 1) & (centers[1:] % self.spheres.shape[2] != 0)
         order = np.arange(b)
@@ -534,7 +553,7 @@ class SearchlightData:
         # first ones of the previous step's block and the running sums are sums of contiguous blocks
         rank = np.empty(len(length), dtype=np.int64)
         rank[np.argsort(-length, kind="stable")] = np.arange(len(length))
-        alive = np.bincount(np.concatenate([np.arange(n) for n in length]), minlength=length.max())
+        alive = np.cumsum(np.bincount(length)[::-1])[::-1][1:]  # alive[s]: pieces longer than s steps
         block = np.concatenate([[0], np.cumsum(alive)])
         slot = block[step] + rank[piece]
         by_slot = np.empty(b, dtype=np.int64)
@@ -548,9 +567,9 @@ class SearchlightData:
         full = self._gather(by_slot[: alive[0]], self.spheres.offsets, workspace, "spheres")
         torch.baddbmm(sums[0], full.transpose(1, 2), full, beta=0, alpha=0.5, out=sums[0])
         if b > alive[0]:
-            enter, leave = self.spheres.slide_offsets  # as many voxels enter as leave
-            caps = self._gather(by_slot[alive[0]:], np.concatenate([enter, leave]), workspace, "caps")
-            entering, leaving = caps[:, : len(enter)], caps[:, len(enter):]
+            cap_offsets, n_enter = self._cap_offsets
+            caps = self._gather(by_slot[alive[0]:], cap_offsets, workspace, "caps")
+            entering, leaving = caps[:, :n_enter], caps[:, n_enter:]
             # E^T E - L^T L is the symmetric part of (E - L)^T (E + L) (the cross terms E^T L - L^T E are
             # antisymmetric): a product over one cap instead of two, half the work
             difference = torch.sub(entering, leaving, out=workspace.empty("difference", entering.shape, caps))
@@ -612,7 +631,7 @@ class SearchlightData:
         # crossnobis: the table holds every fold's training means, then its test means; offsets outside a
         # sphere read the zero row and add nothing to the products
         device = self.table.device
-        positions = np.arange(len(self.spheres))[index]
+        positions = self._positions(index)
         table_rows = self._rows_at(positions, self.spheres.offsets)
         gather = torch.as_tensor(table_rows.reshape(-1), device=device)
         b, k = table_rows.shape
