@@ -49,7 +49,8 @@ thread: the multiply-adds of its Gram products (a full sphere at the start of
 every row of centres along the last axis, then per centre one product over a
 cap of entering voxels; the rest of the work, gathers, normalisation and
 scores, is not counted) at the rate of a batched product of the cap's shape
-measured in the same run.
+measured in the same run, over the width of rdl_neuro's table (the conditions
+and a column of ones, padded with zero columns to a multiple of 8).
 
 The last line is machine-readable:
 
@@ -310,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
                                    threshold=args.threshold, dtype=dtype)
         rdm_diff = float(np.abs(data.rdms_at(position).double().numpy() - sl_rdms.dissimilarities).max())
         diffs[name] = (rdm_diff, eval_diff)
-    floor_s, floor_madds = product_floor(timed["float64"][1].spheres, n_cond + 1)
+    from rdl_neuro.data.searchlight import TABLE_WIDTH_MULTIPLE
+
+    # the products' width: the conditions and a column of ones, padded as rdl_neuro's table is
+    width = -(-(n_cond + 1) // TABLE_WIDTH_MULTIPLE) * TABLE_WIDTH_MULTIPLE
+    floor_s, floor_madds = product_floor(timed["float64"][1].spheres, width)
     rows = [
         {"step": "spheres (get_volume_searchlight)", **_times(spheres_s), "basis": "all centres"},
         {"step": "RDMs (get_searchlight_RDMs)", **_times(scale * rdms_s),
