@@ -324,6 +324,16 @@ def searchlight_spheres(
 # --------------------------------------------------------------------------- #
 # the sphere RDMs
 # --------------------------------------------------------------------------- #
+def _empty(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised 1D tensor of ``n`` elements. On the CPU its memory comes from numpy, which asks
+    Linux for huge pages for large arrays (``madvise``): filling a fresh 40 MB table took 3.5 ms instead
+    of 15 ms (4 kB pages fault one by one on first touch)."""
+    numpy_dtype = {torch.float64: np.float64, torch.float32: np.float32}.get(dtype)
+    if device.type == "cpu" and numpy_dtype is not None:
+        return torch.from_numpy(np.empty(n, dtype=numpy_dtype))
+    return torch.empty(n, dtype=dtype, device=device)
+
+
 class Workspace:
     """Buffers that one thread reuses from chunk to chunk for a chunk's intermediates.
 
@@ -347,7 +357,7 @@ class Workspace:
         n = math.prod(shape)
         buffer = self._buffers.get(name)
         if buffer is None or buffer.numel() < n or buffer.dtype != like.dtype or buffer.device != like.device:
-            buffer = self._buffers[name] = torch.empty(n, dtype=like.dtype, device=like.device)
+            buffer = self._buffers[name] = _empty(n, like.dtype, like.device)
             self._views = {k: v for k, v in self._views.items() if k[0] != name}  # views of the old buffer
         view = self._views[key] = buffer[:n].view(shape)
         return view
@@ -859,7 +869,7 @@ def _condition_table(values: np.ndarray, cond_index: np.ndarray, n_cond: int, me
     page faults).
     """
     width = -(-(n_cond + 1) // TABLE_WIDTH_MULTIPLE) * TABLE_WIDTH_MULTIPLE
-    table = torch.empty(values.shape[0] + 1, width, dtype=torch.float64)
+    table = _empty((values.shape[0] + 1) * width, torch.float64, torch.device("cpu")).view(-1, width)
     means = table[:-1, :n_cond]
     counts = np.bincount(cond_index, minlength=n_cond)
     if (counts == 1).all():  # one volume per condition: the means are the values, in the conditions' order
