@@ -455,9 +455,9 @@ class SearchlightData:
         RDMs are condensed (scipy ``squareform`` order over ``conditions``) in
         the table's dtype and device. NaN marks undefined dissimilarities
         (a pattern constant over a sphere under ``correlation``), as in rsatoolbox.
-        ``workers`` chunks are computed side by side in Python threads (``rdl_neuro._threads.ordered_map``;
-        at most ``workers`` in flight), yielded in order; the RDMs do not depend on it when torch runs on one
-        thread (as :func:`searchlight_rdms` arranges).
+        ``workers`` chunks are computed side by side in Python threads (``rdl_neuro._threads.ordered_map``,
+        ``CHUNKS_PER_TASK`` chunks per hand-over, a bounded number in flight), yielded in order; the RDMs do
+        not depend on it when torch runs on one thread (as :func:`searchlight_rdms` arranges).
         """
         bounds = list(self.chunks(start, stop, chunk_size=chunk_size))
         workspaces = ThreadWorkspaces()
