@@ -641,26 +641,29 @@ class SearchlightData:
         # crossnobis: the table holds every fold's training means, then its test means; offsets outside a
         # sphere read the zero row and add nothing to the products
         device = self.table.device
+        workspace = workspace or Workspace()
         positions = self._positions(index)
         table_rows = self._rows_at(positions, self.spheres.offsets)
-        gather = torch.as_tensor(table_rows.reshape(-1), device=device)
+        gather = index_tensor(table_rows.reshape(-1), device)
         b, k = table_rows.shape
-        patterns = self.table.index_select(0, gather).view(b, k, -1)
+        patterns = torch.index_select(self.table, 0, gather, out=workspace.empty(
+            "patterns", (len(gather), self.table.shape[1]), self.table)).view(b, k, -1)
         counts = torch.as_tensor(self.spheres.n_voxels[index], dtype=self.table.dtype, device=device)
         c = self.n_conditions
         r = self.n_runs
         precision = None
         if self.residuals is not None:
-            res = self.residuals.index_select(0, gather).view(b, k, -1)
+            res = torch.index_select(self.residuals, 0, gather, out=workspace.empty(
+                "residuals", (len(gather), self.residuals.shape[1]), self.residuals)).view(b, k, -1)
             padded = table_rows == self.table.shape[0] - 1
             valid = None if not padded.any() else torch.as_tensor(~padded, device=device)
             precision = batched_precision(res.transpose(1, 2), valid, self.precision_method, self.spheres.ijk[index])
         # sum over folds of A_f^T P B_f, fold by fold on views of the patterns (no copies)
-        kernel = torch.zeros(b, c, c, dtype=self.table.dtype, device=device)
+        kernel = workspace.empty("kernel", (b, c, c), self.table).zero_()
         for f in range(r):
             train = patterns[:, :, f * c:(f + 1) * c]  # (b, k, c)
             if precision is not None:
-                train = precision @ train
+                train = torch.matmul(precision, train, out=workspace.empty("train", train.shape, train))
             kernel.baddbmm_(train.transpose(1, 2), patterns[:, :, (r + f) * c:(r + f + 1) * c])
         diag = torch.diagonal(kernel, dim1=1, dim2=2)
         flat = kernel.reshape(b, -1)
@@ -720,10 +723,11 @@ def batched_precision(residuals: torch.Tensor, valid: torch.Tensor | None, metho
     # the covariances are symmetric positive definite: a Cholesky factor and its inverse (several times
     # fewer operations than a general inverse); a factor that fails names the sphere
     factor, info = torch.linalg.cholesky_ex(cov)
-    failed = (info != 0) | ~torch.isfinite(factor).all(dim=(1, 2))
+    # (a NaN or inf anywhere makes a matrix's sum non-finite: one reduction instead of an elementwise test)
+    failed = (info != 0) | ~torch.isfinite(factor.sum(dim=(1, 2)))
     precision = None if bool(failed.any()) else torch.cholesky_inverse(factor)
     if precision is not None:
-        failed = ~torch.isfinite(precision).all(dim=(1, 2))
+        failed = ~torch.isfinite(precision.sum(dim=(1, 2)))
     if bool(failed.any()):
         bad = int(torch.nonzero(failed)[0])
         where = f"centred on voxel {tuple(centres[bad].tolist())}" if centres is not None else f"{bad} of the batch"
@@ -814,17 +818,9 @@ def prepare_searchlight(
     n_runs = 1
     if method == "crossnobis":
         _check_finite(values, union_flat, vols)
-        data = values.T  # (n_volumes, n_union)
         unique_runs, run_index = np.unique(run, return_inverse=True)
         n_runs, n_cond = len(unique_runs), len(unique_cond)
-        cell = _one_hot(run_index * n_cond + cond_index, n_runs * n_cond)
-        sums = (cell @ data).reshape(n_runs, n_cond, data.shape[1])
-        counts = cell.sum(axis=1).reshape(n_runs, n_cond)
-        test = sums / counts[:, :, None]
-        # fold f trains on the mean of every observation outside run f (rsatoolbox's average_dataset_by)
-        train = (sums.sum(axis=0) - sums) / (counts.sum(axis=0) - counts)[:, :, None]
-        table = np.concatenate([train.transpose(2, 0, 1).reshape(data.shape[1], -1),
-                                test.transpose(2, 0, 1).reshape(data.shape[1], -1)], axis=1)
+        table = _crossnobis_table(values, run_index * n_cond + cond_index, n_runs, n_cond)
         noise_model = "identity"
         if residuals is not None:
             res_vols = Volumes(residuals, "residuals")
@@ -837,13 +833,39 @@ def prepare_searchlight(
                                  "inside the searchlight spheres are NaN/inf")
             res_table = _with_zero_row(res, dtype, device)
             noise_model = f"residuals:{precision_method}"
-        table = _with_zero_row(table, dtype, device)
+        table = torch.from_numpy(table).to(device=device, dtype=dtype)
     else:
         table = _condition_table(values, cond_index, len(unique_cond), method, union_flat, vols)
         table = table.to(device=device, dtype=dtype)
     return SearchlightData(spheres=spheres, method=method, conditions=unique_cond, table=table, rows=rows,
                            residuals=res_table, precision_method=precision_method, n_runs=n_runs,
                            noise_model=noise_model)
+
+
+def _crossnobis_table(values: np.ndarray, cell: np.ndarray, n_runs: int, n_cond: int) -> np.ndarray:
+    """The crossnobis table of ``SearchlightData``: ``(n_voxels + 1, 2 n_runs n_cond)`` float64, every
+    voxel's training means of each fold (the mean of every observation outside run ``f``, as rsatoolbox's
+    ``average_dataset_by``), then its test means (run ``f``), then a last row of zeros.
+
+    ``values (n_voxels, n_volumes)``; ``cell (n_volumes,)``: each volume's ``run * n_cond + condition``.
+    Written into one buffer (hundreds of MB for a whole brain).
+    """
+    n, width = values.shape[0], n_runs * n_cond
+    counts = np.bincount(cell, minlength=width)
+    if (counts == 1).all():  # one volume per run and condition: the sums are the values, reordered
+        order = np.argsort(cell)
+        sums = values if (order == np.arange(width)).all() else values[:, order]
+    else:
+        sums = values @ _one_hot(cell, width).T
+    sums = sums.reshape(n, n_runs, n_cond)
+    counts = counts.reshape(n_runs, n_cond)
+    table = np.empty((n + 1, 2 * width))
+    train = table[:-1, :width].reshape(n, n_runs, n_cond)
+    np.subtract(sums.sum(axis=1, keepdims=True), sums, out=train)
+    train /= counts.sum(axis=0) - counts
+    np.divide(sums, counts, out=table[:-1, width:].reshape(n, n_runs, n_cond))
+    table[-1] = 0.0
+    return table
 
 
 def _check_finite(values: np.ndarray, union_flat: np.ndarray, vols: Volumes) -> None:
