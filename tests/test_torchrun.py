@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -29,26 +30,43 @@ def run_ranks(args: list[str], *, env: dict[str, str], timeout: float) -> subpro
     its output), never when it fails or finishes with a wrong result.
 
     Why: once in many CI runs two gloo ranks stalled mid-training on a loaded 2-core machine and were
-    killed at the timeout; it never recurred in 20 runs alone or beside a busy process. A hang is retried
+    killed at the timeout; it never recurred in 25 runs alone or beside busy processes. A hang is retried
     so that CI stays meaningful; the warning keeps the evidence (``_train_script.py`` dumps every thread's
-    stack just before the timeout when ``RDL_TEST_DUMP_AFTER`` is set).
+    stack just before the timeout when ``RDL_TEST_DUMP_AFTER`` is set). A hung run is stopped with its
+    ranks (``_stop``), so that none is left behind.
     """
     env = dict(env, RDL_TEST_DUMP_AFTER=str(int(timeout) - 10))
     for attempt in (1, 2):
+        proc = subprocess.Popen([*torchrun(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
         try:
-            res = subprocess.run([*torchrun(), *args], env=env, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as hung:
-            res = None
-            output = f"{hung.stdout or ''}{hung.stderr or ''}"
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            output = _stop(proc)
         else:
-            output = res.stdout + res.stderr
+            output = stdout + stderr
             if "Timeout (0:" not in output:  # faulthandler's header: a rank hung and dumped its stacks
-                return res
+                return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
         if attempt == 2:
             raise AssertionError(f"torchrun hung twice (timeout {timeout} s); last output:\n{output[-6000:]}")
         warnings.warn(f"torchrun hung (timeout {timeout} s), running it again; its output:\n{output[-6000:]}",
                       stacklevel=2)
     raise AssertionError("unreachable")
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    """Stop a hung torchrun and every rank it started; returns what they printed. torchrun ends its ranks
+    (each in its own session) when it gets SIGTERM; SIGKILL of its process group is the last resort."""
+    proc.terminate()
+    try:
+        stdout, stderr = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            stdout, stderr = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:  # a rank outside the group still holds the pipes
+            return "(no output: the ranks did not stop)"
+    return stdout + stderr
 
 
 @pytest.mark.parametrize("extra", [[], ["--cka", "0.5"]], ids=["rdl", "rdl+cka"])
