@@ -370,6 +370,13 @@ def index_tensor(index: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(index) if device.type == "cpu" else torch.as_tensor(index, device=device)
 
 
+def _select_rows(source: torch.Tensor, index: torch.Tensor, shape: tuple[int, int], workspace: Workspace,
+                 name: str) -> torch.Tensor:
+    """The rows ``index (b * m,)`` of ``source (n, width)`` as ``(b, m, width)``, in the workspace buffer ``name``."""
+    out = workspace.empty(name, (len(index), source.shape[1]), source)
+    return torch.index_select(source, 0, index, out=out).view(*shape, -1)
+
+
 class ThreadWorkspaces(threading.local):
     """One :class:`Workspace` per thread (``ThreadWorkspaces().workspace``), for chunks computed side by side."""
 
@@ -510,10 +517,9 @@ class SearchlightData:
                 name: str = "rows") -> torch.Tensor:
         """Table rows ``(b, m, width)`` of the voxels at ``offsets (m, 3)`` from the centres ``positions (b,)``
         (see ``_rows_at``), in the ``workspace`` buffer ``name`` when given."""
-        index = index_tensor(self._rows_at(positions, offsets).reshape(-1), self.table.device)
-        out = (workspace or Workspace()).empty(name, (len(index), self.table.shape[1]), self.table)
-        torch.index_select(self.table, 0, index, out=out)
-        return out.view(len(positions), len(offsets), -1)
+        rows = self._rows_at(positions, offsets)
+        return _select_rows(self.table, index_tensor(rows.reshape(-1), self.table.device), rows.shape,
+                            workspace or Workspace(), name)
 
     def grams_at(self, index: slice | np.ndarray, workspace: Workspace | None = None) -> torch.Tensor:
         """Every sphere's Gram matrix of the table's columns, ``(b, width, width)`` (not for crossnobis).
@@ -646,15 +652,13 @@ class SearchlightData:
         table_rows = self._rows_at(positions, self.spheres.offsets)
         gather = index_tensor(table_rows.reshape(-1), device)
         b, k = table_rows.shape
-        patterns = torch.index_select(self.table, 0, gather, out=workspace.empty(
-            "patterns", (len(gather), self.table.shape[1]), self.table)).view(b, k, -1)
+        patterns = _select_rows(self.table, gather, (b, k), workspace, "patterns")
         counts = torch.as_tensor(self.spheres.n_voxels[index], dtype=self.table.dtype, device=device)
         c = self.n_conditions
         r = self.n_runs
         precision = None
         if self.residuals is not None:
-            res = torch.index_select(self.residuals, 0, gather, out=workspace.empty(
-                "residuals", (len(gather), self.residuals.shape[1]), self.residuals)).view(b, k, -1)
+            res = _select_rows(self.residuals, gather, (b, k), workspace, "residuals")
             padded = table_rows == self.table.shape[0] - 1
             valid = None if not padded.any() else torch.as_tensor(~padded, device=device)
             precision = batched_precision(res.transpose(1, 2), valid, self.precision_method, self.spheres.ijk[index])
@@ -851,12 +855,7 @@ def _crossnobis_table(values: np.ndarray, cell: np.ndarray, n_runs: int, n_cond:
     Written into one buffer (hundreds of MB for a whole brain).
     """
     n, width = values.shape[0], n_runs * n_cond
-    counts = np.bincount(cell, minlength=width)
-    if (counts == 1).all():  # one volume per run and condition: the sums are the values, reordered
-        order = np.argsort(cell)
-        sums = values if (order == np.arange(width)).all() else values[:, order]
-    else:
-        sums = values @ _one_hot(cell, width).T
+    sums, counts = _sums_by(values, cell, width)
     sums = sums.reshape(n, n_runs, n_cond)
     counts = counts.reshape(n_runs, n_cond)
     table = np.empty((n + 1, 2 * width))
@@ -866,6 +865,17 @@ def _crossnobis_table(values: np.ndarray, cell: np.ndarray, n_runs: int, n_cond:
     np.divide(sums, counts, out=table[:-1, width:].reshape(n, n_runs, n_cond))
     table[-1] = 0.0
     return table
+
+
+def _sums_by(values: np.ndarray, group: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(sums (n_voxels, n), counts (n,))``: every voxel's sum of ``values (n_voxels, n_volumes)`` over
+    the volumes of each group ``group (n_volumes,)`` in ``0..n-1``. With one volume per group (the common
+    design) the sums are the values themselves, reordered, and no product runs."""
+    counts = np.bincount(group, minlength=n)
+    if (counts == 1).all():
+        order = np.argsort(group)
+        return (values if (order == np.arange(n)).all() else values[:, order]), counts
+    return values @ _one_hot(group, n).T, counts
 
 
 def _check_finite(values: np.ndarray, union_flat: np.ndarray, vols: Volumes) -> None:
@@ -893,13 +903,9 @@ def _condition_table(values: np.ndarray, cond_index: np.ndarray, n_cond: int, me
     width = -(-(n_cond + 1) // TABLE_WIDTH_MULTIPLE) * TABLE_WIDTH_MULTIPLE
     table = _empty((values.shape[0] + 1) * width, torch.float64, torch.device("cpu")).view(-1, width)
     means = table[:-1, :n_cond]
-    counts = np.bincount(cond_index, minlength=n_cond)
-    if (counts == 1).all():  # one volume per condition: the means are the values, in the conditions' order
-        order = np.argsort(cond_index)
-        source = torch.from_numpy(values)
-        means.copy_(source if (order == np.arange(n_cond)).all() else source[:, torch.from_numpy(order)])
-    else:  # as rsatoolbox averages repeats
-        means.copy_(torch.from_numpy(values @ _one_hot(cond_index, n_cond).T / counts))
+    sums, counts = _sums_by(values, cond_index, n_cond)
+    # the condition means, as rsatoolbox averages repeats (one volume per condition: its values)
+    means.copy_(torch.from_numpy(sums if (counts == 1).all() else sums / counts))
     # shifts that leave the dissimilarities unchanged and keep the sums in rdms_at small (precision):
     # correlation is blind to a constant added to a condition's pattern, distances to one added to a voxel
     shift = means.mean(dim=0 if method == "correlation" else 1, keepdim=True)
