@@ -28,7 +28,9 @@ Rows (all at the pulled layer ``hidden1``, fixed a priori):
   RDMs, criterion 1 - Pearson r) and the alignment losses ``CKA`` / ``log-CKA`` (``CKAAlignmentLoss``: CKA between the
   student's centred Gram matrix and the brain RDM's double-centred kernel) and
   ``Li similarity`` (``SimilarityLoss``: squared differences of
-  arctanh-transformed similarities);
+  arctanh-transformed similarities); and RDL toward another species' brain,
+  the monkey-IT RDM (674 cells, as in Kriegeskorte et al. 2008) over the training images,
+  which shares neither subjects nor measurement noise with the held-out person;
 - null teachers (``rdl_neuro.train.control_teachers``): the brain teacher with
   its stimulus labels permuted (everywhere, or within each category);
 - reference teachers: the 6-way category RDM, the animacy model RDM, the
@@ -40,7 +42,7 @@ No hyperparameter sees test images or the held-out subject: the loss weight of
 every teacher row is chosen per (fold, held-out subject) from the same grid by
 an inner split of the training images (3/4 fit, 1/4 validation), scored
 against the training subjects only; every grid point and its score is logged.
-Teachers that do not depend on subjects (category, animacy, pixel) are trained
+Teachers that do not depend on subjects (monkey IT, category, animacy, pixel) are trained
 once per fold and weight; their weight is still chosen per unit on the
 training subjects.
 
@@ -133,6 +135,7 @@ ROWS = [
     Row("CKA", "brain teacher", teacher="brain", loss="cka"),
     Row("log-CKA", "brain teacher", teacher="brain", loss="logcka"),
     Row("Li similarity", "brain teacher", teacher="brain", loss="similarity"),
+    Row("RDL, monkey-IT teacher", "brain teacher", teacher="monkeyIT", loss="rdl"),
     Row("RDL, permuted teacher", "null teacher", teacher="permuted", loss="rdl"),
     Row("RDL, permuted within category", "null teacher", teacher="permuted within category", loss="rdl"),
     Row("RDL, 6-category teacher", "reference teacher", teacher="category", loss="rdl"),
@@ -189,8 +192,8 @@ def make_teacher(kind: str, st: dict, fit_pos: np.ndarray, train_subjects: list[
         return teacher
     if kind == "category":
         return category_teacher(st["categories"][fit_pos], ids)
-    if kind == "animacy":
-        return model_teacher(st["models"], "animacy", ids=ids)
+    if kind in ("animacy", "monkeyIT"):
+        return model_teacher(st["models"], kind, ids=ids)
     if kind == "pixel":
         return pixel_teacher(st["images"][fit_pos], ids, method="correlation")
     raise ValueError(f"unknown teacher {kind!r}")

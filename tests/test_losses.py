@@ -279,6 +279,25 @@ def test_fused_euclidean_mse_equals_the_composed_ops():
     assert torch.autograd.gradgradcheck(lambda z: _euclidean_rdm_mse(z, target[:7, :7], w[:7, :7]), (y,))
 
 
+def test_fused_euclidean_mse_with_one_weight_equals_the_weight_matrix():
+    """A float weight (every off-diagonal pair alike, as RDLLoss passes for a batch without repeats
+    or uncovered samples) gives the loss and gradient of the same weight as an (n, n) matrix with a
+    zero diagonal, with coinciding patterns; float32 as in training."""
+    from rdl_neuro.train.losses import _euclidean_rdm_mse
+
+    x = randn(12, 6, seed=44).float()
+    x[3] = x[8]
+    target = compute_rdm(randn(12, 2, seed=45), "euclidean", square=True).float()
+    c = 1.0 / (12 * 11)
+    w = torch.full((12, 12), c).fill_diagonal_(0)
+    a_in, b_in = x.clone().requires_grad_(), x.clone().requires_grad_()
+    one, matrix = _euclidean_rdm_mse(a_in, target, c), _euclidean_rdm_mse(b_in, target, w)
+    (grad_one,), (grad_matrix,) = torch.autograd.grad(3 * one, a_in), torch.autograd.grad(3 * matrix, b_in)
+    assert torch.allclose(one, matrix, rtol=1e-6) and one.item() > 0
+    assert torch.allclose(grad_one, grad_matrix, rtol=1e-5, atol=1e-7)
+    assert torch.isfinite(grad_one).all() and grad_one.abs().sum() > 0
+
+
 # ----------------------------------------------------------------------------- skipping, interface
 
 

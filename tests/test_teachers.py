@@ -72,6 +72,20 @@ def test_batch_target_matches_loop_for_covered_batches_without_nan(seed):
     assert torch.allclose(target, ref_t, atol=1e-12)
 
 
+@pytest.mark.parametrize("teacher_ids", [[4, 0, 9, 2], [-3, 8, 0, 5], [2**20, 3, 17, 2**40]])
+def test_rows_of_direct_table_and_search_agree(teacher_ids):
+    """Small non-negative ids are looked up in a direct id -> row table, others searched: both give
+    the same rows, -1 for ids the teacher lacks (UNCOVERED, ids past the table, negative ids)."""
+    teacher = RDMTeacher.from_array(random_rdm(4, 7), teacher_ids)
+    assert (teacher._row_table is not None) == (min(teacher_ids) >= 0 and max(teacher_ids) < 2**20)
+    batch = teacher_ids[::-1] + [-1, 10, 2**20 + 1, -7] + teacher_ids[:2]
+    expected = torch.tensor([teacher_ids.index(i) if i in teacher_ids else -1 for i in batch])
+    assert torch.equal(teacher.rows_of(torch.tensor(batch)), expected)
+    assert torch.equal(teacher.rows_of(batch), expected)  # the per-id dictionary lookup
+    assert torch.equal(teacher.covers(torch.tensor(teacher_ids[1:])), torch.ones(3, dtype=torch.bool))
+    assert teacher.rows_of(torch.tensor([], dtype=torch.long)).shape == (0,)
+
+
 def test_string_ids_and_sequence_lookup():
     rdm = random_rdm(4)
     teacher = RDMTeacher.from_array(rdm, ["cat", "dog", "car", "cup"])

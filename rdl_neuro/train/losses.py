@@ -161,7 +161,9 @@ class _BatchTarget:
 
     square : ``(n, n)`` target in the student's dtype (0 where unusable)
     mask : ``(n, n)`` bool usable pairs
-    weights : ``(n, n)`` mask / number of usable ordered pairs (so a weighted sum is the mean over pairs)
+    weights : ``(n, n)`` mask / number of usable ordered pairs (so a weighted sum is the mean over pairs),
+        or that number's reciprocal as a float when every off-diagonal pair is usable (an RDM's
+        diagonal is 0, so it needs no weight of 0)
     rows : indices of the kept batch rows, or None when every row is kept
     n_pairs : usable unordered pairs
     """
@@ -183,11 +185,15 @@ class _BatchTarget:
             if not bool(keep.all()):
                 rows = torch.nonzero(keep).squeeze(1)
                 target, mask = target[rows][:, rows], mask[rows][:, rows]
-        weights = mask.to(dtype).mul_(1.0 / max(n_ordered, 1))
+        if 0 < n_ordered == b * (b - 1):  # every off-diagonal pair: one weight for all (the common training case)
+            weights: Tensor | float = 1.0 / n_ordered
+        else:
+            weights = mask.to(dtype).mul_(1.0 / max(n_ordered, 1))
         return cls(target, mask, weights, rows, n_ordered // 2)
 
     def to(self, dtype: torch.dtype) -> _BatchTarget:
-        return _BatchTarget(self.square.to(dtype), self.mask, self.weights.to(dtype), self.rows, self.n_pairs)
+        weights = self.weights.to(dtype) if isinstance(self.weights, Tensor) else self.weights
+        return _BatchTarget(self.square.to(dtype), self.mask, weights, self.rows, self.n_pairs)
 
 
 class _TargetCache:
@@ -217,11 +223,14 @@ class _EuclideanRDMMSE(torch.autograd.Function):
 
     The loss the composed ops give (``compute_rdm(x, "euclidean", square=True)`` then
     ``_weighted_mse``), with the backward written out: a training step's RDL term is a few
-    small elementwise ops around two matrix products, and the dispatch of the composed
-    version's ~50 ops and autograd nodes costs about as much as the products. With
-    ``B = dL/d(D^2) = W (D - T) / D`` (0 where ``D = 0``, the subgradient ``safe_sqrt`` gives)
-    and ``S = B + B^T``, ``D_ij^2 = g_ii + g_jj - 2 g_ij`` and ``G = X X^T`` give
-    ``dL/dX = 2 (diag(S 1) - S) X``.
+    small elementwise ops around two matrix products, and every op and autograd node costs
+    dispatch time comparable to the products, so the ops are as few as the formula allows.
+    With ``B = dL/d(D^2) = W (D - T) / D`` (0 where ``D = 0``, the subgradient ``safe_sqrt``
+    gives) and ``S = B + B^T``, ``D_ij^2 = g_ii + g_jj - 2 g_ij`` and ``G = X X^T`` give
+    ``dL/dX = 2 (diag(S 1) - S) X``: one product with ``M = diag(S 1) - S``.
+
+    ``weights`` is an ``(n, n)`` tensor, or a float when every off-diagonal pair weighs the
+    same (``D`` and ``T`` are 0 on the diagonal, so the diagonal's weight does not matter).
     """
 
     @staticmethod
@@ -234,44 +243,51 @@ class _EuclideanRDMMSE(torch.autograd.Function):
         return d2.clamp_min_(0).sqrt_(), sq_norms  # rounding can make coinciding rows slightly negative
 
     @staticmethod
-    def forward(ctx, x: Tensor, target: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, target: Tensor, weights: Tensor | float) -> Tensor:  # type: ignore[override]
         dist, sq_norms = _EuclideanRDMMSE._distances(x)
         diff = dist - target
-        weighted_diff = weights * diff
-        loss = (weighted_diff * diff).sum()
+        weighted_diff = diff * weights
+        loss = torch.dot(weighted_diff.view(-1), diff.view(-1))
         # NaN/inf features or overflowing norms make the loss non-finite: only then name the rows
         if not math.isfinite(loss.item()):
             check_finite_rows(x, sq_norms)
-        ctx.save_for_backward(x, target, weights, dist, weighted_diff)
+        ctx.weights = weights if not isinstance(weights, Tensor) else None
+        ctx.save_for_backward(x, target, weights if isinstance(weights, Tensor) else None, dist, weighted_diff)
         return loss
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         x, target, weights, dist, weighted_diff = ctx.saved_tensors
-        positive = dist > 0
+        if weights is None:
+            weights = ctx.weights
         # dL/dD = 2 W (D - T) and dD/d(D^2) = 1 / (2 D); 0 where D = 0
         if torch.is_grad_enabled():  # create_graph=True: the same formula, differentiable in x
+            positive = dist > 0
             dist = _EuclideanRDMMSE._distances(x, differentiable=True)[0]
             weighted_diff = weights * (dist - target)
             # divided by 1 where D = 0, so that no inf enters a second derivative
-            quotient = weighted_diff / torch.where(positive, dist, 1.0)
-        else:
-            quotient = weighted_diff / dist  # inf or NaN where D = 0, replaced by 0 below
-        b = torch.where(positive, quotient, 0.0) * (2 * grad)
-        s = b + b.transpose(-1, -2)
-        return torch.addmm(s.sum(1, keepdim=True) * x, s, x, alpha=-1), None, None
+            b = torch.where(positive, weighted_diff / torch.where(positive, dist, 1.0), 0.0) * (2 * grad)
+            s = b + b.transpose(-1, -2)
+            return torch.addmm(s.sum(1, keepdim=True) * x, s, x, alpha=-1), None, None
+        # W, D and T are symmetric, so S = 2 B. W (D - T) / D is inf or NaN where D = 0 (the pair
+        # coincides, and on the diagonal), where the subgradient is 0
+        m = torch.div(weighted_diff, dist).nan_to_num_(0.0, 0.0, 0.0).mul_(grad * -4)  # -S, 0 on the diagonal
+        m.diagonal().sub_(m.sum(1))  # M = diag(S 1) - S
+        return m @ x, None, None
 
 
-def _euclidean_rdm_mse(x: Tensor, target: Tensor, weights: Tensor) -> Tensor:
+def _euclidean_rdm_mse(x: Tensor, target: Tensor, weights: Tensor | float) -> Tensor:
     """``_weighted_mse(compute_rdm(x, "euclidean", square=True), target, weights, False)`` for
-    ``x (n, p)``, ``target`` and ``weights`` ``(n, n)`` (symmetric), in one autograd node."""
+    ``x (n, p)``, ``target (n, n)`` and ``weights`` ``(n, n)`` (symmetric) or a float (every
+    off-diagonal pair alike), in one autograd node."""
     check_features(x)
     return _EuclideanRDMMSE.apply(x, target, weights)
 
 
-def _weighted_mse(student: Tensor, teacher: Tensor, weights: Tensor, scaled: bool) -> Tensor:
-    """``sum w (S - T)^2`` over RDMs (square ``(n, n)`` or condensed ``(P,)``) with weights summing to 1:
-    the one home of the ``mse`` and ``scaled_mse`` criteria. With ``scaled`` each RDM is first divided
+def _weighted_mse(student: Tensor, teacher: Tensor, weights: Tensor | float, scaled: bool) -> Tensor:
+    """``sum w (S - T)^2`` over RDMs (square ``(n, n)`` or condensed ``(P,)``) with weights summing to 1
+    over the usable pairs (a float: the same weight for every pair, which for square RDMs needs their
+    diagonals to be 0): the one home of the ``mse`` and ``scaled_mse`` criteria. With ``scaled`` each RDM is first divided
     by its weighted mean (clamped, so that a collapsed all-zero RDM stays 0 instead of 0/0)."""
     if scaled:
         student = student / (student * weights).sum().clamp_min(_tiny(student))
@@ -540,9 +556,9 @@ class RDLLoss(TransferLoss):
     def _rdm(self, x: Tensor, name: str, side: str, square: bool) -> Tensor:
         return self._naming_layer(side, name, lambda: compute_rdm(x, self.method, square=square, eps=RDM_EPS))
 
-    def _square_mse_term(self, x: Tensor, target: Tensor, weights: Tensor, name: str) -> Tensor:
+    def _square_mse_term(self, x: Tensor, target: Tensor, weights: Tensor | float, name: str) -> Tensor:
         """``mse`` / ``scaled_mse`` of the student's square RDM of ``x (n, f)`` against ``target (n, n)``
-        with pair ``weights (n, n)``: the square form needs no triangle gathers/scatters in forward and
+        with pair ``weights (n, n)`` (or one float for every off-diagonal pair): the square form needs no triangle gathers/scatters in forward and
         backward, and the default term runs fused (``_EuclideanRDMMSE``)."""
         if self._fused_term:
             return self._naming_layer("student", name, lambda: _euclidean_rdm_mse(x, target, weights))
@@ -570,8 +586,7 @@ class RDLLoss(TransferLoss):
         if self.criterion in ("mse", "scaled_mse"):
             teacher = self._rdm(t, teacher_layer, "teacher", square=True)
             # diagonal entries are 0 in both RDMs, so a plain mean over b^2 rescaled to the b(b-1) off-diagonal ones
-            weights = x.new_full((b, b), 1.0 / (b * (b - 1)))
-            return self._square_mse_term(x, teacher, weights, name), n_pairs
+            return self._square_mse_term(x, teacher, 1.0 / (b * (b - 1)), name), n_pairs
         s_vec = self._rdm(x, name, "student", square=False)
         t_vec = self._rdm(t, teacher_layer, "teacher", square=False)
         return rdm_criterion(s_vec, t_vec, self.criterion), n_pairs

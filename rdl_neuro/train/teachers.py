@@ -31,6 +31,8 @@ from rdl_neuro.rdm.calc import RSATOOLBOX_MEASURE, n_stimuli_from_length, to_con
 __all__ = ["RDMTeacher", "NetworkTeacher", "UNCOVERED"]
 
 COMBINE = ("mean", "per_rdm")
+#: integer ids below this get a direct id -> row table (at most 8 MB); larger ids are searched
+ROW_TABLE_LIMIT = 1 << 20
 _MEASURE_TO_METHOD = {v: k for k, v in RSATOOLBOX_MEASURE.items()}
 
 
@@ -146,7 +148,19 @@ class RDMTeacher:
         else:
             self._int_values = torch.empty(0, dtype=torch.long)
             self._int_rows = torch.empty(0, dtype=torch.long)
+        self._row_table = self._direct_row_table(self._int_values, self._int_rows)
         self._device_cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @staticmethod
+    def _direct_row_table(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
+        """``table[id] = row`` (-1 for ids the teacher lacks) when the integer ids are non-negative
+        and below ``ROW_TABLE_LIMIT``, else None: a batch's rows are then one ``index_select``
+        (a training step's lookup, in place of a search and its checks)."""
+        if values.numel() == 0 or int(values[0]) < 0 or int(values[-1]) >= ROW_TABLE_LIMIT:
+            return None
+        table = torch.full((int(values[-1]) + 1,), -1, dtype=torch.long)
+        table[values] = rows
+        return table
 
     # ------------------------------------------------------------------ validation
 
@@ -370,6 +384,13 @@ class RDMTeacher:
             if stimulus_ids.ndim != 1:
                 raise ValueError(f"stimulus_ids must be 1-D (b,), got shape {tuple(stimulus_ids.shape)}")
             ids = id_tensor(stimulus_ids, "stimulus_ids")
+            if self._row_table is not None and ids.device.type == "cpu" and ids.numel() > 0:
+                try:  # index_select checks the range (an IndexError for an id below 0 or past the table)
+                    rows = self._row_table.index_select(0, ids)
+                except IndexError:
+                    pass  # an id the table cannot hold (UNCOVERED, say): the search below
+                else:
+                    return rows, int(rows.min()) >= 0
             _, values, rows = self._on(ids.device)
             if values.numel() == 0:
                 # a teacher without integer ids covers no integer id: say so unless all are UNCOVERED
