@@ -236,6 +236,18 @@ class RecordCheck:
         return "\n    ".join([head, *self.reasons])
 
 
+def rerun_hint(record: Mapping[str, Any]) -> str:
+    """The commands that refresh ``record``: a benchmark script publishes itself (``--publish``); a
+    command of the package (``rdl-neuro demo``) writes its record into its ``--out`` folder, which
+    ``update_readme.py --publish`` copies into ``benchmarks/results/``."""
+    command = record["command"]
+    if command.startswith("python benchmarks/"):
+        return f"`{command} --publish` and `python benchmarks/update_readme.py`"
+    words = shlex.split(command)
+    out = words[words.index("--out") + 1] if "--out" in words[:-1] else "."
+    return f"`{command}` and `python benchmarks/update_readme.py --publish {out}/{record['name']}.md`"
+
+
 def check_record(record: Mapping[str, Any], *, force_quick: bool = False,
                  root: str | os.PathLike[str] = REPO_ROOT) -> RecordCheck:
     """Is ``record`` current in the checkout ``root``? Reruns its quick mode only if its code changed
@@ -246,15 +258,13 @@ def check_record(record: Mapping[str, Any], *, force_quick: bool = False,
         return RecordCheck(name, "current", [])
     quick, expected = record.get("quick_command"), record.get("fingerprint")
     if not quick or not expected:
-        return RecordCheck(name, "unverifiable", reasons, "no quick fingerprint: rerun "
-                           f"`{record['command']} --publish` to refresh it")
+        return RecordCheck(name, "unverifiable", reasons, f"no quick fingerprint: rerun {rerun_hint(record)}")
     got = run_quick(quick, name, root=root)
     if got == expected:
         return RecordCheck(name, "refactored" if reasons else "current", reasons,
                            f"quick fingerprint {got} unchanged: the numbers cannot have moved")
     return RecordCheck(name, "changed", reasons,
-                       f"quick fingerprint {got} != recorded {expected}: the numbers move; rerun "
-                       f"`{record['command']} --publish` and `python benchmarks/update_readme.py`")
+                       f"quick fingerprint {got} != recorded {expected}: the numbers move; rerun {rerun_hint(record)}")
 
 
 if __name__ == "__main__":  # pragma: no cover - a status report: python benchmarks/_provenance.py

@@ -208,6 +208,19 @@ def _copy_repo(dst: Path) -> Path:
 
 
 @pytest.mark.slow
+def test_rerun_hint_names_the_commands_that_refresh_a_record() -> None:
+    """A benchmark script publishes itself; the package's demo writes into its --out folder, whose
+    record update_readme.py --publish copies (the demo command has no --publish)."""
+    script = {"name": "paper_mnist", "command": "python benchmarks/paper_mnist.py"}
+    assert prov.rerun_hint(script) == ("`python benchmarks/paper_mnist.py --publish` and "
+                                       "`python benchmarks/update_readme.py`")
+    demo = {"name": "demo", "command": "rdl-neuro demo --seeds 3 --out demo_out"}
+    assert prov.rerun_hint(demo) == ("`rdl-neuro demo --seeds 3 --out demo_out` and "
+                                     "`python benchmarks/update_readme.py --publish demo_out/demo.md`")
+    published = prov.published_records()
+    assert "--publish" not in prov.rerun_hint(published["demo"]).split("` and `")[0]
+
+
 def test_quick_fingerprint_passes_a_refactor_and_fails_a_change_to_the_rdl_term(tmp_path: Path) -> None:
     root = _copy_repo(tmp_path / "repo")
     quick = ["python", "benchmarks/paper_mnist.py", "--quick", "--out", "{out}"]

@@ -371,7 +371,9 @@ class RDMTeacher:
         """Teacher row of every sample, ``(b,)`` long, ``-1`` where the stimulus is not covered.
 
         A tensor of integer ids (float tensors of whole numbers too) is mapped
-        with ``searchsorted`` (vectorised); a sequence of arbitrary ids with one
+        with one ``index_select`` of a direct id -> row table on the CPU when the
+        teacher's ids are non-negative and below ``ROW_TABLE_LIMIT``, else with
+        ``searchsorted`` (both vectorised); a sequence of arbitrary ids with one
         dict lookup per sample. Ids follow ``rdl_neuro.data.ids``: ``3.0`` is
         ``3``; ids of a kind the teacher has none of raise a TypeError.
         """
