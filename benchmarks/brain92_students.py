@@ -164,7 +164,13 @@ class GaborFrontEnd(nn.Module):
 
 
 def build_student(name: str, image_size: int, n_classes: int = 6) -> nn.Module:
-    """One of ``STUDENTS``, for ``(b, 3, image_size, image_size)`` inputs."""
+    """One of ``STUDENTS``, for ``(b, 3, image_size, image_size)`` inputs, its weights in channels-last memory
+    format: on the CPU, max pooling and the convolutions then take ~30% less time per student (the same maths,
+    rounded differently)."""
+    return _student(name, image_size, n_classes).to(memory_format=torch.channels_last)
+
+
+def _student(name: str, image_size: int, n_classes: int) -> nn.Module:
     if name == "small":
         cnn = build_model({"type": "cnn", "input_shape": [3, image_size, image_size], "n_classes": n_classes,
                            "channels": [16, 32, 64], "hidden": [128]})
