@@ -69,7 +69,7 @@ best_vs_controls_max_p=... animacy_heldout_r=... nc_lower=...``.
 
 Usage::
 
-    python benchmarks/brain92.py            # 16 candidate + 324 search + about 130 final students of 150
+    python benchmarks/brain92.py            # 16 candidate + 336 search + about 140 final students of 150
                                             # full-batch steps (weight grid 0.3, 1, 3; the wall time of the
                                             # published run is in benchmarks/results/brain92.md)
     python benchmarks/brain92.py --grid 0.1 0.3 1 3 10 --extra-seeds 3   # a wider search, 3 seeds
