@@ -251,20 +251,19 @@ class _EuclideanRDMMSE(torch.autograd.Function):
         # NaN/inf features or overflowing norms make the loss non-finite: only then name the rows
         if not math.isfinite(loss.item()):
             check_finite_rows(x, sq_norms)
-        ctx.weights = weights if not isinstance(weights, Tensor) else None
-        ctx.save_for_backward(x, target, weights if isinstance(weights, Tensor) else None, dist, weighted_diff)
+        matrix = weights if isinstance(weights, Tensor) else None
+        ctx.weight = weights if matrix is None else None  # a float weight is kept as it is
+        ctx.save_for_backward(x, target, matrix, dist, weighted_diff)
         return loss
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        x, target, weights, dist, weighted_diff = ctx.saved_tensors
-        if weights is None:
-            weights = ctx.weights
+        x, target, matrix, dist, weighted_diff = ctx.saved_tensors
         # dL/dD = 2 W (D - T) and dD/d(D^2) = 1 / (2 D); 0 where D = 0
         if torch.is_grad_enabled():  # create_graph=True: the same formula, differentiable in x
             positive = dist > 0
             dist = _EuclideanRDMMSE._distances(x, differentiable=True)[0]
-            weighted_diff = weights * (dist - target)
+            weighted_diff = (ctx.weight if matrix is None else matrix) * (dist - target)
             # divided by 1 where D = 0, so that no inf enters a second derivative
             b = torch.where(positive, weighted_diff / torch.where(positive, dist, 1.0), 0.0) * (2 * grad)
             s = b + b.transpose(-1, -2)
@@ -287,8 +286,9 @@ def _euclidean_rdm_mse(x: Tensor, target: Tensor, weights: Tensor | float) -> Te
 def _weighted_mse(student: Tensor, teacher: Tensor, weights: Tensor | float, scaled: bool) -> Tensor:
     """``sum w (S - T)^2`` over RDMs (square ``(n, n)`` or condensed ``(P,)``) with weights summing to 1
     over the usable pairs (a float: the same weight for every pair, which for square RDMs needs their
-    diagonals to be 0): the one home of the ``mse`` and ``scaled_mse`` criteria. With ``scaled`` each RDM is first divided
-    by its weighted mean (clamped, so that a collapsed all-zero RDM stays 0 instead of 0/0)."""
+    diagonals to be 0): the one home of the ``mse`` and ``scaled_mse`` criteria. With ``scaled`` each
+    RDM is first divided by its weighted mean (clamped, so that a collapsed all-zero RDM stays 0
+    instead of 0/0)."""
     if scaled:
         student = student / (student * weights).sum().clamp_min(_tiny(student))
         teacher = teacher / (teacher * weights).sum().clamp_min(_tiny(teacher))
@@ -558,8 +558,9 @@ class RDLLoss(TransferLoss):
 
     def _square_mse_term(self, x: Tensor, target: Tensor, weights: Tensor | float, name: str) -> Tensor:
         """``mse`` / ``scaled_mse`` of the student's square RDM of ``x (n, f)`` against ``target (n, n)``
-        with pair ``weights (n, n)`` (or one float for every off-diagonal pair): the square form needs no triangle gathers/scatters in forward and
-        backward, and the default term runs fused (``_EuclideanRDMMSE``)."""
+        with pair ``weights (n, n)`` (or one float for every off-diagonal pair): the square form needs no
+        triangle gathers/scatters in forward and backward, and the default term runs fused
+        (``_EuclideanRDMMSE``)."""
         if self._fused_term:
             return self._naming_layer("student", name, lambda: _euclidean_rdm_mse(x, target, weights))
         student = self._rdm(x, name, "student", square=True)

@@ -162,6 +162,17 @@ class RDMTeacher:
         table[values] = rows
         return table
 
+    def _table_rows(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """Rows of the integer ids ``(b,)`` from the direct table (-1 for ids the teacher lacks), or None
+        when there is no table, the ids are not on the CPU or the batch is empty, or an id is outside the
+        table (UNCOVERED, say): ``index_select`` checks the range itself and raises an IndexError."""
+        if self._row_table is None or ids.device.type != "cpu" or ids.numel() == 0:
+            return None
+        try:
+            return self._row_table.index_select(0, ids)
+        except IndexError:
+            return None
+
     # ------------------------------------------------------------------ validation
 
     @staticmethod
@@ -386,13 +397,9 @@ class RDMTeacher:
             if stimulus_ids.ndim != 1:
                 raise ValueError(f"stimulus_ids must be 1-D (b,), got shape {tuple(stimulus_ids.shape)}")
             ids = id_tensor(stimulus_ids, "stimulus_ids")
-            if self._row_table is not None and ids.device.type == "cpu" and ids.numel() > 0:
-                try:  # index_select checks the range (an IndexError for an id below 0 or past the table)
-                    rows = self._row_table.index_select(0, ids)
-                except IndexError:
-                    pass  # an id the table cannot hold (UNCOVERED, say): the search below
-                else:
-                    return rows, int(rows.min()) >= 0
+            rows = self._table_rows(ids)
+            if rows is not None:
+                return rows, int(rows.min()) >= 0
             _, values, rows = self._on(ids.device)
             if values.numel() == 0:
                 # a teacher without integer ids covers no integer id: say so unless all are UNCOVERED
